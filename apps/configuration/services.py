@@ -1,0 +1,358 @@
+"""Configuration as one YAML document: destinations, rules, radiologists with shifts, the specialty
+mapping and the calling-AE allow-list. Import is all or nothing and idempotent; export writes the same
+format back. The format is documented in docs/configuration.md."""
+
+from dataclasses import dataclass, field
+from datetime import time
+
+import yaml
+from django.contrib.auth import get_user_model
+from django.core.exceptions import ValidationError
+from django.db import models, transaction
+
+from apps.ingest.models import AllowedCaller
+from apps.reading.models import WEEKDAYS, Radiologist, Shift
+from apps.routing.models import Destination, RoutingRule, RuleCriterion
+from apps.studies.models import SpecialtyMapping
+
+SECTIONS = ("callers", "destinations", "rules", "radiologists", "specialty_mapping")
+DESTINATION_FIELDS = (
+    "ae_title",
+    "host",
+    "port",
+    "enabled",
+    "max_attempts",
+    "retry_base_delay",
+    "retry_max_delay",
+    "connect_timeout",
+    "dimse_timeout",
+    "network_timeout",
+)
+RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "description")
+# The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
+SHORTHAND_REGEX = {"study_description"}
+
+
+class ConfigError(Exception):
+    """A bad entry; the message names it. Nothing has been written."""
+
+
+@dataclass
+class Report:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.created or self.updated)
+
+    def __str__(self) -> str:
+        return f"{len(self.created)} created, {len(self.updated)} updated, {self.unchanged} unchanged"
+
+
+def config_import(text: str) -> Report:
+    try:
+        document = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError("the document must be a mapping with the sections " + ", ".join(SECTIONS))
+    unknown = set(document) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown))}; expected {', '.join(SECTIONS)}")
+    report = Report()
+    with transaction.atomic():
+        for name, apply in (
+            ("callers", _import_caller),
+            ("destinations", _import_destination),
+            ("rules", _import_rule),
+            ("radiologists", _import_radiologist),
+        ):
+            entries = document.get(name) or []
+            if not isinstance(entries, list):
+                raise ConfigError(f"{name} must be a list")
+            for index, entry in enumerate(entries):
+                label = f"{name}[{index}]" + (
+                    f" ({entry.get('name') or entry.get('username') or entry.get('ae_title')})"
+                    if isinstance(entry, dict)
+                    else ""
+                )
+                if not isinstance(entry, dict):
+                    raise ConfigError(f"{label}: each entry must be a mapping")
+                try:
+                    apply(entry, report)
+                except (ValidationError, ValueError, TypeError, KeyError) as exc:
+                    raise ConfigError(f"{label}: {_message(exc)}") from exc
+        if "specialty_mapping" in document:
+            try:
+                _import_mapping(document["specialty_mapping"] or [], report)
+            except (ValidationError, ValueError, TypeError, KeyError) as exc:
+                raise ConfigError(f"specialty_mapping: {_message(exc)}") from exc
+    return report
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        if hasattr(exc, "message_dict"):
+            return "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())
+        return " ".join(exc.messages)
+    if isinstance(exc, KeyError):
+        return f"missing {exc.args[0]!r}"
+    return str(exc)
+
+
+def _check_keys(entry: dict, allowed: set[str], required: set[str]) -> None:
+    unknown = set(entry) - allowed
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}")
+    missing = required - set(entry)
+    if missing:
+        raise ValueError(f"missing key(s) {', '.join(sorted(missing))}")
+
+
+def _upsert(model: type[models.Model], lookup: dict, values: dict, report: Report, label: str) -> models.Model:
+    obj = model.objects.filter(**lookup).first()
+    if obj is None:
+        obj = model(**lookup, **values)
+        obj.full_clean()
+        obj.save()
+        report.created.append(label)
+        return obj
+    changed = [k for k, v in values.items() if getattr(obj, k) != v]
+    if changed:
+        for k in changed:
+            setattr(obj, k, values[k])
+        obj.full_clean()
+        obj.save()
+        report.updated.append(label)
+    else:
+        report.unchanged += 1
+    return obj
+
+
+def _import_caller(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"ae_title", "host", "enabled", "description"}, {"ae_title"})
+    _upsert(
+        AllowedCaller,
+        {"ae_title": str(entry["ae_title"]), "host": str(entry.get("host", ""))},
+        {"enabled": bool(entry.get("enabled", True)), "description": str(entry.get("description", ""))},
+        report,
+        f"caller {entry['ae_title']}",
+    )
+
+
+def _import_destination(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"name", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"})
+    defaults = {f.name: f.default for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
+    values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
+    values["port"] = int(values["port"])
+    values["ae_title"] = str(values["ae_title"])
+    values["host"] = str(values["host"])
+    _upsert(Destination, {"name": str(entry["name"])}, values, report, f"destination {entry['name']}")
+
+
+def _criteria_from(entry: dict) -> list[tuple[str, str, str]]:
+    criteria = []
+    match = entry.get("match") or {}
+    if not isinstance(match, dict):
+        raise ValueError("match must be a mapping of attribute: value")
+    for attribute, value in match.items():
+        if isinstance(value, list):
+            criteria.append((attribute, "in", ",".join(str(v) for v in value)))
+        elif attribute in SHORTHAND_REGEX:
+            criteria.append((attribute, "regex", str(value)))
+        else:
+            criteria.append((attribute, "equals", str(value)))
+    for item in entry.get("criteria") or []:
+        _check_keys(item, {"attribute", "operator", "value"}, {"attribute", "operator"})
+        criteria.append((item["attribute"], item["operator"], str(item.get("value", ""))))
+    return criteria
+
+
+def _import_rule(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"name", "match", "criteria", "destinations", *RULE_FIELDS}, {"name"})
+    values = {k: entry.get(k, RoutingRule._meta.get_field(k).default) for k in RULE_FIELDS}
+    values["priority"] = int(values["priority"])
+    label = f"rule {entry['name']}"
+    before = len(report.created) + len(report.updated)
+    rule = _upsert(RoutingRule, {"name": str(entry["name"])}, values, report, label)
+    touched = len(report.created) + len(report.updated) > before
+
+    criteria = _criteria_from(entry)
+    for attribute, operator, value in criteria:
+        RuleCriterion(rule=rule, attribute=attribute, operator=operator, value=value).full_clean(exclude=["rule"])
+    current = [(c.attribute, c.operator, c.value) for c in rule.criteria.all()]
+    names = [str(n) for n in entry.get("destinations") or []]
+    destinations = list(Destination.objects.filter(name__in=names))
+    missing = set(names) - {d.name for d in destinations}
+    if missing:
+        raise ValueError(f"unknown destination(s) {', '.join(sorted(missing))}")
+    changed = False
+    if current != criteria:
+        rule.criteria.all().delete()
+        RuleCriterion.objects.bulk_create(
+            RuleCriterion(rule=rule, attribute=a, operator=o, value=v) for a, o, v in criteria
+        )
+        changed = True
+    if {d.pk for d in rule.destinations.all()} != {d.pk for d in destinations}:
+        rule.destinations.set(destinations)
+        changed = True
+    if changed and not touched:
+        report.unchanged -= 1
+        report.updated.append(label)
+
+
+def _parse_time(value) -> time:
+    text = str(value).strip()
+    if text == "24:00":
+        return time(23, 59)
+    try:
+        hours, minutes = text.split(":")
+        return time(int(hours), int(minutes))
+    except ValueError as exc:
+        raise ValueError(f"time {text!r} is not HH:MM") from exc
+
+
+def _shifts_from(entry: dict) -> list[tuple[str, time, time, str]]:
+    shifts = []
+    for item in entry.get("shifts") or []:
+        _check_keys(item, {"days", "start", "end", "timezone"}, {"days", "start", "end"})
+        days = item["days"]
+        days = [d.strip().lower() for d in (days.split(",") if isinstance(days, str) else days)]
+        days = [d for d in WEEKDAYS if d in days] if set(days) <= set(WEEKDAYS) else days
+        shifts.append(
+            (",".join(days), _parse_time(item["start"]), _parse_time(item["end"]), item.get("timezone", "UTC"))
+        )
+    return shifts
+
+
+def _import_radiologist(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"username", "name", "email", "specialty", "status", "shifts"}, {"username", "specialty"})
+    username = str(entry["username"])
+    label = f"radiologist {username}"
+    before = len(report.created) + len(report.updated)
+    user_model = get_user_model()
+    user = user_model.objects.filter(username=username).first()
+    email = str(entry.get("email", ""))
+    if user is None:
+        user = user_model(username=username, email=email)
+        user.set_unusable_password()
+        user.full_clean()
+        user.save()
+    elif user.email != email:
+        user.email = email
+        user.save(update_fields=["email"])
+    values = {
+        "display_name": str(entry.get("name") or username),
+        "specialty": str(entry["specialty"]),
+        "status": str(entry.get("status", Radiologist.Status.ONLINE)),
+    }
+    radiologist = _upsert(Radiologist, {"user": user}, values, report, label)
+    shifts = _shifts_from(entry)
+    for days, start, end, tz in shifts:
+        Shift(radiologist=radiologist, weekdays=days, start=start, end=end, timezone=tz).full_clean(
+            exclude=["radiologist"]
+        )
+    current = [(s.weekdays, s.start, s.end, s.timezone) for s in radiologist.shifts.all()]
+    if current != shifts:
+        radiologist.shifts.all().delete()
+        Shift.objects.bulk_create(
+            Shift(radiologist=radiologist, weekdays=d, start=s, end=e, timezone=tz) for d, s, e, tz in shifts
+        )
+        if len(report.created) + len(report.updated) == before:
+            report.unchanged -= 1
+            report.updated.append(label)
+
+
+def _import_mapping(entries: list, report: Report) -> None:
+    if not isinstance(entries, list):
+        raise ValueError("must be a list")
+    wanted = []
+    for index, item in enumerate(entries):
+        _check_keys(item, {"order", "modality", "body_parts", "specialty", "enabled"}, {"specialty"})
+        parts = item.get("body_parts", "")
+        parts = ",".join(
+            p.strip().upper() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip()
+        )
+        wanted.append(
+            (
+                int(item.get("order", (index + 1) * 10)),
+                str(item.get("modality", "")).upper(),
+                parts,
+                str(item["specialty"]),
+                bool(item.get("enabled", True)),
+            )
+        )
+    current = [(m.order, m.modality, m.body_parts, m.specialty, m.enabled) for m in SpecialtyMapping.objects.all()]
+    if current == wanted:
+        report.unchanged += 1
+        return
+    SpecialtyMapping.objects.all().delete()
+    SpecialtyMapping.objects.bulk_create(
+        SpecialtyMapping(order=o, modality=m, body_parts=p, specialty=s, enabled=e) for o, m, p, s, e in wanted
+    )
+    report.updated.append("specialty_mapping")
+
+
+def config_export() -> str:
+    document = {
+        "callers": [
+            _clean({"ae_title": c.ae_title, "host": c.host, "enabled": c.enabled, "description": c.description})
+            for c in AllowedCaller.objects.order_by("ae_title", "host")
+        ],
+        "destinations": [
+            {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS}}
+            for d in Destination.objects.order_by("name")
+        ],
+        "rules": [_export_rule(r) for r in RoutingRule.objects.prefetch_related("criteria", "destinations")],
+        "radiologists": [
+            _export_radiologist(r)
+            for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
+        ],
+        "specialty_mapping": [
+            {
+                "order": m.order,
+                "modality": m.modality,
+                "body_parts": m.body_parts,
+                "specialty": m.specialty,
+                "enabled": m.enabled,
+            }
+            for m in SpecialtyMapping.objects.all()
+        ],
+    }
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+def _clean(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v not in ("", None)}
+
+
+def _export_rule(rule: RoutingRule) -> dict:
+    out = {"name": rule.name, **{f: getattr(rule, f) for f in RULE_FIELDS}}
+    if not out["description"]:
+        del out["description"]
+    out["criteria"] = [
+        {"attribute": c.attribute, "operator": c.operator, "value": c.value} for c in rule.criteria.all()
+    ]
+    out["destinations"] = sorted(d.name for d in rule.destinations.all())
+    return out
+
+
+def _export_radiologist(r: Radiologist) -> dict:
+    return {
+        "username": r.user.username,
+        "name": r.display_name,
+        "email": r.user.email,
+        "specialty": r.specialty,
+        "status": r.status,
+        "shifts": [
+            {
+                "days": s.weekdays.split(","),
+                "start": s.start.strftime("%H:%M"),
+                "end": s.end.strftime("%H:%M"),
+                "timezone": s.timezone,
+            }
+            for s in r.shifts.all()
+        ],
+    }

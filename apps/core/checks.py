@@ -1,0 +1,41 @@
+"""System checks for what must hold before any process starts."""
+
+import os
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+@register()
+def check_ae_title(app_configs, **kwargs) -> list[Error]:
+    title = settings.SCP_AE_TITLE
+    if not title or len(title) > 16 or "\\" in title or not title.isascii():
+        return [Error(f"SCP_AE_TITLE {title!r} is not a valid AE title (1-16 ASCII characters).", id="core.E001")]
+    return []
+
+
+@register()
+def check_storage_writable(app_configs, **kwargs) -> list[Error]:
+    root = settings.STORAGE_ROOT
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [Error(f"STORAGE_ROOT {root} cannot be created: {exc}", id="core.E002")]
+    if not os.access(root, os.W_OK):
+        return [Error(f"STORAGE_ROOT {root} is not writable.", id="core.E003")]
+    return []
+
+
+@register()
+def check_visibility_timeout(app_configs, **kwargs) -> list[Error]:
+    """Redis redelivers any message older than the visibility timeout: no wait may come near it."""
+    longest = max(settings.CELERY_TASK_TIME_LIMIT, settings.RECONCILE_AFTER)
+    if longest >= settings.CELERY_VISIBILITY_TIMEOUT:
+        return [
+            Error(
+                f"CELERY_VISIBILITY_TIMEOUT ({settings.CELERY_VISIBILITY_TIMEOUT}s) must exceed the task time "
+                f"limit and the reconcile age ({longest}s), or Redis will deliver running tasks twice.",
+                id="core.E004",
+            )
+        ]
+    return []

@@ -1,0 +1,38 @@
+import signal
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from apps.ingest import scp
+from apps.ingest.storage import Spool
+from apps.pipeline.services import studies_received
+
+
+class Command(BaseCommand):
+    help = "Run the DICOM C-STORE SCP. SIGTERM lets open associations finish, then stops."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--host", default=settings.SCP_HOST)
+        parser.add_argument("--port", type=int, default=settings.SCP_PORT)
+        parser.add_argument("--ae-title", default=settings.SCP_AE_TITLE)
+
+    def handle(self, *args, host: str, port: int, ae_title: str, **options) -> None:
+        stopping = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stopping.set())
+        server = scp.serve(
+            host=host,
+            port=port,
+            ae_title=ae_title,
+            spool=Spool(settings.STORAGE_ROOT),
+            on_studies_received=studies_received,
+            max_associations=settings.SCP_MAX_ASSOCIATIONS,
+            max_pdu=settings.SCP_MAX_PDU,
+        )
+        self.stdout.write(f"SCP {ae_title} listening on {host}:{server.server_address[1]}", ending="\n")
+        self.stdout.flush()
+        stopping.wait()
+        self.stdout.write("SCP stopping: finishing open associations")
+        aborted = scp.stop(server, grace=settings.SCP_SHUTDOWN_GRACE)
+        self.stdout.write(f"SCP stopped ({aborted} associations aborted)")

@@ -1,0 +1,191 @@
+"""The C-STORE SCP: a pynetdicom AE with handlers bound to their dependencies.
+
+Handlers do the minimum: parse the event, call one service, return a status. Each association runs
+in its own thread; the studies it brought are handed to the pipeline when it ends (released or aborted:
+instances already answered with success are ours either way).
+"""
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from django.db import DatabaseError, close_old_connections, connection
+from pydicom import uid
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+from pynetdicom.presentation import StoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from . import services
+from .storage import Spool
+
+logger = logging.getLogger(__name__)
+
+# Stored and forwarded byte for byte: we accept the common encodings and never transcode.
+# Deflate is left out on purpose: a small deflated dataset can inflate to gigabytes.
+TRANSFER_SYNTAXES = [
+    uid.ExplicitVRLittleEndian,
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGExtended12Bit,
+    uid.JPEGLossless,
+    uid.JPEGLosslessSV1,
+    uid.JPEGLSLossless,
+    uid.JPEGLSNearLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.HTJ2KLossless,
+    uid.HTJ2KLosslessRPCL,
+    uid.HTJ2K,
+    uid.RLELossless,
+]
+
+# Put in place of the calling title of a caller refused for its host; never admitted (see below).
+_DENIED = "DENIED BY HOST"
+
+StudiesReceived = Callable[[set[str]], None]
+
+
+def _dataset_status(outcome: services.Outcome) -> Dataset | int:
+    if not outcome.comment:
+        return outcome.status
+    status = Dataset()
+    status.Status = outcome.status
+    status.ErrorComment = outcome.comment[:64]
+    return status
+
+
+class StoreSCP:
+    def __init__(self, *, ae_title: str, spool: Spool, on_studies_received: StudiesReceived) -> None:
+        self.ae_title = ae_title
+        self.spool = spool
+        self.on_studies_received = on_studies_received
+        self._studies: dict[int, set[str]] = {}
+        self._lock = threading.Lock()
+        self._allow_list: list[tuple[str, str]] = []
+
+    def handlers(self) -> list:
+        return [
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_ACSE_RECV, self.on_acse_recv),
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_RELEASED, self.on_end),
+            (evt.EVT_ABORTED, self.on_end),
+        ]
+
+    def on_conn_open(self, event) -> None:
+        # Without TCP_NODELAY every response waits ~40 ms on Nagle and delayed ACKs.
+        with contextlib.suppress(OSError, AttributeError):
+            event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def on_acse_recv(self, event) -> None:
+        """Admission: the calling AE title must be allowed from this host.
+
+        pynetdicom checks only titles (require_calling_aet). For a title that is listed but comes from
+        another host, we replace the title in the request with one no list holds, so pynetdicom rejects
+        the association the standard way: permanent, calling AE title not recognised (1, 1, 3).
+        """
+        primitive = event.primitive
+        if not isinstance(primitive, A_ASSOCIATE) or primitive.result is not None:
+            return
+        close_old_connections()
+        try:
+            self._allow_list = services.allowed_callers()
+        except DatabaseError:
+            # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
+            connection.close()
+        titles = sorted({title for title, _ in self._allow_list} - {_DENIED})
+        event.assoc.ae.require_calling_aet = titles
+        host = event.assoc.requestor.address
+        title = str(primitive.calling_ae_title or "")
+        if not services.caller_allowed(self._allow_list, ae_title=title, host=host):
+            logger.warning("association from %s at %s refused: not on the allow-list", title.strip(), host)
+            primitive.calling_ae_title = _DENIED
+
+    def on_echo(self, event) -> int:
+        return 0x0000
+
+    def on_store(self, event) -> Dataset | int:
+        request = event.request
+        assoc = event.assoc
+        outcome = services.instance_receive(
+            spool=self.spool,
+            raw=request.DataSet.getvalue(),
+            encode_file=event.encoded_dataset,
+            transfer_syntax=event.context.transfer_syntax,
+            sop_class_uid=str(request.AffectedSOPClassUID),
+            sop_instance_uid=str(request.AffectedSOPInstanceUID),
+            origin=services.Origin(
+                calling_ae_title=assoc.requestor.ae_title.strip(),
+                called_ae_title=assoc.acceptor.ae_title.strip(),
+                peer_address=assoc.requestor.address,
+            ),
+        )
+        if outcome.status == services.SUCCESS:
+            with self._lock:
+                self._studies.setdefault(id(assoc), set()).add(outcome.study_instance_uid)
+        return _dataset_status(outcome)
+
+    def on_end(self, event) -> None:
+        with self._lock:
+            studies = self._studies.pop(id(event.assoc), set())
+        try:
+            if studies:
+                self.on_studies_received(studies)
+        finally:
+            connection.close()
+
+
+def build_ae(*, ae_title: str, max_associations: int, max_pdu: int) -> AE:
+    ae = AE(ae_title=ae_title)
+    ae.maximum_associations = max_associations
+    ae.maximum_pdu_size = max_pdu
+    ae.acse_timeout = 30
+    ae.dimse_timeout = 60
+    ae.network_timeout = 120
+    ae.require_called_aet = False
+    ae.add_supported_context(Verification)
+    for context in StoragePresentationContexts:
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+    return ae
+
+
+def serve(
+    *,
+    host: str,
+    port: int,
+    ae_title: str,
+    spool: Spool,
+    on_studies_received: StudiesReceived,
+    max_associations: int = 16,
+    max_pdu: int = 131072,
+) -> ThreadedAssociationServer:
+    """Start listening and return the server (non-blocking); `stop()` ends it."""
+    ae = build_ae(ae_title=ae_title, max_associations=max_associations, max_pdu=max_pdu)
+    scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received)
+    server = ae.start_server((host, port), block=False, evt_handlers=scp.handlers())
+    logger.info("SCP %s listening on %s:%s", ae_title, host, server.server_address[1])
+    return server
+
+
+def stop(server: ThreadedAssociationServer, *, grace: float) -> int:
+    """Stop accepting, let open associations finish for up to `grace` seconds, abort the rest.
+
+    Returns how many associations had to be aborted.
+    """
+    ae = server.ae
+    server.shutdown()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(a.is_alive() for a in ae.active_associations):
+        time.sleep(0.05)
+    left = [a for a in ae.active_associations if a.is_alive()]
+    for assoc in left:
+        assoc.abort()
+    return len(left)

@@ -1,0 +1,106 @@
+"""What the SCP does with each C-STORE: understand just enough, take custody, answer."""
+
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.db import DatabaseError, connection
+
+from apps.studies.services import received_instance_register
+
+from .inspect import Unreadable, inspect_dataset
+from .models import AllowedCaller
+from .storage import Spool
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # our fault (disk, database): the sender should retry
+DATASET_MISMATCH = 0xA900  # the dataset does not match what the command says
+CANNOT_UNDERSTAND = 0xC000  # the data itself is bad: retrying will not help
+
+
+@dataclass(frozen=True)
+class Origin:
+    calling_ae_title: str
+    called_ae_title: str
+    peer_address: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    comment: str = ""
+    study_instance_uid: str = ""
+
+
+def instance_receive(
+    *,
+    spool: Spool,
+    raw: bytes,
+    encode_file: Callable[[], bytes],
+    transfer_syntax: str,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    origin: Origin,
+) -> Outcome:
+    """Store one instance and record it, or say why not.
+
+    1. Inspect the dataset strictly: truncated or unparseable data, or bad UIDs, answer 0xC000.
+    2. The dataset's SOP class and instance must be the ones in the command, else 0xA900.
+    3. Write the file atomically (temp, fsync, rename); a disk error answers 0xA700.
+    4. Commit the received-instance row; a database error removes the file and answers 0xA700.
+       A SOP Instance UID already received is kept once: the new copy is removed, the answer is success.
+    """
+    try:
+        identity = inspect_dataset(raw, transfer_syntax)
+    except Unreadable as exc:
+        logger.warning("C-STORE from %s refused: %s", origin.calling_ae_title, exc)
+        return Outcome(CANNOT_UNDERSTAND, str(exc))
+    if identity.sop_class_uid != sop_class_uid or identity.sop_instance_uid != sop_instance_uid:
+        return Outcome(DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request")
+    try:
+        relative = spool.write(encode_file())
+    except OSError as exc:
+        logger.error("C-STORE %s: cannot write to storage: %s", identity.sop_instance_uid, exc)
+        return Outcome(OUT_OF_RESOURCES, "storage unavailable")
+    try:
+        new = received_instance_register(
+            sop_instance_uid=identity.sop_instance_uid,
+            sop_class_uid=identity.sop_class_uid,
+            study_instance_uid=identity.study_instance_uid,
+            transfer_syntax_uid=str(transfer_syntax),
+            path=relative,
+            size=len(raw),
+            calling_ae_title=origin.calling_ae_title,
+            called_ae_title=origin.called_ae_title,
+            peer_address=origin.peer_address,
+        )
+    except DatabaseError as exc:
+        spool.remove(relative)
+        _drop_connection()
+        logger.error("C-STORE %s: database unavailable: %s", identity.sop_instance_uid, type(exc).__name__)
+        return Outcome(OUT_OF_RESOURCES, "database unavailable")
+    if not new:
+        spool.remove(relative)
+        logger.info("C-STORE %s: already received, kept once", identity.sop_instance_uid)
+    return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid)
+
+
+def _drop_connection() -> None:
+    # A broken connection must not be reused: the next C-STORE opens a fresh one.
+    with contextlib.suppress(DatabaseError):
+        connection.close()
+
+
+def allowed_callers() -> list[tuple[str, str]]:
+    return list(AllowedCaller.objects.filter(enabled=True).values_list("ae_title", "host"))
+
+
+def caller_allowed(allow_list: list[tuple[str, str]], *, ae_title: str, host: str) -> bool:
+    """An empty allow-list admits everyone; otherwise the title must be listed for this host (or any)."""
+    if not allow_list:
+        return True
+    title = ae_title.strip()
+    return any(title == t.strip() and (not h or h == host) for t, h in allow_list)

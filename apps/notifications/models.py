@@ -1,0 +1,43 @@
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Notification(models.Model):
+    """One message for one (event, subject, recipient, channel): created once, sent until it succeeds."""
+
+    class Channel(models.TextChoices):
+        IN_APP = "in_app"
+        EMAIL = "email"
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENT = "sent"
+        FAILED = "failed"
+
+    event = models.CharField(max_length=64)
+    # What the event is about, as "kind:id" (e.g. "assignment:12"): ids only, never names.
+    subject_key = models.CharField(max_length=64)
+    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    channel = models.CharField(max_length=16, choices=Channel.choices)
+    title = models.CharField(max_length=255)
+    body = models.TextField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    read_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event", "subject_key", "recipient", "channel"], name="notification_once")
+        ]
+        indexes = [
+            # notifications_due: pending messages whose next attempt has come
+            models.Index(fields=["state", "next_attempt_at"], name="notification_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} {self.subject_key} -> {self.recipient_id} ({self.channel}): {self.state}"

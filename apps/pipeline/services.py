@@ -1,0 +1,86 @@
+"""Orchestration that spans domains: notifying the assigned reader, and finding stuck work."""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from apps.core import clock
+from apps.notifications.models import Notification
+from apps.notifications.services import notification_create
+from apps.reading.models import Assignment
+from apps.studies.models import ReceivedInstance, Stage, Study
+from apps.studies.services import study_register
+
+from .chains import NEXT_STEP
+
+logger = logging.getLogger(__name__)
+
+ASSIGNED_EVENT = "study_assigned"
+
+
+def assignment_message(assignment: Assignment) -> tuple[str, str]:
+    """Title and body for the reader: ids, accession, modality, priority; never names or birth dates."""
+    study = assignment.study
+    what = " ".join(p for p in (study.modality, study.body_part) if p) or "study"
+    title = f"[{study.priority or 'ROUTINE'}] New {what} assigned (accession {study.accession_number or '-'})"
+    body = (
+        f"A study has been assigned to you.\n\n"
+        f"Assignment: {assignment.pk}\nStudy: {study.pk}\nAccession: {study.accession_number or '-'}\n"
+        f"Modality: {study.modalities or study.modality or '-'}\nBody part: {study.body_part or '-'}\n"
+        f"Priority: {study.priority or 'ROUTINE'}\nInstances: {study.num_instances}\n"
+    )
+    return title, body
+
+
+def study_notify(*, study_id: int, now: datetime | None = None) -> list[int]:
+    """Create the assigned reader's notifications (once per assignment and channel); return their ids."""
+    now = now or clock.now()
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(pk=study_id).first()
+        if study is None or study.stage != Stage.ASSIGNED:
+            return []
+        assignment = study.assignments.filter(status__in=Assignment.OPEN).select_related("radiologist", "study").first()
+        ids = []
+        if assignment is not None:
+            title, body = assignment_message(assignment)
+            ids = notification_create(
+                event=ASSIGNED_EVENT,
+                subject_key=f"assignment:{assignment.pk}",
+                recipient_id=assignment.radiologist.user_id,
+                channels=[Notification.Channel.IN_APP, Notification.Channel.EMAIL],
+                title=title,
+                body=body,
+            )
+        study.advance(Stage.NOTIFIED, now=now)
+    return ids
+
+
+def reconcile_targets(*, now: datetime | None = None, older_than: float | None = None) -> list[tuple[int, str]]:
+    """(study id, step) pairs to enqueue again: received instances nobody persisted, and studies whose
+    stage has not moved for `older_than` seconds. Each returned study is touched, so the next tick
+    leaves it alone unless it is still stuck one period later."""
+    now = now or clock.now()
+    cutoff = now - timedelta(seconds=older_than if older_than is not None else settings.RECONCILE_AFTER)
+    targets: dict[int, str] = {}
+    orphan_uids = (
+        ReceivedInstance.objects.filter(state=ReceivedInstance.State.RECEIVED, received_at__lt=cutoff)
+        .values_list("study_instance_uid", flat=True)
+        .distinct()
+    )
+    for uid in orphan_uids[:500]:
+        study = study_register(study_instance_uid=uid)
+        if study.stage_changed_at < cutoff or study.stage == Stage.RECEIVED:
+            targets[study.pk] = "persist"
+    stuck = Study.objects.filter(stage__in=list(NEXT_STEP), stage_changed_at__lt=cutoff).values_list("id", "stage")
+    for study_id, stage in stuck[:500]:
+        targets.setdefault(study_id, NEXT_STEP[stage])
+    Study.objects.filter(pk__in=list(targets)).update(stage_changed_at=now)
+    if targets:
+        logger.info("reconcile: %d studies re-enqueued", len(targets))
+    return sorted(targets.items())
+
+
+def unassigned_studies() -> list[int]:
+    return list(Study.objects.filter(stage=Stage.UNASSIGNED).order_by("received_at").values_list("id", flat=True)[:200])

@@ -1,0 +1,165 @@
+"""The only DICOM SCU in the router: send stored files to a destination, byte for byte.
+
+Files go from disk in chunks with their own transfer syntax (no decoding, no transcoding), over one
+association per destination with presentation contexts taken from the files themselves. Every outcome
+is classified, never guessed: delivered, warning (delivered, kept), transient (retry), permanent (stop).
+"""
+
+import contextlib
+import logging
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.sop_class import Verification
+
+logger = logging.getLogger(__name__)
+
+# Stream files from disk instead of decoding them: bounded memory and the exact bytes we received.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+DELIVERED, WARNING, TRANSIENT, PERMANENT = "delivered", "warning", "transient", "permanent"
+WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
+MAX_CONTEXTS = 128  # the most presentation contexts one association may propose
+
+
+@dataclass(frozen=True)
+class Target:
+    ae_title: str
+    host: str
+    port: int
+    calling_ae_title: str
+    connect_timeout: float = 10
+    dimse_timeout: float = 30
+    network_timeout: float = 60
+
+
+@dataclass(frozen=True)
+class File:
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Result:
+    kind: str
+    status: int | None = None
+    error: str = ""
+
+
+def classify_status(status: int) -> str:
+    if status == 0x0000:
+        return DELIVERED
+    if status in WARNING_STATUSES:
+        return WARNING
+    if 0xA700 <= status <= 0xA7FF:
+        return TRANSIENT
+    # 0x0122 SOP class not supported, 0x0124 not authorised, A9xx, Cxxx and the rest: retrying will not help.
+    return PERMANENT
+
+
+def _nodelay(event) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _ae(target: Target) -> AE:
+    ae = AE(ae_title=target.calling_ae_title)
+    ae.connection_timeout = target.connect_timeout
+    ae.acse_timeout = target.connect_timeout
+    ae.dimse_timeout = target.dimse_timeout
+    ae.network_timeout = target.network_timeout
+    return ae
+
+
+def _association_failure(assoc) -> Result:
+    if assoc.is_rejected:
+        rejection = assoc.acceptor.primitive
+        result = getattr(rejection, "result", None)
+        reason = (
+            f"association rejected (result {result}, source {getattr(rejection, 'result_source', '?')}, "
+            f"reason {getattr(rejection, 'diagnostic', '?')})"
+        )
+        return Result(PERMANENT if result == 0x01 else TRANSIENT, error=reason)
+    if assoc.is_aborted:
+        return Result(TRANSIENT, error="association aborted by the destination")
+    return Result(TRANSIENT, error="could not connect to the destination")
+
+
+def send(target: Target, files: list[File]) -> list[Result]:
+    """Send `files`; one Result per file, in order. Never raises for network or peer trouble."""
+    results: list[Result | None] = [None] * len(files)
+    contexts = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
+    for start in range(0, len(contexts), MAX_CONTEXTS):
+        group = set(contexts[start : start + MAX_CONTEXTS])
+        indexes = [i for i, f in enumerate(files) if (f.sop_class_uid, f.transfer_syntax_uid) in group]
+        _send_group(target, files, indexes, group, results)
+    return [r or Result(TRANSIENT, error="not attempted") for r in results]
+
+
+def _send_group(target: Target, files: list[File], indexes: list[int], group: set, results: list) -> None:
+    ae = _ae(target)
+    for sop_class, syntax in sorted(group):
+        ae.add_requested_context(sop_class, [syntax])
+    try:
+        assoc = ae.associate(
+            target.host, target.port, ae_title=target.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        for i in indexes:
+            results[i] = Result(TRANSIENT, error=f"connect failed: {exc}")
+        return
+    if not assoc.is_established:
+        failure = _association_failure(assoc)
+        for i in indexes:
+            results[i] = failure
+        return
+    try:
+        for i in indexes:
+            if not assoc.is_established:
+                results[i] = Result(TRANSIENT, error="association ended before this instance was sent")
+                continue
+            results[i] = _send_one(assoc, files[i])
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _send_one(assoc, file: File) -> Result:
+    try:
+        status = assoc.send_c_store(file.path)
+    except ValueError as exc:
+        # No accepted presentation context: the destination does not take this SOP class or syntax.
+        return Result(PERMANENT, error=f"not accepted by the destination: {exc}")
+    except (OSError, RuntimeError, AttributeError) as exc:
+        return Result(TRANSIENT, error=f"send failed: {exc}")
+    if "Status" not in status:
+        return Result(TRANSIENT, error="no response from the destination (timeout or abort)")
+    code = int(status.Status)
+    kind = classify_status(code)
+    comment = str(status.get("ErrorComment", ""))
+    if kind == WARNING:
+        logger.warning("C-STORE warning 0x%04X from %s: %s", code, assoc.acceptor.ae_title, comment)
+    return Result(kind, status=code, error=comment if kind != DELIVERED else "")
+
+
+def echo(target: Target) -> Result:
+    ae = _ae(target)
+    ae.add_requested_context(Verification)
+    try:
+        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return Result(TRANSIENT, error=f"connect failed: {exc}")
+    if not assoc.is_established:
+        return _association_failure(assoc)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if "Status" not in status:
+        return Result(TRANSIENT, error="no response to C-ECHO")
+    code = int(status.Status)
+    return Result(classify_status(code), status=code)

@@ -1,0 +1,157 @@
+"""Destinations, routing rules with typed criteria, decisions, and the delivery ledger."""
+
+import re
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+
+from apps.studies.models import Instance, Study
+
+
+class Destination(models.Model):
+    name = models.SlugField(max_length=64, unique=True)
+    ae_title = models.CharField(max_length=16)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField()
+    enabled = models.BooleanField(default=True)
+    max_attempts = models.PositiveIntegerField(default=8, help_text="Attempts before a delivery is failed.")
+    retry_base_delay = models.PositiveIntegerField(default=10, help_text="Seconds before the first retry.")
+    retry_max_delay = models.PositiveIntegerField(default=600, help_text="Longest wait between retries.")
+    connect_timeout = models.PositiveIntegerField(default=10)
+    dimse_timeout = models.PositiveIntegerField(default=30)
+    network_timeout = models.PositiveIntegerField(default=60)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
+
+    def clean(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ValidationError({"port": "Port must be between 1 and 65535."})
+        if not self.ae_title.strip() or "\\" in self.ae_title:
+            raise ValidationError({"ae_title": "AE title must be 1-16 characters without backslash."})
+
+
+class RoutingRule(models.Model):
+    name = models.CharField(max_length=128, unique=True)
+    priority = models.IntegerField(default=100, help_text="Higher runs first.")
+    enabled = models.BooleanField(default=True)
+    exclusive = models.BooleanField(default=False, help_text="When this rule matches, stop evaluating.")
+    fallback = models.BooleanField(default=False, help_text="Applies only when no other rule matched.")
+    destinations = models.ManyToManyField(Destination, related_name="rules", blank=True)
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-priority", "name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class RuleCriterion(models.Model):
+    class Attribute(models.TextChoices):
+        MODALITY = "modality"
+        BODY_PART = "body_part"
+        STUDY_DESCRIPTION = "study_description"
+        INSTITUTION = "institution"
+        REFERRING_PHYSICIAN = "referring_physician"
+        PRIORITY = "priority"
+        CALLING_AE = "calling_ae"
+        CALLED_AE = "called_ae"
+
+    class Operator(models.TextChoices):
+        EQUALS = "equals"
+        CONTAINS = "contains"
+        REGEX = "regex"
+        IN = "in"
+        PRESENT = "present"
+        ABSENT = "absent"
+
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="criteria")
+    attribute = models.CharField(max_length=32, choices=Attribute.choices)
+    operator = models.CharField(max_length=16, choices=Operator.choices, default=Operator.EQUALS)
+    value = models.CharField(max_length=255, blank=True, help_text="For 'in': comma-separated values.")
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.attribute} {self.operator} {self.value}"
+
+    def clean(self) -> None:
+        if self.operator == self.Operator.REGEX:
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValidationError({"value": f"Not a valid regular expression: {exc}"}) from exc
+        if self.operator not in (self.Operator.PRESENT, self.Operator.ABSENT) and not self.value:
+            raise ValidationError({"value": "This operator needs a value."})
+
+
+class RoutingDecision(models.Model):
+    """Why a study went where it went: the rules that matched, and for each other rule what failed."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="routing_decision")
+    matched_rules = models.JSONField(default=list)
+    destinations = models.JSONField(default=list)
+    explanation = models.JSONField(default=list)
+    unrouted = models.BooleanField(default=False, db_index=True)
+    decided_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.study_id}: {', '.join(self.destinations) or 'unrouted'}"
+
+
+class Delivery(models.Model):
+    """Sending one study to one destination; its items say which instances are still to go."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        SENDING = "sending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="deliveries")
+    destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="deliveries")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "deliveries"
+        constraints = [models.UniqueConstraint(fields=["study", "destination"], name="delivery_unique")]
+        indexes = [
+            # deliveries_due: pending deliveries whose next attempt has come
+            models.Index(fields=["state", "next_attempt_at"], name="delivery_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.study_id} -> {self.destination_id}: {self.state}"
+
+
+class DeliveryItem(models.Model):
+    """One (instance, destination) pair: tracked until the destination answered success."""
+
+    class State(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        WARNING = "warning"
+        FAILED = "failed"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="items")
+    instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="delivery_items")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    status = models.IntegerField(null=True, blank=True, help_text="The destination's DIMSE status.")
+    error = models.TextField(blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["delivery", "instance"], name="delivery_item_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.instance_id} via {self.delivery_id}: {self.state}"

@@ -1,0 +1,57 @@
+"""Reading the header fields the router needs from a stored DICOM file."""
+
+import hashlib
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+HEADER_KEYWORDS = (
+    "PatientID",
+    "PatientName",
+    "AccessionNumber",
+    "StudyDate",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+    "BodyPartExamined",
+    "StudyDescription",
+    "SeriesDescription",
+    "SeriesNumber",
+    "InstanceNumber",
+    "InstitutionName",
+    "ReferringPhysicianName",
+    "RequestedProcedurePriority",
+)
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def header_from_dataset(ds: Dataset) -> dict:
+    header = {keyword: _text(ds.get(keyword)) for keyword in HEADER_KEYWORDS}
+    if not header["RequestedProcedurePriority"]:
+        # Often only inside the Request Attributes Sequence.
+        for item in ds.get("RequestAttributesSequence", []) or []:
+            priority = _text(item.get("RequestedProcedurePriority"))
+            if priority:
+                header["RequestedProcedurePriority"] = priority
+                break
+    return header
+
+
+def read_header(path: Path) -> tuple[dict, str]:
+    """The header fields and the SHA-256 of the whole file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    ds = dcmread(path, stop_before_pixels=True)
+    return header_from_dataset(ds), digest.hexdigest()

@@ -1,0 +1,178 @@
+"""Received instances (the ingest outbox), studies, series, instances and their QC result."""
+
+from django.db import models
+from django.utils import timezone
+
+
+class ReceivedInstance(models.Model):
+    """One instance the SCP took custody of: the file is on disk before this row is committed."""
+
+    class State(models.TextChoices):
+        RECEIVED = "received"
+        PERSISTED = "persisted"
+        QUARANTINED = "quarantined"
+
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    study_instance_uid = models.CharField(max_length=64, db_index=True)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    # Relative to STORAGE_ROOT; built from a uuid, never from sender-controlled text.
+    path = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    calling_ae_title = models.CharField(max_length=16, blank=True)
+    called_ae_title = models.CharField(max_length=16, blank=True)
+    peer_address = models.CharField(max_length=64, blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            # reconcile: received rows nobody has persisted yet, oldest first
+            models.Index(fields=["state", "received_at"], name="received_state_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class Stage(models.TextChoices):
+    """How far the pipeline has processed the study's current content.
+
+    New instances set a study back to PERSISTED so every later step sees them.
+    HELD and UNASSIGNED are waiting states: the chain stops there until a person or a sweeper acts.
+    """
+
+    RECEIVED = "received"
+    PERSISTED = "persisted"
+    CLASSIFIED = "classified"
+    CHECKED = "checked"
+    HELD = "held"
+    ROUTED = "routed"
+    UNASSIGNED = "unassigned"
+    ASSIGNED = "assigned"
+    NOTIFIED = "notified"
+
+
+class Priority(models.TextChoices):
+    STAT = "STAT"
+    URGENT = "URGENT"
+    ROUTINE = "ROUTINE"
+
+
+class Study(models.Model):
+    study_instance_uid = models.CharField(max_length=64, unique=True)
+    patient_id = models.CharField(max_length=64, blank=True)
+    patient_name = models.CharField(max_length=324, blank=True)
+    accession_number = models.CharField(max_length=16, blank=True)
+    study_date = models.CharField(max_length=8, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    # Backslash-separated, as DICOM's ModalitiesInStudy.
+    modalities = models.CharField(max_length=64, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    study_description = models.CharField(max_length=64, blank=True)
+    institution_name = models.CharField(max_length=64, blank=True)
+    referring_physician_name = models.CharField(max_length=324, blank=True)
+    requested_priority = models.CharField(max_length=16, blank=True)
+    calling_ae_title = models.CharField(max_length=16, blank=True)
+    called_ae_title = models.CharField(max_length=16, blank=True)
+    num_series = models.PositiveIntegerField(default=0)
+    num_instances = models.PositiveIntegerField(default=0)
+    total_size = models.BigIntegerField(default=0)
+
+    specialty = models.CharField(max_length=64, blank=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices, blank=True)
+    classification = models.JSONField(default=dict, blank=True)
+
+    stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.RECEIVED)
+    stage_changed_at = models.DateTimeField(default=timezone.now)
+    stage_detail = models.TextField(blank=True)
+    received_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "studies"
+        indexes = [
+            # reconcile: studies whose stage has not moved for a while
+            models.Index(fields=["stage", "stage_changed_at"], name="study_stage_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return self.accession_number or self.study_instance_uid
+
+    def advance(self, stage: str, *, detail: str = "", now=None) -> None:
+        self.stage = stage
+        self.stage_detail = detail
+        self.stage_changed_at = now or timezone.now()
+        self.save(update_fields=["stage", "stage_detail", "stage_changed_at"])
+
+
+class Series(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="series")
+    series_instance_uid = models.CharField(max_length=64, unique=True)
+    series_number = models.CharField(max_length=12, blank=True)
+    modality = models.CharField(max_length=16, blank=True)
+    body_part = models.CharField(max_length=64, blank=True)
+    series_description = models.CharField(max_length=64, blank=True)
+    num_instances = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        verbose_name_plural = "series"
+
+    def __str__(self) -> str:
+        return self.series_instance_uid
+
+
+class Instance(models.Model):
+    study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="instances")
+    series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
+    received = models.OneToOneField(ReceivedInstance, on_delete=models.PROTECT, related_name="instance")
+    sop_instance_uid = models.CharField(max_length=64, unique=True)
+    sop_class_uid = models.CharField(max_length=64)
+    transfer_syntax_uid = models.CharField(max_length=64)
+    instance_number = models.CharField(max_length=12, blank=True)
+    path = models.CharField(max_length=255)
+    size = models.BigIntegerField()
+    sha256 = models.CharField(max_length=64)
+    # The header fields QC needs per instance, kept so a re-check reads no file.
+    header = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return self.sop_instance_uid
+
+
+class QualityAssessment(models.Model):
+    class Verdict(models.TextChoices):
+        PASSED = "passed"
+        FLAGGED = "flagged"
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="quality")
+    verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    checks = models.JSONField(default=list)
+    assessed_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.study_id}: {self.verdict}"
+
+
+class SpecialtyMapping(models.Model):
+    """An ordered rule from modality and body part to a reading specialty; the first match wins."""
+
+    order = models.PositiveIntegerField(default=100)
+    modality = models.CharField(max_length=16, blank=True, help_text="Empty matches any modality.")
+    body_parts = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Comma-separated BodyPartExamined values; empty matches any body part.",
+    )
+    specialty = models.CharField(max_length=64)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["order", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.modality or '*'} / {self.body_parts or '*'} -> {self.specialty}"
+
+    @property
+    def body_part_list(self) -> list[str]:
+        return [p.strip().upper() for p in self.body_parts.split(",") if p.strip()]

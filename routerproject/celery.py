@@ -1,0 +1,44 @@
+"""The Celery app: queues, routes and the Beat schedule. Other settings are CELERY_* in settings."""
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "routerproject.settings")
+
+app = Celery("router")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+
+# One queue per kind of work, so a backlog of one never delays another (STAT gets its own).
+QUEUES = ("ingest", "workflow", "deliver", "notify", "stat")
+app.conf.task_queues = [Queue(name) for name in QUEUES]
+app.conf.task_default_queue = "workflow"
+app.conf.task_routes = {
+    "pipeline.persist": {"queue": "ingest"},
+    "pipeline.deliver": {"queue": "deliver"},
+    "pipeline.notify": {"queue": "notify"},
+    "pipeline.notification_send": {"queue": "notify"},
+}
+
+
+def _beat_schedule() -> dict:
+    from django.conf import settings
+
+    return {
+        # Re-enqueue received instances and study stages that sat still too long (lost message,
+        # killed worker, broker outage). Idempotent: a second enqueue finds the work done.
+        "reconcile": {"task": "pipeline.reconcile", "schedule": settings.RECONCILE_INTERVAL},
+        # Deliveries whose next_attempt_at has come (retries longer than any countdown we allow).
+        "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
+        # Studies nobody could read when they arrived: try again, someone may have come on shift.
+        "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
+    }
+
+
+@app.on_after_configure.connect
+def _install_beat_schedule(sender: Celery, **kwargs) -> None:
+    sender.conf.beat_schedule = _beat_schedule()
+
+
+app.autodiscover_tasks(["apps.pipeline"])
