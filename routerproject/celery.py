@@ -1,6 +1,7 @@
 """The Celery app: queues, routes and the Beat schedule. Other settings are CELERY_* in settings."""
 
 import os
+from pathlib import Path
 
 from celery import Celery
 from kombu import Queue
@@ -37,8 +38,13 @@ def _beat_schedule() -> dict:
 
 
 @app.on_after_configure.connect
-def _install_beat_schedule(sender: Celery, **kwargs) -> None:
+def _configure(sender: Celery, **kwargs) -> None:
     sender.conf.beat_schedule = _beat_schedule()
+    # kombu's filesystem transport (the embedded default) expects its folders to exist.
+    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        folder = (sender.conf.broker_transport_options or {}).get(key)
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
 
 
 app.autodiscover_tasks(["apps.pipeline"])

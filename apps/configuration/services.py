@@ -172,7 +172,7 @@ def _criteria_from(entry: dict) -> list[tuple[str, str, str]]:
 
 def _import_rule(entry: dict, report: Report) -> None:
     _check_keys(entry, {"name", "match", "criteria", "destinations", *RULE_FIELDS}, {"name"})
-    values = {k: entry.get(k, RoutingRule._meta.get_field(k).default) for k in RULE_FIELDS}
+    values = {k: entry.get(k, RoutingRule._meta.get_field(k).get_default()) for k in RULE_FIELDS}
     values["priority"] = int(values["priority"])
     label = f"rule {entry['name']}"
     before = len(report.created) + len(report.updated)

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 
 from apps.ingest import scp
 from apps.ingest.storage import Spool
-from apps.pipeline.services import studies_received
+from apps.pipeline.chains import studies_received
 
 
 class Command(BaseCommand):
