@@ -14,6 +14,8 @@ from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
+# The Sequence Delimitation Item tag (FFFE,E0DD) that must close an undefined-length value.
+DELIMITERS = (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd")
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
@@ -32,11 +34,23 @@ class Identity:
 def inspect_dataset(raw: bytes, transfer_syntax: str) -> Identity:
     ts = UID(transfer_syntax)
     elements = {}
+    fp = BytesIO(raw)
+    end = 0
     try:
-        for elem in data_element_generator(BytesIO(raw), ts.is_implicit_VR, ts.is_little_endian):
-            if elem.length != UNDEFINED_LENGTH and len(elem.value or b"") != elem.length:
+        for elem in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
+            # Sequences come back parsed (DataElement); raw elements carry their declared length.
+            length = getattr(elem, "length", UNDEFINED_LENGTH)
+            if length != UNDEFINED_LENGTH and len(elem.value or b"") != length:
                 raise Unreadable(f"dataset ends inside element {elem.tag}")
+            if length == UNDEFINED_LENGTH and hasattr(elem, "value_tell"):
+                value_end = elem.value_tell + len(elem.value or b"")
+                if raw[value_end : value_end + 4] not in DELIMITERS:
+                    raise Unreadable(f"element {elem.tag} has no closing delimiter")
             elements[elem.tag] = elem
+            end = fp.tell()
+        if end != len(raw):
+            # The generator stops quietly on a partial element header.
+            raise Unreadable("dataset ends inside an element header")
         ds = Dataset(elements)
         identity = Identity(
             sop_class_uid=_uid(ds, "SOPClassUID"),

@@ -1,0 +1,173 @@
+"""Fixtures. The suite runs against real PostgreSQL and Redis (`make test` provides and starts them);
+integration tests start their own SCP, Celery worker, Beat and DICOM peers on free ports."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.db import connection
+
+from apps.studies.defaults import DEFAULT_SPECIALTY_MAPPING
+from apps.studies.models import SpecialtyMapping
+
+from .support.processes import Process, celery, free_port, python_manage
+
+QUEUES = "ingest,workflow,deliver,notify,stat"
+
+
+def pytest_configure(config) -> None:
+    engine = django_settings.DATABASES["default"]["ENGINE"]
+    if "postgresql" not in engine:
+        raise pytest.UsageError(
+            "The suite runs against PostgreSQL and Redis: use `make test`, or set DATABASE_URL=postgres://... "
+            "and CELERY_BROKER_URL=redis://..."
+        )
+    if not django_settings.CELERY_BROKER_URL.startswith("redis://"):
+        raise pytest.UsageError("CELERY_BROKER_URL must point to Redis for the integration tests (see `make test`).")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: `make test` installs it (apt-get install dcmtk)", pytrace=False)
+    return path
+
+
+@pytest.fixture
+def default_mapping(db) -> None:
+    """The shipped specialty mapping (transactional tests flush the rows the migration installed)."""
+    if not SpecialtyMapping.objects.exists():
+        SpecialtyMapping.objects.bulk_create(SpecialtyMapping(**row) for row in DEFAULT_SPECIALTY_MAPPING)
+
+
+@pytest.fixture
+def storage(tmp_path, settings) -> Path:
+    settings.STORAGE_ROOT = tmp_path / "storage"
+    settings.STORAGE_ROOT.mkdir()
+    return settings.STORAGE_ROOT
+
+
+@pytest.fixture
+def service_env(transactional_db, default_mapping, tmp_path, storage, settings) -> dict:
+    """Environment for child processes: the test database, this test's storage, short sweeper periods."""
+    db = connection.settings_dict
+    host = db.get("HOST") or "127.0.0.1"
+    port = db.get("PORT") or "5432"
+    user = db.get("USER") or "root"
+    (tmp_path / "logs").mkdir()
+    return {
+        **os.environ,
+        "DATABASE_URL": f"postgres://{user}@{host}:{port}/{db['NAME']}",
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "STORAGE_ROOT": str(storage),
+        "ROUTER_VAR_DIR": str(tmp_path / "var"),
+        "EMAIL_FILE_PATH": str(tmp_path / "mail"),
+        "RECONCILE_INTERVAL": "1",
+        "RECONCILE_AFTER": "3",
+        "DELIVERY_SWEEP_INTERVAL": "1",
+        "SCP_SHUTDOWN_GRACE": "10",
+        "TCP_NODELAY": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+@pytest.fixture
+def log_dir(tmp_path) -> Path:
+    path = tmp_path / "logs"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def start_scp(service_env, log_dir):
+    """Start `manage.py runscp` on a free port; returns (process, port)."""
+    started: list[Process] = []
+
+    def start(env: dict | None = None, name: str = "scp") -> tuple[Process, int]:
+        port = free_port()
+        proc = Process(
+            name,
+            python_manage("runscp", "--host", "127.0.0.1", "--port", str(port)),
+            env=env or service_env,
+            log_dir=log_dir,
+        )
+        started.append(proc)
+        proc.wait_for_port(port)
+        return proc, port
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def start_worker(service_env, log_dir):
+    started: list[Process] = []
+
+    def start(env: dict | None = None, purge: bool = True) -> Process:
+        env = env or service_env
+        if purge:
+            import subprocess
+
+            subprocess.run(celery("purge", "-f", "-Q", QUEUES), env=env, capture_output=True, timeout=30)
+        proc = Process(
+            f"worker{len(started)}",
+            celery("worker", "-Q", QUEUES, "-c", "2", "--without-gossip", "--without-mingle", "-l", "INFO",
+                   "-n", f"test{len(started)}@%h"),
+            env=env,
+            log_dir=log_dir,
+        )
+        started.append(proc)
+        proc.wait_for_log("ready.", timeout=60)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop(timeout=30)
+
+
+@pytest.fixture
+def start_beat(service_env, log_dir, tmp_path):
+    started: list[Process] = []
+
+    def start(env: dict | None = None) -> Process:
+        proc = Process(
+            f"beat{len(started)}",
+            celery("beat", "-l", "INFO", "-s", str(tmp_path / f"beat{len(started)}-schedule")),
+            env=env or service_env,
+            log_dir=log_dir,
+        )
+        started.append(proc)
+        proc.wait_for_log("beat: Starting", timeout=30)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def storescp(tmp_path, log_dir):
+    """dcmtk storescp as a destination PACS; returns (process, port, folder)."""
+    started: list[Process] = []
+
+    def start(ae_title: str = "DEST", port: int | None = None) -> tuple[Process, int, Path]:
+        require_tool("storescp")
+        port = port or free_port()
+        folder = tmp_path / f"dest-{ae_title}"
+        folder.mkdir(exist_ok=True)
+        proc = Process(
+            f"storescp-{ae_title}-{len(started)}",
+            ["storescp", "-aet", ae_title, "-od", str(folder), str(port)],
+            env={**os.environ, "TCP_NODELAY": "1"},
+            log_dir=log_dir,
+        )
+        started.append(proc)
+        proc.wait_for_port(port)
+        return proc, port, folder
+
+    yield start
+    for proc in started:
+        proc.stop()

@@ -1,0 +1,36 @@
+from apps.studies.qc import run_header_checks
+
+
+def header(**overrides):
+    base = {
+        "PatientID": "P1",
+        "PatientName": "Doe^Jane",
+        "StudyInstanceUID": "1.2.3",
+        "SeriesInstanceUID": "1.2.3.4",
+        "SOPInstanceUID": "1.2.3.4.5",
+        "SOPClassUID": "1.2.840.10008.5.1.4.1.1.2",
+        "Modality": "CT",
+    }
+    return {**base, **overrides}
+
+
+def by_name(checks):
+    return {c["check"]: c for c in checks}
+
+
+def test_a_complete_single_patient_study_passes():
+    checks = by_name(run_header_checks([header(), header(SOPInstanceUID="1.2.3.4.6")]))
+    assert checks["required_attributes"]["passed"]
+    assert checks["one_patient"]["passed"]
+
+
+def test_it_flags_missing_required_attributes_with_counts():
+    checks = by_name(run_header_checks([header(PatientID=""), header(Modality="", PatientID="")]))
+    assert not checks["required_attributes"]["passed"]
+    assert checks["required_attributes"]["detail"] == "Modality missing in 1, PatientID missing in 2"
+
+
+def test_it_flags_two_patients_without_naming_them():
+    checks = by_name(run_header_checks([header(), header(PatientID="P2", PatientName="Roe^Richard")]))
+    assert not checks["one_patient"]["passed"]
+    assert "Doe" not in checks["one_patient"]["detail"] and "Roe" not in checks["one_patient"]["detail"]

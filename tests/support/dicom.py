@@ -1,0 +1,73 @@
+"""DICOM data for the tests: the files pydicom ships, synthetic studies, and dataset bytes."""
+
+import os
+import subprocess
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.uid import generate_uid
+
+# The files pydicom ships that cover the encodings the SCP must store byte for byte.
+SHIPPED = {
+    "ct": "CT_small.dcm",  # Explicit VR Little Endian
+    "mr": "MR_small.dcm",
+    "jpeg": "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline
+    "jpeg_lossless": "JPGExtended.dcm",
+    "jpeg_ls": "MR_small_jpeg_ls_lossless.dcm",
+    "jpeg2000": "JPEG2000.dcm",
+    "rle": "MR_small_RLE.dcm",
+}
+
+
+def shipped(name: str) -> Path:
+    return Path(get_testdata_file(SHIPPED.get(name, name)))
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset after the preamble and file meta: what travels over the network."""
+    with open(path, "rb") as fh:
+        read_preamble(fh, False)
+        _read_file_meta_info(fh)
+        return fh.read()
+
+
+def synthetic_study(
+    folder: Path,
+    *,
+    count: int = 3,
+    body_part: str = "HEAD",
+    modality: str = "CT",
+    priority: str = "",
+    patient_name: str = "Doe^Jane",
+    study_uid: str | None = None,
+) -> tuple[str, list[Path]]:
+    """`count` instances of one new study, made from CT_small with fresh UIDs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    paths = []
+    for number in range(1, count + 1):
+        ds = dcmread(shipped("ct"))
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = number
+        ds.BodyPartExamined = body_part
+        ds.Modality = modality
+        ds.PatientName = patient_name
+        ds.AccessionNumber = f"ACC{study_uid[-6:]}"
+        if priority:
+            ds.RequestedProcedurePriority = priority
+        path = folder / f"{ds.SOPInstanceUID}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return study_uid, paths
+
+
+def storescu(port: int, files: list[Path], *, called: str = "ROUTER", calling: str = "MODALITY", timeout: float = 60):
+    """dcmtk's storescu as a real process, with TCP_NODELAY (Debian's dcmtk leaves Nagle on)."""
+    args = ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TCP_NODELAY": "1"})
