@@ -114,8 +114,19 @@ def start_worker(service_env, log_dir):
             subprocess.run(celery("purge", "-f", "-Q", QUEUES), env=env, capture_output=True, timeout=30)
         proc = Process(
             f"worker{len(started)}",
-            celery("worker", "-Q", QUEUES, "-c", "2", "--without-gossip", "--without-mingle", "-l", "INFO",
-                   "-n", f"test{len(started)}@%h"),
+            celery(
+                "worker",
+                "-Q",
+                QUEUES,
+                "-c",
+                "2",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "INFO",
+                "-n",
+                f"test{len(started)}@%h",
+            ),
             env=env,
             log_dir=log_dir,
         )

@@ -74,7 +74,7 @@ def config_import(text: str) -> Report:
                 raise ConfigError(f"{name} must be a list")
             for index, entry in enumerate(entries):
                 label = f"{name}[{index}]" + (
-                    f" ({entry.get('name') or entry.get('username') or entry.get('ae_title')})"
+                    f" ({entry.get('username') or entry.get('name') or entry.get('ae_title')})"
                     if isinstance(entry, dict)
                     else ""
                 )

@@ -78,14 +78,14 @@ def _association_failure(assoc) -> Result:
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive
         result = getattr(rejection, "result", None)
+        source = getattr(rejection, "result_source", "?")
         reason = (
-            f"association rejected (result {result}, source {getattr(rejection, 'result_source', '?')}, "
-            f"reason {getattr(rejection, 'diagnostic', '?')})"
+            f"association rejected (result {result}, source {source}, reason {getattr(rejection, 'diagnostic', '?')})"
         )
         return Result(PERMANENT if result == 0x01 else TRANSIENT, error=reason)
-    if assoc.is_aborted:
-        return Result(TRANSIENT, error="association aborted by the destination")
-    return Result(TRANSIENT, error="could not connect to the destination")
+    if assoc.acceptor.primitive is None:
+        return Result(TRANSIENT, error="could not connect to the destination (refused or timed out)")
+    return Result(TRANSIENT, error="association aborted by the destination")
 
 
 def send(target: Target, files: list[File]) -> list[Result]:
