@@ -2,7 +2,6 @@
 integration tests start their own SCP, Celery worker, Beat and DICOM peers on free ports."""
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ from django.db import connection
 from apps.studies.defaults import DEFAULT_SPECIALTY_MAPPING
 from apps.studies.models import SpecialtyMapping
 
-from .support.processes import Process, celery, free_port, python_manage
+from .support.processes import Process, celery, dcmtk, free_port, python_manage
 
 QUEUES = "ingest,workflow,deliver,notify,stat"
 
@@ -29,10 +28,10 @@ def pytest_configure(config) -> None:
 
 
 def require_tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(f"{name} is not installed: `make test` installs it (apt-get install dcmtk)", pytrace=False)
-    return path
+    try:
+        return dcmtk(name)
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture
@@ -165,13 +164,12 @@ def storescp(tmp_path, log_dir):
     started: list[Process] = []
 
     def start(ae_title: str = "DEST", port: int | None = None) -> tuple[Process, int, Path]:
-        require_tool("storescp")
         port = port or free_port()
         folder = tmp_path / f"dest-{ae_title}"
         folder.mkdir(exist_ok=True)
         proc = Process(
             f"storescp-{ae_title}-{len(started)}",
-            ["storescp", "-aet", ae_title, "-od", str(folder), str(port)],
+            [require_tool("storescp"), "+xa", "-aet", ae_title, "-od", str(folder), str(port)],
             env={**os.environ, "TCP_NODELAY": "1"},
             log_dir=log_dir,
         )

@@ -176,16 +176,17 @@ def serve(
 
 
 def stop(server: ThreadedAssociationServer, *, grace: float) -> int:
-    """Stop accepting, let open associations finish for up to `grace` seconds, abort the rest.
+    """Stop accepting, let established associations finish for up to `grace` seconds, abort the rest.
 
-    Returns how many associations had to be aborted.
+    A connection that never completed association negotiation (a port probe, a slow or hostile
+    client) holds nothing of ours and is aborted at once. Returns how many associations were aborted.
     """
     ae = server.ae
     server.shutdown()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(a.is_alive() for a in ae.active_associations):
+    while time.monotonic() < deadline and any(a.is_alive() and a.is_established for a in ae.active_associations):
         time.sleep(0.05)
     left = [a for a in ae.active_associations if a.is_alive()]
     for assoc in left:
         assoc.abort()
-    return len(left)
+    return sum(1 for a in left if a.is_established)

@@ -9,6 +9,8 @@ from pydicom.data import get_testdata_file
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.uid import generate_uid
 
+from .processes import dcmtk
+
 # The files pydicom ships that cover the encodings the SCP must store byte for byte.
 SHIPPED = {
     "ct": "CT_small.dcm",  # Explicit VR Little Endian
@@ -67,7 +69,36 @@ def synthetic_study(
     return study_uid, paths
 
 
+# storescu proposes a compressed syntax only when told to, one kind per run.
+STORESCU_PROPOSE = {
+    "1.2.840.10008.1.2.4.50": "-xy",
+    "1.2.840.10008.1.2.4.51": "-xx",
+    "1.2.840.10008.1.2.4.70": "-xs",
+    "1.2.840.10008.1.2.4.80": "-xt",
+    "1.2.840.10008.1.2.4.81": "-xu",
+    "1.2.840.10008.1.2.4.90": "-xv",
+    "1.2.840.10008.1.2.4.91": "-xw",
+    "1.2.840.10008.1.2.5": "-xr",
+}
+
+
 def storescu(port: int, files: list[Path], *, called: str = "ROUTER", calling: str = "MODALITY", timeout: float = 60):
-    """dcmtk's storescu as a real process, with TCP_NODELAY (Debian's dcmtk leaves Nagle on)."""
-    args = ["storescu", "-aet", calling, "-aec", called, "127.0.0.1", str(port), *map(str, files)]
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TCP_NODELAY": "1"})
+    """dcmtk's storescu as a real process, with TCP_NODELAY (Debian's dcmtk leaves Nagle on).
+
+    Files go in their own transfer syntax, as a modality sends them: one storescu run per syntax, with
+    -R so only what the files need is proposed. Returns the last failing run, or the last run.
+    """
+    groups: dict[str, list[Path]] = {}
+    for path in files:
+        syntax = str(dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID)
+        groups.setdefault(STORESCU_PROPOSE.get(syntax, ""), []).append(path)
+    result = None
+    for option, paths in groups.items():
+        args = [dcmtk("storescu"), "-R", *([option] if option else []), "-aet", calling, "-aec", called]
+        args += ["127.0.0.1", str(port), *map(str, paths)]
+        result = subprocess.run(
+            args, capture_output=True, text=True, timeout=timeout, env={**os.environ, "TCP_NODELAY": "1"}
+        )
+        if result.returncode != 0:
+            return result
+    return result

@@ -1,6 +1,7 @@
 """Real processes for the tests: start, wait until they listen, stop by pid. Every wait is bounded."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -88,3 +89,15 @@ def python_manage(*args: str) -> list[str]:
 
 def celery(*args: str) -> list[str]:
     return [str(BIN / "celery"), "-A", "routerproject", *args]
+
+
+def dcmtk(name: str) -> str:
+    """dcmtk's own tool, never pynetdicom's same-named app that pip puts in the venv's bin."""
+    for folder in ("/usr/bin", "/usr/local/bin"):
+        candidate = Path(folder) / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None or Path(found).parent == BIN:
+        raise FileNotFoundError(f"dcmtk's {name} is not installed (make test installs the dcmtk package)")
+    return found
