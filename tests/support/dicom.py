@@ -52,6 +52,8 @@ def synthetic_study(
     paths = []
     for number in range(1, count + 1):
         ds = dcmread(shipped("ct"))
+        # storescu drops trailing padding on the way; without it, what it sends is the file's dataset.
+        del ds[0xFFFCFFFC]
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.SOPInstanceUID = generate_uid()
