@@ -101,7 +101,7 @@ def test_broker_unreachable_at_association_end_the_instances_are_processed_once_
     config_import(CONFIG % pacs_port)
     redis = private_redis()
     env = {**service_env, "CELERY_BROKER_URL": f"redis://127.0.0.1:{private_redis.port}/0"}
-    _, port = start_scp(env)
+    scp, port = start_scp(env)
     start_worker(env)
     start_beat(env)
 
@@ -110,6 +110,8 @@ def test_broker_unreachable_at_association_end_the_instances_are_processed_once_
     result = storescu(port, paths)
     assert result.returncode == 0, result.stderr  # custody does not depend on the broker
     assert ReceivedInstance.objects.filter(state="received").count() == 4
+    # The SCP's hand-over has failed for good (not merely still retrying) before the broker returns.
+    scp.wait_for_log("could not enqueue", timeout=30)
     assert not Study.objects.filter(stage="notified").exists()
 
     private_redis()  # back, empty: only the database knows what is left to do
