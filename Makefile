@@ -1,0 +1,66 @@
+# Two commands for a fresh machine: `make run` and `make test`. Both create .venv and install what
+# they need, system packages included (apt-get, as root or through sudo).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+# The test suite's PostgreSQL and Redis (the machine's own; tests create and drop test_router).
+TEST_DATABASE_URL ?= postgres://$(shell id -un)@127.0.0.1:5432/router
+TEST_BROKER_URL ?= redis://127.0.0.1:6379/7
+
+WEB_PORT ?= 8000
+SCP_PORT ?= 11112
+SCP_AE_TITLE ?= ROUTER
+
+.PHONY: run test lint venv system-test-deps services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The embedded default: SQLite and kombu's filesystem transport under ./var, nothing else to install.
+run: venv
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	@echo
+	@echo "  DICOM SCP   $(SCP_AE_TITLE) on 0.0.0.0:$(SCP_PORT)   (storescu -aec $(SCP_AE_TITLE) 127.0.0.1 $(SCP_PORT) FILE...)"
+	@echo "  Web/admin   http://127.0.0.1:$(WEB_PORT)/admin/   (create a login: $(BIN)/python manage.py createsuperuser)"
+	@echo "  Worker+Beat Celery on the filesystem broker in var/broker (no server needed)"
+	@echo "  Configure   $(BIN)/python manage.py importconfig docs/examples/demo.yaml"
+	@echo "  Follow      $(BIN)/python manage.py studystatus STUDY_INSTANCE_UID"
+	@echo
+	WEB_PORT=$(WEB_PORT) SCP_PORT=$(SCP_PORT) SCP_AE_TITLE=$(SCP_AE_TITLE) PATH="$(abspath $(BIN)):$$PATH" \
+		$(BIN)/honcho start -f Procfile web worker beat scp
+
+# dcmtk (echoscu, storescu, storescp) is the tests' DICOM peer; PostgreSQL and Redis their services.
+system-test-deps:
+	@missing=""; \
+	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v pg_ctlcluster >/dev/null || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi
+
+services: system-test-deps
+	@pg_isready -q -h 127.0.0.1 -p 5432 || $(SUDO) pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || \
+		redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no
+	@for i in $$(seq 1 30); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 1; done
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: venv services lint
+	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) var
