@@ -6,6 +6,8 @@ from pathlib import Path
 from celery import Celery
 from kombu import Queue
 
+from . import broker  # noqa: F401  (registers the embedded routerfs:// transport)
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "routerproject.settings")
 
 app = Celery("router")
@@ -41,7 +43,7 @@ def _beat_schedule() -> dict:
 def _configure(sender: Celery, **kwargs) -> None:
     sender.conf.beat_schedule = _beat_schedule()
     # kombu's filesystem transport (the embedded default) expects its folders to exist.
-    for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+    for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
         folder = (sender.conf.broker_transport_options or {}).get(key)
         if folder:
             Path(folder).mkdir(parents=True, exist_ok=True)

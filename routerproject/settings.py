@@ -130,15 +130,17 @@ WEB_PORT = env_int("WEB_PORT", 8000)
 
 # --- Celery ------------------------------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
+# routerfs:// is kombu's filesystem transport with atomic writes (routerproject/broker.py).
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "routerfs://")
 # Redis redelivers a message not acknowledged within the visibility timeout. Every countdown and
 # retry stays far below it (checked by a system check); longer waits are next_attempt_at columns.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 900)
-if CELERY_BROKER_URL.startswith("filesystem"):
+if CELERY_BROKER_URL.startswith(("routerfs", "filesystem")):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
         "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": 0.1,
     }
