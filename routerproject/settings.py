@@ -74,6 +74,8 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # SQLite creates its file but not the folder; on a fresh checkout var/ does not exist yet.
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
     # WAL lets the SCP, the worker and the web process read while one writes; IMMEDIATE takes the
     # write lock at BEGIN so two writers queue on the busy timeout instead of failing mid-transaction.
     # synchronous stays FULL: a committed received-instance row must survive a power cut.
