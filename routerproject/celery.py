@@ -34,6 +34,8 @@ def _beat_schedule() -> dict:
         "reconcile": {"task": "pipeline.reconcile", "schedule": settings.RECONCILE_INTERVAL},
         # Deliveries whose next_attempt_at has come (retries longer than any countdown we allow).
         "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
+        # C-ECHO every destination: an unreachable one pauses its queue, a recovered one resumes it.
+        "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
         # Studies nobody could read when they arrived: try again, someone may have come on shift.
         "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
     }

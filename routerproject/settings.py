@@ -177,6 +177,7 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 RECONCILE_INTERVAL = env_float("RECONCILE_INTERVAL", 15.0)
 RECONCILE_AFTER = env_float("RECONCILE_AFTER", 120.0)
 DELIVERY_SWEEP_INTERVAL = env_float("DELIVERY_SWEEP_INTERVAL", 5.0)
+HEALTH_CHECK_INTERVAL = env_float("HEALTH_CHECK_INTERVAL", 30.0)
 
 # --- Logging: ids and UIDs only, never names or birth dates ------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

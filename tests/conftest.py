@@ -66,6 +66,7 @@ def service_env(transactional_db, default_mapping, tmp_path, storage, settings) 
         "RECONCILE_INTERVAL": "1",
         "RECONCILE_AFTER": "3",
         "DELIVERY_SWEEP_INTERVAL": "1",
+        "HEALTH_CHECK_INTERVAL": "1",
         "SCP_SHUTDOWN_GRACE": "10",
         "TCP_NODELAY": "1",
         "PYTHONUNBUFFERED": "1",

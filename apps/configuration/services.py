@@ -10,8 +10,9 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
 
+from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
-from apps.reading.models import WEEKDAYS, Radiologist, Shift
+from apps.reading.models import Radiologist, Shift
 from apps.routing.models import Destination, RoutingRule, RuleCriterion
 from apps.studies.models import SpecialtyMapping
 

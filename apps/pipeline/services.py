@@ -4,12 +4,14 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from apps.core import clock
 from apps.notifications.models import Notification
 from apps.notifications.services import notification_create
 from apps.reading.models import Assignment
+from apps.routing.models import Delivery, DeliveryItem
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
 
@@ -54,6 +56,35 @@ def study_notify(*, study_id: int, now: datetime | None = None) -> list[int]:
                 body=body,
             )
         study.advance(Stage.NOTIFIED, now=now)
+    return ids
+
+
+DELIVERY_FAILED_EVENT = "delivery_failed"
+
+
+def delivery_failed_notify(*, delivery_id: int) -> list[int]:
+    """Tell the operators (active staff users) that a delivery failed for good; once per delivery."""
+    delivery = Delivery.objects.select_related("destination", "study").get(pk=delivery_id)
+    failed = delivery.items.filter(state=DeliveryItem.State.FAILED).count()
+    pending = delivery.items.filter(state=DeliveryItem.State.PENDING).count()
+    title = f"Delivery to {delivery.destination.name} failed (study {delivery.study_id})"
+    body = (
+        f"Delivery {delivery.pk} of study {delivery.study_id} (accession {delivery.study.accession_number or '-'}) "
+        f"to {delivery.destination.name} failed after {delivery.attempts} attempt(s).\n"
+        f"Instances failed: {failed}; not sent: {pending}.\nLast error: {delivery.last_error or '-'}\n"
+        f"Retry it from the admin (Deliveries, action 'Retry failed deliveries'): only what is missing is sent."
+    )
+    ids = []
+    for operator in get_user_model().objects.filter(is_staff=True, is_active=True):
+        channels = [Notification.Channel.IN_APP] + ([Notification.Channel.EMAIL] if operator.email else [])
+        ids += notification_create(
+            event=DELIVERY_FAILED_EVENT,
+            subject_key=f"delivery:{delivery.pk}:{delivery.attempts}",
+            recipient_id=operator.pk,
+            channels=channels,
+            title=title,
+            body=body,
+        )
     return ids
 
 

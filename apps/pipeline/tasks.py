@@ -8,8 +8,10 @@ from django.conf import settings
 from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
 from apps.reading.services import study_assign
+from apps.routing.models import Delivery
 from apps.routing.services import deliveries_due as _deliveries_due
 from apps.routing.services import delivery_send, study_route
+from apps.routing.services import destinations_check as _destinations_check
 from apps.studies.services import study_check, study_classify, study_persist
 
 from . import services
@@ -52,7 +54,15 @@ def notify(study_id: int) -> None:
 
 @shared_task(name="pipeline.deliver")
 def deliver(delivery_id: int) -> None:
-    delivery_send(delivery_id=delivery_id)
+    state = delivery_send(delivery_id=delivery_id)
+    if state == Delivery.State.FAILED:
+        for notification_id in services.delivery_failed_notify(delivery_id=delivery_id):
+            task_start("notification_send", notification_id)
+    if state is not None:
+        # A slot at this destination is free again: start what waits for it rather than the next sweep.
+        destination_id = Delivery.objects.values_list("destination_id", flat=True).get(pk=delivery_id)
+        for next_id in _deliveries_due(destination_id=destination_id, limit=1):
+            task_start("deliver", next_id)
 
 
 @shared_task(name="pipeline.notification_send")
@@ -72,6 +82,13 @@ def reconcile() -> None:
 def deliveries_due() -> None:
     for delivery_id in _deliveries_due(lease=settings.RECONCILE_AFTER):
         task_start("deliver", delivery_id)
+
+
+@shared_task(name="pipeline.destinations_check")
+def destinations_check() -> None:
+    for destination_id in _destinations_check():
+        for delivery_id in _deliveries_due(destination_id=destination_id):
+            task_start("deliver", delivery_id)
 
 
 @shared_task(name="pipeline.assign_unassigned")

@@ -1,16 +1,12 @@
 """Radiologists, their shifts, and assignments of studies to them."""
 
-import zoneinfo
-
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.models import WeeklyWindow
 from apps.studies.models import Study
-
-WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 class Radiologist(models.Model):
@@ -30,35 +26,11 @@ class Radiologist(models.Model):
         return self.display_name
 
 
-class Shift(models.Model):
-    """A weekly working window in its own timezone. An end at or before the start crosses midnight:
-    the window opens on the listed day and closes on the next. An end of 23:59 runs to midnight."""
-
+class Shift(WeeklyWindow):
     radiologist = models.ForeignKey(Radiologist, on_delete=models.CASCADE, related_name="shifts")
-    weekdays = models.CharField(max_length=64, help_text="Comma-separated: mon,tue,wed,thu,fri,sat,sun")
-    start = models.TimeField()
-    end = models.TimeField()
-    timezone = models.CharField(max_length=64, default="UTC")
 
     class Meta:
         ordering = ["id"]
-
-    def __str__(self) -> str:
-        return f"{self.weekdays} {self.start:%H:%M}-{self.end:%H:%M} {self.timezone}"
-
-    @property
-    def weekday_numbers(self) -> frozenset[int]:
-        return frozenset(WEEKDAYS.index(d.strip().lower()) for d in self.weekdays.split(",") if d.strip())
-
-    def clean(self) -> None:
-        days = [d.strip().lower() for d in self.weekdays.split(",") if d.strip()]
-        unknown = [d for d in days if d not in WEEKDAYS]
-        if not days or unknown:
-            raise ValidationError({"weekdays": f"Use {', '.join(WEEKDAYS)}; got {', '.join(unknown) or 'none'}."})
-        try:
-            zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValidationError({"timezone": f"Unknown timezone {self.timezone!r}."}) from exc
 
 
 class Assignment(models.Model):

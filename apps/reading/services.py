@@ -10,7 +10,6 @@ from apps.core import clock
 from apps.studies.models import Stage, Study
 
 from .models import Assignment, Radiologist
-from .shifts import on_shift
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +26,7 @@ def candidates_rank(radiologists: list[Radiologist], *, specialty: str, at: date
             reason = f"specialty {r.specialty}"
         elif r.status != Radiologist.Status.ONLINE:
             reason = "offline"
-        elif not any(
-            on_shift(weekdays=s.weekday_numbers, start=s.start, end=s.end, tz=s.timezone, at=at) for s in r.shifts.all()
-        ):
+        elif not any(shift.is_open(at) for shift in r.shifts.all()):
             reason = "not on shift"
         entry = {"radiologist": r.pk, "name": r.display_name, "open": r.open_count}
         if reason:

@@ -47,6 +47,7 @@ class Result:
     kind: str
     status: int | None = None
     error: str = ""
+    unreachable: bool = False  # no association at all: refused, timed out, rejected
 
 
 def classify_status(status: int) -> str:
@@ -82,10 +83,10 @@ def _association_failure(assoc) -> Result:
         reason = (
             f"association rejected (result {result}, source {source}, reason {getattr(rejection, 'diagnostic', '?')})"
         )
-        return Result(PERMANENT if result == 0x01 else TRANSIENT, error=reason)
+        return Result(PERMANENT if result == 0x01 else TRANSIENT, error=reason, unreachable=True)
     if assoc.acceptor.primitive is None:
-        return Result(TRANSIENT, error="could not connect to the destination (refused or timed out)")
-    return Result(TRANSIENT, error="association aborted by the destination")
+        return Result(TRANSIENT, error="could not connect to the destination (refused or timed out)", unreachable=True)
+    return Result(TRANSIENT, error="association aborted by the destination", unreachable=True)
 
 
 def send(target: Target, files: list[File]) -> list[Result]:
@@ -109,7 +110,7 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
         )
     except (OSError, RuntimeError, ValueError) as exc:
         for i in indexes:
-            results[i] = Result(TRANSIENT, error=f"connect failed: {exc}")
+            results[i] = Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True)
         return
     if not assoc.is_established:
         failure = _association_failure(assoc)

@@ -5,8 +5,16 @@ import re
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from pydicom import datadict as keyword_dictionary
 
+from apps.core.models import WeeklyWindow
 from apps.studies.models import Instance, Study
+
+
+class Health(models.TextChoices):
+    UNKNOWN = "unknown"
+    UP = "up"
+    DOWN = "down"
 
 
 class Destination(models.Model):
@@ -21,6 +29,23 @@ class Destination(models.Model):
     connect_timeout = models.PositiveIntegerField(default=10)
     dimse_timeout = models.PositiveIntegerField(default=30)
     network_timeout = models.PositiveIntegerField(default=60)
+    max_associations = models.PositiveIntegerField(
+        default=2, help_text="Concurrent associations to this destination, across every worker."
+    )
+    alternate = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Used while this destination has been unreachable longer than 'alternate after'.",
+    )
+    alternate_after = models.PositiveIntegerField(default=900, help_text="Seconds unreachable before the alternate.")
+    health = models.CharField(max_length=8, choices=Health.choices, default=Health.UNKNOWN)
+    health_checked_at = models.DateTimeField(null=True, blank=True)
+    down_since = models.DateTimeField(null=True, blank=True)
+    health_detail = models.CharField(max_length=255, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
@@ -30,6 +55,17 @@ class Destination(models.Model):
             raise ValidationError({"port": "Port must be between 1 and 65535."})
         if not self.ae_title.strip() or "\\" in self.ae_title:
             raise ValidationError({"ae_title": "AE title must be 1-16 characters without backslash."})
+        if self.alternate_id and self.alternate_id == self.pk:
+            raise ValidationError({"alternate": "A destination cannot be its own alternate."})
+
+
+class DeliveryWindow(WeeklyWindow):
+    """When routine studies may be sent to a destination (STAT goes at once). No window: any time."""
+
+    destination = models.ForeignKey(Destination, on_delete=models.CASCADE, related_name="windows")
+
+    class Meta:
+        ordering = ["id"]
 
 
 class RoutingRule(models.Model):
@@ -40,12 +76,22 @@ class RoutingRule(models.Model):
     fallback = models.BooleanField(default=False, help_text="Applies only when no other rule matched.")
     destinations = models.ManyToManyField(Destination, related_name="rules", blank=True)
     description = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-priority", "name"]
 
     def __str__(self) -> str:
         return self.name
+
+
+class RuleWindow(WeeklyWindow):
+    """When a rule applies. A rule with no window applies at any time."""
+
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="windows")
+
+    class Meta:
+        ordering = ["id"]
 
 
 class RuleCriterion(models.Model):
@@ -58,19 +104,23 @@ class RuleCriterion(models.Model):
         PRIORITY = "priority"
         CALLING_AE = "calling_ae"
         CALLED_AE = "called_ae"
+        SOP_CLASS = "sop_class"
+        KEYWORD = "keyword"
 
     class Operator(models.TextChoices):
         EQUALS = "equals"
         CONTAINS = "contains"
         REGEX = "regex"
         IN = "in"
+        NOT_IN = "not_in"
         PRESENT = "present"
         ABSENT = "absent"
 
     rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="criteria")
     attribute = models.CharField(max_length=32, choices=Attribute.choices)
+    keyword = models.CharField(max_length=64, blank=True, help_text="The DICOM keyword, for attribute 'keyword'.")
     operator = models.CharField(max_length=16, choices=Operator.choices, default=Operator.EQUALS)
-    value = models.CharField(max_length=255, blank=True, help_text="For 'in': comma-separated values.")
+    value = models.CharField(max_length=1024, blank=True, help_text="For 'in' and 'not_in': comma-separated.")
 
     class Meta:
         ordering = ["id"]
@@ -86,6 +136,10 @@ class RuleCriterion(models.Model):
                 raise ValidationError({"value": f"Not a valid regular expression: {exc}"}) from exc
         if self.operator not in (self.Operator.PRESENT, self.Operator.ABSENT) and not self.value:
             raise ValidationError({"value": "This operator needs a value."})
+        if self.attribute == self.Attribute.KEYWORD and not keyword_dictionary.tag_for_keyword(self.keyword):
+            raise ValidationError({"keyword": f"{self.keyword!r} is not a DICOM keyword."})
+        if self.attribute != self.Attribute.KEYWORD and self.keyword:
+            raise ValidationError({"keyword": "Only the attribute 'keyword' takes a keyword."})
 
 
 class RoutingDecision(models.Model):
@@ -120,6 +174,8 @@ class Delivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The destination actually used while sending: the primary, or its alternate.
+    target = models.ForeignKey(Destination, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
     class Meta:
         verbose_name_plural = "deliveries"

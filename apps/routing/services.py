@@ -7,20 +7,34 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Count, F, Max
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
 from apps.core import clock
-from apps.studies.models import Stage, Study
+from apps.studies.models import Priority, Stage, Study
 
 from . import dicom_send, rules
-from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule
+from .models import Delivery, DeliveryItem, Destination, Health, RoutingDecision, RoutingRule
 
 logger = logging.getLogger(__name__)
 
 
+# Compiled rules, rebuilt when a rule or destination changes (admin saves bump updated_at).
+_engine_cache: dict[str, tuple[tuple, rules.Engine, frozenset[str]]] = {}
+
+
+def _rules_version() -> tuple:
+    return (
+        tuple(RoutingRule.objects.aggregate(n=Count("id"), at=Max("updated_at")).values()),
+        tuple(Destination.objects.aggregate(n=Count("id"), at=Max("updated_at")).values()),
+    )
+
+
 def rules_load() -> list[rules.Rule]:
     loaded = []
-    for rule in RoutingRule.objects.filter(enabled=True).prefetch_related("criteria", "destinations"):
+    queryset = RoutingRule.objects.filter(enabled=True).prefetch_related("criteria", "destinations", "windows")
+    for rule in queryset:
         loaded.append(
             rules.Rule(
                 id=rule.pk,
@@ -28,15 +42,30 @@ def rules_load() -> list[rules.Rule]:
                 priority=rule.priority,
                 exclusive=rule.exclusive,
                 fallback=rule.fallback,
-                criteria=tuple(rules.Criterion(c.attribute, c.operator, c.value) for c in rule.criteria.all()),
+                criteria=tuple(
+                    rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in rule.criteria.all()
+                ),
                 destinations=tuple(d.name for d in rule.destinations.all() if d.enabled),
+                windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in rule.windows.all()),
             )
         )
     return loaded
 
 
-def study_facts(study: Study) -> dict:
-    return {
+def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
+    """The compiled engine and the DICOM keywords its criteria read; rebuilt only after a change."""
+    version = _rules_version()
+    cached = _engine_cache.get("engine")
+    if cached is None or cached[0] != version:
+        loaded = rules_load()
+        keywords = frozenset(c.keyword for r in loaded for c in r.criteria if c.keyword)
+        cached = (version, rules.Engine(loaded), keywords)
+        _engine_cache["engine"] = cached
+    return cached[1], cached[2]
+
+
+def study_facts(study: Study, keywords: frozenset[str] = frozenset()) -> dict:
+    facts = {
         "modality": [m for m in study.modalities.split("\\") if m],
         "body_part": study.body_part,
         "study_description": study.study_description,
@@ -45,7 +74,32 @@ def study_facts(study: Study) -> dict:
         "priority": study.priority,
         "calling_ae": study.calling_ae_title,
         "called_ae": study.called_ae_title,
+        "sop_class": sorted(set(study.instances.values_list("sop_class_uid", flat=True))),
     }
+    if keywords:
+        facts.update(_keyword_facts(study, keywords))
+    return facts
+
+
+def _keyword_facts(study: Study, keywords: frozenset[str]) -> dict:
+    """Any DICOM keyword a rule names, read from the study's first instance (header only)."""
+    first = study.instances.order_by("id").first()
+    if first is None:
+        return {}
+    try:
+        ds = dcmread(Path(settings.STORAGE_ROOT) / first.path, stop_before_pixels=True, specific_tags=list(keywords))
+    except (OSError, InvalidDicomError) as exc:
+        logger.warning("route: cannot read study %s's header for keyword rules: %s", study.pk, exc)
+        return {}
+    return {f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords}
+
+
+def _text(value) -> list[str] | str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
+        return [str(v) for v in value]
+    return str(value)
 
 
 def study_route(*, study_id: int, now: datetime | None = None) -> list[int]:
@@ -56,13 +110,20 @@ def study_route(*, study_id: int, now: datetime | None = None) -> list[int]:
     3. A delivery that gains items goes back to pending. Returns the deliveries to send now.
     """
     now = now or clock.now()
+    # Facts are read before the lock (a header read for keyword rules is file I/O); the stage check
+    # under the lock guarantees they describe the content QC checked.
+    unlocked = Study.objects.filter(pk=study_id, stage=Stage.CHECKED).first()
+    if unlocked is None:
+        return []
+    engine, keywords = rules_engine()
+    facts = study_facts(unlocked, keywords)
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
         if study is None or study.stage != Stage.CHECKED:
             return []
         decision = RoutingDecision.objects.filter(study=study).first()
         if decision is None:
-            result = rules.evaluate(rules_load(), study_facts(study))
+            result = engine.evaluate(facts, at=now)
             decision = RoutingDecision.objects.create(
                 study=study,
                 matched_rules=result.matched,
@@ -100,33 +161,147 @@ def retry_delay(destination: Destination, attempts: int) -> float:
     return min(base, destination.retry_max_delay) * random.uniform(0.8, 1.2)
 
 
-def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | None:
-    """Send what is still missing of one delivery; returns its new state, None if not ours to send.
+# How long a delivery waits before trying again when its destination is busy (at its association
+# limit), paused (unreachable), or closed (outside its delivery windows). Far below the visibility timeout.
+BUSY_WAIT = 2
+PAUSED_WAIT = 30
+CLOSED_WAIT = 60
 
-    1. Claim it: pending -> sending (compare-and-set), so a duplicate message does nothing.
+
+def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | None:
+    """Send what is still missing of one delivery; returns its new state, None if it is not sent now.
+
+    1. Claim it (pending -> sending) under a lock on the destination actually used, so a duplicate
+       message does nothing and no destination gets more associations than its limit, across workers.
+       An unreachable destination pauses (or its alternate takes over after `alternate_after`); outside
+       the destination's delivery windows a routine study waits, a STAT study goes at once.
     2. Send the pending items over one association, outside any transaction.
     3. Record each item's outcome, then the delivery's: delivered when every item is, retried later
        while a transient failure is within budget, failed otherwise (kept for an operator).
     """
     now = now or clock.now()
-    claimed = Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
-        state=Delivery.State.SENDING, claimed_at=now, attempts=F("attempts") + 1
-    )
-    if not claimed:
-        return None
-    delivery = Delivery.objects.select_related("destination").get(pk=delivery_id)
-    destination = delivery.destination
+    delivery, state = _claim(delivery_id, now)
+    if delivery is None:
+        return state
     items = list(delivery.items.filter(state=DeliveryItem.State.PENDING).select_related("instance"))
-    results = dicom_send.send(
-        _target(destination),
-        [
-            dicom_send.File(
-                i.instance.sop_class_uid, i.instance.transfer_syntax_uid, Path(settings.STORAGE_ROOT) / i.instance.path
-            )
-            for i in items
-        ],
-    )
+    files = [
+        dicom_send.File(
+            i.instance.sop_class_uid, i.instance.transfer_syntax_uid, settings.STORAGE_ROOT / i.instance.path
+        )
+        for i in items
+    ]
+    results = dicom_send.send(_target(delivery.target), files)
+    _health_record(delivery.target, results, clock.now())
     return _record(delivery, items, results, clock.now())
+
+
+def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
+    """The claimed delivery, or None and the state to report (None when nothing was attempted)."""
+    delivery = Delivery.objects.select_related("destination", "study").filter(pk=delivery_id).first()
+    if delivery is None or delivery.state != Delivery.State.PENDING:
+        return None, None
+    target, wait = _choose_target(delivery, now)
+    if target is None and wait == PAUSED_WAIT:
+        return None, _paused_attempt(delivery, now)
+    if target is None:
+        Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
+            next_attempt_at=now + timedelta(seconds=wait)
+        )
+        return None, None
+    with transaction.atomic():
+        Destination.objects.select_for_update().filter(pk=target.pk).first()  # serialises claims per target
+        busy = Delivery.objects.filter(target=target, state=Delivery.State.SENDING).count()
+        if busy >= target.max_associations:
+            claimed = 0
+            Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
+                next_attempt_at=now + timedelta(seconds=BUSY_WAIT)
+            )
+        else:
+            claimed = Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
+                state=Delivery.State.SENDING, claimed_at=now, attempts=F("attempts") + 1, target=target
+            )
+    if not claimed:
+        return None, None
+    delivery.refresh_from_db()
+    return delivery, None
+
+
+def _paused_attempt(delivery: Delivery, now: datetime) -> str:
+    """The destination is known to be unreachable: count the attempt without opening an association
+    (the health check probes it), so the retry budget still ends in `failed` for an operator."""
+    with transaction.atomic():
+        delivery = Delivery.objects.select_for_update().select_related("destination").get(pk=delivery.pk)
+        if delivery.state != Delivery.State.PENDING:
+            return delivery.state
+        destination = delivery.destination
+        delivery.attempts += 1
+        delivery.last_error = f"destination unreachable since {destination.down_since:%Y-%m-%d %H:%M:%S} UTC"
+        if delivery.attempts >= destination.max_attempts:
+            delivery.state = Delivery.State.FAILED
+        else:
+            delivery.next_attempt_at = now + timedelta(seconds=retry_delay(destination, delivery.attempts))
+        delivery.save(update_fields=["attempts", "last_error", "state", "next_attempt_at"])
+    return delivery.state
+
+
+def _choose_target(delivery: Delivery, now: datetime) -> tuple[Destination | None, int]:
+    """The destination to send to now, or None and how long to wait."""
+    primary = delivery.destination
+    target = primary
+    if primary.health == Health.DOWN:
+        alternate = primary.alternate
+        overdue = primary.down_since and primary.down_since <= now - timedelta(seconds=primary.alternate_after)
+        if not (overdue and alternate and alternate.enabled and alternate.health != Health.DOWN):
+            return None, PAUSED_WAIT
+        target = alternate
+    if delivery.study.priority != Priority.STAT:
+        windows = list(primary.windows.all())
+        if windows and not any(w.is_open(now) for w in windows):
+            return None, CLOSED_WAIT
+    return target, 0
+
+
+def _health_record(destination: Destination, results: list[dicom_send.Result], now: datetime) -> None:
+    """A destination that answered is up; one we could not reach at all is down (its queue pauses)."""
+    reached = any(r.status is not None for r in results)  # it answered at least one C-STORE
+    unreachable = bool(results) and all(r.unreachable for r in results)
+    if reached:
+        destination_health_set(destination_id=destination.pk, up=True, detail="", now=now)
+    elif unreachable:
+        destination_health_set(destination_id=destination.pk, up=False, detail=results[0].error, now=now)
+
+
+def destination_health_set(*, destination_id: int, up: bool, detail: str, now: datetime) -> bool:
+    """Record a destination's health; True when it just came back (its paused deliveries are released)."""
+    with transaction.atomic():
+        destination = Destination.objects.select_for_update().get(pk=destination_id)
+        was_down = destination.health == Health.DOWN
+        destination.health = Health.UP if up else Health.DOWN
+        destination.health_checked_at = now
+        destination.health_detail = detail[:255]
+        if up:
+            destination.down_since = None
+        elif destination.down_since is None:
+            destination.down_since = now
+        destination.save(update_fields=["health", "health_checked_at", "health_detail", "down_since"])
+        if up and was_down:
+            Delivery.objects.filter(destination=destination, state=Delivery.State.PENDING).update(next_attempt_at=now)
+            logger.info("destination %s is reachable again: its deliveries resume", destination.name)
+            return True
+    if not up and not was_down:
+        logger.warning("destination %s is unreachable (%s): its deliveries pause", destination.name, detail)
+    return False
+
+
+def destinations_check(*, now: datetime | None = None) -> list[int]:
+    """C-ECHO every enabled destination; returns the ids that just came back."""
+    back = []
+    for destination in Destination.objects.filter(enabled=True):
+        result = dicom_send.echo(_target(destination))
+        up = result.kind == dicom_send.DELIVERED
+        if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=now or clock.now()):
+            back.append(destination.pk)
+    return back
 
 
 def _target(destination: Destination) -> dicom_send.Target:
@@ -180,7 +355,9 @@ def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_s
     return delivery.state
 
 
-def deliveries_due(*, now: datetime | None = None, lease: float | None = None) -> list[int]:
+def deliveries_due(
+    *, now: datetime | None = None, lease: float | None = None, destination_id: int | None = None, limit: int = 500
+) -> list[int]:
     """Pending deliveries whose time has come; each is leased so the next tick does not enqueue it again.
 
     A delivery left in `sending` by a killed worker is given back after the lease.
@@ -190,11 +367,10 @@ def deliveries_due(*, now: datetime | None = None, lease: float | None = None) -
     Delivery.objects.filter(state=Delivery.State.SENDING, claimed_at__lt=now - lease).update(
         state=Delivery.State.PENDING, next_attempt_at=now, claimed_at=None
     )
-    due = list(
-        Delivery.objects.filter(state=Delivery.State.PENDING, next_attempt_at__lte=now).values_list("id", flat=True)[
-            :500
-        ]
-    )
+    pending = Delivery.objects.filter(state=Delivery.State.PENDING, next_attempt_at__lte=now)
+    if destination_id is not None:
+        pending = pending.filter(destination_id=destination_id)
+    due = list(pending.order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit])
     # The lease: enqueued now, due again only if nobody sent it within the lease.
     Delivery.objects.filter(pk__in=due).update(next_attempt_at=now + lease)
     return due

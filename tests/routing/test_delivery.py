@@ -98,16 +98,22 @@ def test_a_warning_counts_as_delivered_and_is_kept(storage, tmp_path, default_ma
     assert DeliveryItem.objects.get(state="warning").status == 0xB000
 
 
-def test_an_unreachable_destination_is_retried_until_the_budget_then_failed(storage, tmp_path, default_mapping):
+def test_an_unreachable_destination_pauses_and_its_deliveries_fail_after_the_budget(storage, tmp_path, default_mapping):
     from ..support.processes import free_port
 
     _, due, _ = routed_study(storage, tmp_path, free_port())
+    assert delivery_send(delivery_id=due[0]) == "pending"
+    assert "could not connect" in Delivery.objects.get().last_error
+    destination = Destination.objects.get()
+    assert (destination.health, destination.down_since is not None) == ("down", True)
     states = []
-    for _ in range(3):
+    for _ in range(2):  # paused: attempts are counted without opening an association
         Delivery.objects.update(next_attempt_at=timezone.now())
         states.append(delivery_send(delivery_id=due[0]))
-    assert states == ["pending", "pending", "failed"]
-    assert "could not connect" in Delivery.objects.get().last_error
+    assert states == ["pending", "failed"]
+    delivery = Delivery.objects.get()
+    assert (delivery.attempts, delivery.target_id) == (3, destination.pk)
+    assert "destination unreachable since" in delivery.last_error
 
 
 def test_a_second_message_for_the_same_delivery_does_nothing(storage, tmp_path, default_mapping):

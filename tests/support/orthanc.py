@@ -1,0 +1,59 @@
+"""Orthanc (the Debian package) as a real destination PACS: its own process, configuration and storage."""
+
+import json
+import os
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .processes import Process, free_port
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+class Orthanc:
+    def __init__(self, folder: Path, *, log_dir: Path, ae_title: str = "ORTHANC", name: str = "orthanc") -> None:
+        self.ae_title = ae_title
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": name,
+            "StorageDirectory": str(folder / "storage"),
+            "IndexDirectory": str(folder / "index"),
+            "DicomAet": ae_title,
+            "DicomPort": self.dicom_port,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            # The router is no registered modality: accept its C-STOREs whatever its AE title.
+            "DicomAlwaysAllowStore": True,
+            "DicomCheckCalledAet": False,
+            # Debian's default configuration loads plugins from /usr/share/orthanc/plugins: none here.
+            "Plugins": [],
+        }
+        config_path = folder / "orthanc.json"
+        config_path.write_text(json.dumps(config, indent=2))
+        # Debian's dcmtk-based Orthanc leaves Nagle on and stalls ~40 ms per C-STORE without this.
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        self.process = Process(name, [ORTHANC, str(config_path)], env=env, log_dir=log_dir)
+        self.process.wait_for_port(self.dicom_port)
+        self.process.wait_for_port(self.http_port)
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.load(response)
+
+    def instances(self) -> list[str]:
+        """Orthanc's own ids of the instances it stores (not SOP Instance UIDs)."""
+        return self._get("/instances")
+
+    def statistics(self) -> dict:
+        return self._get("/statistics")
+
+    def instance_count(self) -> int:
+        return len(self.instances())
+
+    def stop(self) -> int:
+        # After SIGTERM Orthanc takes ~3.5 s to stop (its HTTP and DICOM servers poll for the stop flag).
+        return self.process.stop(timeout=30)
