@@ -9,11 +9,12 @@ import yaml
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import models, transaction
+from pydicom import datadict as keyword_dictionary
 
 from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
-from apps.routing.models import Destination, RoutingRule, RuleCriterion
+from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
 from apps.studies.models import SpecialtyMapping
 
 SECTIONS = ("callers", "destinations", "rules", "radiologists", "specialty_mapping")
@@ -28,6 +29,8 @@ DESTINATION_FIELDS = (
     "connect_timeout",
     "dimse_timeout",
     "network_timeout",
+    "max_associations",
+    "alternate_after",
 )
 RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "description")
 # The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
@@ -85,6 +88,7 @@ def config_import(text: str) -> Report:
                     apply(entry, report)
                 except (ValidationError, ValueError, TypeError, KeyError) as exc:
                     raise ConfigError(f"{label}: {_message(exc)}") from exc
+        _link_alternates(document.get("destinations") or [], report)
         if "specialty_mapping" in document:
             try:
                 _import_mapping(document["specialty_mapping"] or [], report)
@@ -144,46 +148,83 @@ def _import_caller(entry: dict, report: Report) -> None:
 
 
 def _import_destination(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"name", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"})
+    _check_keys(entry, {"name", "alternate", "windows", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"})
     defaults = {f.name: f.default for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
     values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
     values["host"] = str(values["host"])
-    _upsert(Destination, {"name": str(entry["name"])}, values, report, f"destination {entry['name']}")
+    label = f"destination {entry['name']}"
+    destination = _upsert(Destination, {"name": str(entry["name"])}, values, report, label)
+    if _windows_sync(
+        destination.windows, DeliveryWindow, {"destination": destination}, _windows_from(entry, "windows")
+    ):
+        _mark_updated(report, label)
 
 
-def _criteria_from(entry: dict) -> list[tuple[str, str, str]]:
+def _link_alternates(entries: list, report: Report) -> None:
+    """Alternates name other destinations, so they are linked once every destination exists."""
+    for index, entry in enumerate(entries):
+        name = str(entry["name"])
+        wanted = entry.get("alternate")
+        destination = Destination.objects.get(name=name)
+        alternate = None
+        if wanted:
+            alternate = Destination.objects.filter(name=str(wanted)).first()
+            if alternate is None or alternate.pk == destination.pk:
+                raise ConfigError(f"destinations[{index}] ({name}): alternate {wanted!r} is not another destination")
+        if destination.alternate_id != (alternate.pk if alternate else None):
+            destination.alternate = alternate
+            destination.save(update_fields=["alternate", "updated_at"])
+            _mark_updated(report, f"destination {name}")
+
+
+def _mark_updated(report: Report, label: str) -> None:
+    """An entry whose own row was unchanged but whose children changed counts as updated once."""
+    if label in report.created or label in report.updated:
+        return
+    report.unchanged -= 1
+    report.updated.append(label)
+
+
+def _criteria_from(entry: dict) -> list[tuple[str, str, str, str]]:
+    """(attribute, operator, value, keyword) tuples from `match:` shorthand and `criteria:` long form.
+
+    In `match:`, a key that is not a rule attribute but a DICOM keyword (PatientSex, ...) tests that keyword.
+    """
     criteria = []
     match = entry.get("match") or {}
     if not isinstance(match, dict):
         raise ValueError("match must be a mapping of attribute: value")
     for attribute, value in match.items():
+        keyword = ""
+        if attribute not in RuleCriterion.Attribute.values and keyword_dictionary.tag_for_keyword(attribute):
+            attribute, keyword = RuleCriterion.Attribute.KEYWORD, attribute
         if isinstance(value, list):
-            criteria.append((attribute, "in", ",".join(str(v) for v in value)))
+            criteria.append((attribute, "in", ",".join(str(v) for v in value), keyword))
         elif attribute in SHORTHAND_REGEX:
-            criteria.append((attribute, "regex", str(value)))
+            criteria.append((attribute, "regex", str(value), keyword))
         else:
-            criteria.append((attribute, "equals", str(value)))
+            criteria.append((attribute, "equals", str(value), keyword))
     for item in entry.get("criteria") or []:
-        _check_keys(item, {"attribute", "operator", "value"}, {"attribute", "operator"})
-        criteria.append((item["attribute"], item["operator"], str(item.get("value", ""))))
+        _check_keys(item, {"attribute", "operator", "value", "keyword"}, {"attribute", "operator"})
+        criteria.append((item["attribute"], item["operator"], str(item.get("value", "")), str(item.get("keyword", ""))))
     return criteria
 
 
 def _import_rule(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"name", "match", "criteria", "destinations", *RULE_FIELDS}, {"name"})
+    _check_keys(entry, {"name", "match", "criteria", "windows", "destinations", *RULE_FIELDS}, {"name"})
     values = {k: entry.get(k, RoutingRule._meta.get_field(k).get_default()) for k in RULE_FIELDS}
     values["priority"] = int(values["priority"])
     label = f"rule {entry['name']}"
-    before = len(report.created) + len(report.updated)
     rule = _upsert(RoutingRule, {"name": str(entry["name"])}, values, report, label)
-    touched = len(report.created) + len(report.updated) > before
 
     criteria = _criteria_from(entry)
-    for attribute, operator, value in criteria:
-        RuleCriterion(rule=rule, attribute=attribute, operator=operator, value=value).full_clean(exclude=["rule"])
-    current = [(c.attribute, c.operator, c.value) for c in rule.criteria.all()]
+    for attribute, operator, value, keyword in criteria:
+        RuleCriterion(rule=rule, attribute=attribute, operator=operator, value=value, keyword=keyword).full_clean(
+            exclude=["rule"]
+        )
+    current = [(c.attribute, c.operator, c.value, c.keyword) for c in rule.criteria.all()]
     names = [str(n) for n in entry.get("destinations") or []]
     destinations = list(Destination.objects.filter(name__in=names))
     missing = set(names) - {d.name for d in destinations}
@@ -193,15 +234,18 @@ def _import_rule(entry: dict, report: Report) -> None:
     if current != criteria:
         rule.criteria.all().delete()
         RuleCriterion.objects.bulk_create(
-            RuleCriterion(rule=rule, attribute=a, operator=o, value=v) for a, o, v in criteria
+            RuleCriterion(rule=rule, attribute=a, operator=o, value=v, keyword=k) for a, o, v, k in criteria
         )
         changed = True
     if {d.pk for d in rule.destinations.all()} != {d.pk for d in destinations}:
         rule.destinations.set(destinations)
         changed = True
-    if changed and not touched:
-        report.unchanged -= 1
-        report.updated.append(label)
+    if _windows_sync(rule.windows, RuleWindow, {"rule": rule}, _windows_from(entry, "windows")):
+        changed = True
+    if changed:
+        # Criteria and windows are children: bump the rule so the compiled rules are rebuilt.
+        rule.save(update_fields=["updated_at"])
+        _mark_updated(report, label)
 
 
 def _parse_time(value) -> time:
@@ -215,24 +259,35 @@ def _parse_time(value) -> time:
         raise ValueError(f"time {text!r} is not HH:MM") from exc
 
 
-def _shifts_from(entry: dict) -> list[tuple[str, time, time, str]]:
-    shifts = []
-    for item in entry.get("shifts") or []:
+def _windows_from(entry: dict, key: str) -> list[tuple[str, time, time, str]]:
+    """Weekly windows (shifts, rule and delivery windows) as (weekdays, start, end, timezone) tuples."""
+    windows = []
+    for item in entry.get(key) or []:
         _check_keys(item, {"days", "start", "end", "timezone"}, {"days", "start", "end"})
         days = item["days"]
         days = [d.strip().lower() for d in (days.split(",") if isinstance(days, str) else days)]
         days = [d for d in WEEKDAYS if d in days] if set(days) <= set(WEEKDAYS) else days
-        shifts.append(
+        windows.append(
             (",".join(days), _parse_time(item["start"]), _parse_time(item["end"]), item.get("timezone", "UTC"))
         )
-    return shifts
+    return windows
+
+
+def _windows_sync(manager, model, owner: dict, wanted: list[tuple[str, time, time, str]]) -> bool:
+    """Replace the owner's windows when they differ; True when they did."""
+    for days, start, end, tz in wanted:
+        model(**owner, weekdays=days, start=start, end=end, timezone=tz).full_clean(exclude=list(owner))
+    if [(w.weekdays, w.start, w.end, w.timezone) for w in manager.all()] == wanted:
+        return False
+    manager.all().delete()
+    model.objects.bulk_create(model(**owner, weekdays=d, start=s, end=e, timezone=tz) for d, s, e, tz in wanted)
+    return True
 
 
 def _import_radiologist(entry: dict, report: Report) -> None:
     _check_keys(entry, {"username", "name", "email", "specialty", "status", "shifts"}, {"username", "specialty"})
     username = str(entry["username"])
     label = f"radiologist {username}"
-    before = len(report.created) + len(report.updated)
     user_model = get_user_model()
     user = user_model.objects.filter(username=username).first()
     email = str(entry.get("email", ""))
@@ -250,20 +305,8 @@ def _import_radiologist(entry: dict, report: Report) -> None:
         "status": str(entry.get("status", Radiologist.Status.ONLINE)),
     }
     radiologist = _upsert(Radiologist, {"user": user}, values, report, label)
-    shifts = _shifts_from(entry)
-    for days, start, end, tz in shifts:
-        Shift(radiologist=radiologist, weekdays=days, start=start, end=end, timezone=tz).full_clean(
-            exclude=["radiologist"]
-        )
-    current = [(s.weekdays, s.start, s.end, s.timezone) for s in radiologist.shifts.all()]
-    if current != shifts:
-        radiologist.shifts.all().delete()
-        Shift.objects.bulk_create(
-            Shift(radiologist=radiologist, weekdays=d, start=s, end=e, timezone=tz) for d, s, e, tz in shifts
-        )
-        if len(report.created) + len(report.updated) == before:
-            report.unchanged -= 1
-            report.updated.append(label)
+    if _windows_sync(radiologist.shifts, Shift, {"radiologist": radiologist}, _windows_from(entry, "shifts")):
+        _mark_updated(report, label)
 
 
 def _import_mapping(entries: list, report: Report) -> None:
@@ -303,10 +346,10 @@ def config_export() -> str:
             for c in AllowedCaller.objects.order_by("ae_title", "host")
         ],
         "destinations": [
-            {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS}}
-            for d in Destination.objects.order_by("name")
+            _export_destination(d)
+            for d in Destination.objects.select_related("alternate").prefetch_related("windows").order_by("name")
         ],
-        "rules": [_export_rule(r) for r in RoutingRule.objects.prefetch_related("criteria", "destinations")],
+        "rules": [_export_rule(r) for r in RoutingRule.objects.prefetch_related("criteria", "destinations", "windows")],
         "radiologists": [
             _export_radiologist(r)
             for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
@@ -329,13 +372,37 @@ def _clean(d: dict) -> dict:
     return {k: v for k, v in d.items() if v not in ("", None)}
 
 
+def _export_windows(manager) -> list[dict]:
+    return [
+        {
+            "days": w.weekdays.split(","),
+            "start": w.start.strftime("%H:%M"),
+            "end": w.end.strftime("%H:%M"),
+            "timezone": w.timezone,
+        }
+        for w in manager.all()
+    ]
+
+
+def _export_destination(d: Destination) -> dict:
+    out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS}}
+    if d.alternate:
+        out["alternate"] = d.alternate.name
+    if windows := _export_windows(d.windows):
+        out["windows"] = windows
+    return out
+
+
 def _export_rule(rule: RoutingRule) -> dict:
     out = {"name": rule.name, **{f: getattr(rule, f) for f in RULE_FIELDS}}
     if not out["description"]:
         del out["description"]
     out["criteria"] = [
-        {"attribute": c.attribute, "operator": c.operator, "value": c.value} for c in rule.criteria.all()
+        _clean({"attribute": c.attribute, "keyword": c.keyword, "operator": c.operator, "value": c.value})
+        for c in rule.criteria.all()
     ]
+    if windows := _export_windows(rule.windows):
+        out["windows"] = windows
     out["destinations"] = sorted(d.name for d in rule.destinations.all())
     return out
 
@@ -347,13 +414,5 @@ def _export_radiologist(r: Radiologist) -> dict:
         "email": r.user.email,
         "specialty": r.specialty,
         "status": r.status,
-        "shifts": [
-            {
-                "days": s.weekdays.split(","),
-                "start": s.start.strftime("%H:%M"),
-                "end": s.end.strftime("%H:%M"),
-                "timezone": s.timezone,
-            }
-            for s in r.shifts.all()
-        ],
+        "shifts": _export_windows(r.shifts),
     }

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -109,3 +111,68 @@ def test_the_commands_read_and_write_files(tmp_path, capsys):
     path.write_text(ISSUE_EXAMPLE.replace("[neuro-pacs]", "[nope]"))
     with pytest.raises(CommandError, match="nothing was imported"):
         call_command("importconfig", str(path))
+
+
+FULL = """
+destinations:
+  - name: night-pacs
+    ae_title: NIGHT
+    host: 10.0.0.9
+    port: 104
+    max_associations: 4
+    alternate: backup
+    alternate_after: 600
+    windows:
+      - {days: [mon, tue, wed, thu, fri], start: "19:00", end: "07:00", timezone: Europe/Paris}
+      - {days: [sat, sun], start: "00:00", end: "23:59", timezone: Europe/Paris}
+  - {name: backup, ae_title: BACKUP, host: 10.0.0.10, port: 104}
+rules:
+  - name: female MR at night
+    priority: 50
+    exclusive: true
+    match: {modality: MR, PatientSex: F}
+    criteria:
+      - {attribute: sop_class, operator: not_in, value: "1.2.840.10008.5.1.4.1.1.88.11"}
+    windows: [{days: [mon, tue, wed, thu, fri], start: "20:00", end: "06:00", timezone: America/New_York}]
+    destinations: [night-pacs]
+"""
+
+
+def test_windows_alternates_and_keyword_criteria_import_and_export_unchanged():
+    config_import(FULL)
+    night = Destination.objects.get(name="night-pacs")
+    assert (night.alternate.name, night.alternate_after, night.max_associations) == ("backup", 600, 4)
+    assert [str(w) for w in night.windows.all()] == [
+        "mon,tue,wed,thu,fri 19:00-07:00 Europe/Paris",
+        "sat,sun 00:00-23:59 Europe/Paris",
+    ]
+    rule = RoutingRule.objects.get()
+    assert [(c.attribute, c.keyword, c.operator, c.value) for c in rule.criteria.all()] == [
+        ("modality", "", "equals", "MR"),
+        ("keyword", "PatientSex", "equals", "F"),
+        ("sop_class", "", "not_in", "1.2.840.10008.5.1.4.1.1.88.11"),
+    ]
+    assert rule.windows.count() == 1
+    assert not config_import(FULL).changed
+    assert not config_import(config_export()).changed
+
+
+def test_a_changed_window_updates_its_owner_once():
+    config_import(FULL)
+    report = config_import(FULL.replace('start: "20:00"', 'start: "21:00"'))
+    assert report.updated == ["rule female MR at night"]
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (FULL.replace("alternate: backup", "alternate: nowhere"), "destinations[0] (night-pacs): alternate 'nowhere'"),
+        (FULL.replace("alternate: backup", "alternate: night-pacs"), "is not another destination"),
+        (FULL.replace("{attribute: sop_class", "{attribute: keyword, keyword: NotAKeyword"), "is not a DICOM keyword"),
+        (FULL.replace("timezone: America/New_York", "timezone: Nowhere/City"), "timezone"),
+    ],
+)
+def test_bad_windows_alternates_and_keywords_are_refused(broken, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_import(broken)
+    assert not Destination.objects.exists()
