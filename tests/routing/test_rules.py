@@ -1,6 +1,8 @@
+from datetime import UTC, datetime, time
+
 import pytest
 
-from apps.routing.rules import Criterion, Rule, criterion_matches, evaluate
+from apps.routing.rules import Criterion, Engine, Rule, Window, criterion_matches, evaluate
 
 FACTS = {
     "modality": ["CT", "SR"],
@@ -85,3 +87,107 @@ def test_the_explanation_names_the_first_failed_criterion():
     assert decision.explanation == [
         {"rule": "mr head", "matched": False, "reason": "modality equals 'MR' failed (study has CT, SR)"}
     ]
+
+
+# --- Criteria added for the full engine ----------------------------------------------------------
+
+SR = "1.2.840.10008.5.1.4.1.1.88.11"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+
+@pytest.mark.parametrize(
+    ("criterion", "expected"),
+    [
+        (Criterion("sop_class", "in", f"{CT_IMAGE},1.2.3"), True),  # allow list
+        (Criterion("sop_class", "not_in", SR), False),  # deny list: the study holds an SR
+        (Criterion("sop_class", "not_in", "1.2.3"), True),
+        (Criterion("keyword", "equals", "F", keyword="PatientSex"), True),
+        (Criterion("keyword", "present", keyword="PatientSex"), True),
+        (Criterion("keyword", "absent", keyword="PatientWeight"), True),
+        (Criterion("keyword", "regex", r"^\d+Y$", keyword="PatientAge"), True),
+    ],
+)
+def test_sop_class_lists_and_dicom_keywords(criterion, expected):
+    facts = {**FACTS, "sop_class": [CT_IMAGE, SR], "keyword:PatientSex": "F", "keyword:PatientAge": "045Y"}
+    assert criterion_matches(criterion, facts) is expected
+    assert Engine([rule("r", 1, [criterion])]).evaluate(facts).matched == (["r"] if expected else [])
+
+
+NIGHTS_NY = Window(frozenset(range(5)), time(19), time(7), "America/New_York")
+
+
+@pytest.mark.parametrize(
+    ("moment", "applies"),
+    [
+        ("2026-11-23T23:30:00", False),  # Monday 18:30 in New York
+        ("2026-11-24T00:30:00", True),  # Monday 19:30
+        ("2026-11-24T11:59:00", True),  # Tuesday 06:59, the night shift still open
+        ("2026-11-24T12:00:00", False),
+        ("2026-11-01T11:30:00", False),  # Sunday 06:30 after the fall-back: Saturday is not a window day
+        ("2026-03-10T10:30:00", True),  # Tuesday 06:30 EDT, after the spring-forward
+        ("2026-03-10T11:30:00", False),  # 07:30 EDT
+    ],
+)
+def test_a_rule_window_across_midnight_in_its_own_timezone_and_across_dst(moment, applies):
+    at = datetime.fromisoformat(moment).replace(tzinfo=UTC)
+    night = Rule(1, "night", 10, (CT,), ("night-pacs",), windows=(NIGHTS_NY,))
+    day = rule("day", 5, [CT], ("day-pacs",), fallback=True)
+    decision = Engine([night, day]).evaluate(FACTS, at=at)
+    assert decision.destinations == (["night-pacs"] if applies else ["day-pacs"])
+    if not applies:
+        assert decision.explanation[0]["reason"] == "outside its time window"
+
+
+def test_the_compiled_engine_agrees_with_the_reference_on_random_rules_and_studies():
+    import random
+
+    rng = random.Random(7)
+    attributes = {
+        "modality": ["CT", "MR", "US", "CR"],
+        "body_part": ["HEAD", "CHEST", "KNEE", ""],
+        "study_description": ["CT HEAD", "MR KNEE LEFT", "", "Chest PA"],
+        "priority": ["STAT", "URGENT", "ROUTINE"],
+    }
+    operators = ["equals", "contains", "regex", "in", "not_in", "present", "absent"]
+
+    def random_criterion():
+        attribute = rng.choice(list(attributes))
+        value = ",".join(rng.sample([v for v in attributes[attribute] if v] or ["X"], 2))
+        operator = rng.choice(operators)
+        return Criterion(
+            attribute, operator, value.split(",")[0] if operator in ("equals", "contains", "regex") else value
+        )
+
+    rules = [
+        Rule(
+            i,
+            f"r{i}",
+            rng.randint(0, 50),
+            tuple(random_criterion() for _ in range(rng.randint(0, 3))),
+            (f"d{i % 7}",),
+            exclusive=rng.random() < 0.1,
+            fallback=rng.random() < 0.05,
+        )
+        for i in range(60)
+    ]
+    engine = Engine(rules)
+    for _ in range(300):
+        facts = {a: rng.choice(v) for a, v in attributes.items()}
+        facts["modality"] = [facts["modality"]]
+        reference = evaluate_by_reference(rules, facts)
+        assert engine.evaluate(facts).matched == reference
+
+
+def evaluate_by_reference(rules, facts) -> list[str]:
+    """The documented semantics, spelled out with criterion_matches."""
+    matched = []
+    for r in sorted((r for r in rules if not r.fallback), key=lambda r: (-r.priority, r.name)):
+        if all(criterion_matches(c, facts) for c in r.criteria):
+            matched.append(r.name)
+            if r.exclusive:
+                break
+    if not matched:
+        for r in sorted((r for r in rules if r.fallback), key=lambda r: (-r.priority, r.name)):
+            if all(criterion_matches(c, facts) for c in r.criteria):
+                matched.append(r.name)
+    return matched
