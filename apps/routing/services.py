@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, F, Max
+from django.db.models import Count, F, Max, Q
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -161,9 +161,8 @@ def retry_delay(destination: Destination, attempts: int) -> float:
     return min(base, destination.retry_max_delay) * random.uniform(0.8, 1.2)
 
 
-# How long a delivery waits before trying again when its destination is busy (at its association
-# limit), paused (unreachable), or closed (outside its delivery windows). Far below the visibility timeout.
-BUSY_WAIT = 2
+# How long a delivery waits before trying again when its destination is paused (unreachable) or
+# closed (outside its delivery windows). Far below the visibility timeout.
 PAUSED_WAIT = 30
 CLOSED_WAIT = 60
 
@@ -212,10 +211,9 @@ def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None
         Destination.objects.select_for_update().filter(pk=target.pk).first()  # serialises claims per target
         busy = Delivery.objects.filter(target=target, state=Delivery.State.SENDING).count()
         if busy >= target.max_associations:
+            # Due at once: the send that frees a slot starts the next due delivery of its destination.
             claimed = 0
-            Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
-                next_attempt_at=now + timedelta(seconds=BUSY_WAIT)
-            )
+            Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(next_attempt_at=now)
         else:
             claimed = Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
                 state=Delivery.State.SENDING, claimed_at=now, attempts=F("attempts") + 1, target=target
@@ -293,13 +291,19 @@ def destination_health_set(*, destination_id: int, up: bool, detail: str, now: d
     return False
 
 
-def destinations_check(*, now: datetime | None = None) -> list[int]:
-    """C-ECHO every enabled destination; returns the ids that just came back."""
+def destinations_check(*, now: datetime | None = None, interval: float | None = None) -> list[int]:
+    """C-ECHO the enabled destinations not heard from within `interval` (a send counts); returns the
+    ids that just came back."""
+    now = now or clock.now()
+    quiet_since = now - timedelta(seconds=interval if interval is not None else settings.HEALTH_CHECK_INTERVAL)
     back = []
-    for destination in Destination.objects.filter(enabled=True):
+    due = Destination.objects.filter(enabled=True).filter(
+        Q(health_checked_at__isnull=True) | Q(health_checked_at__lt=quiet_since) | Q(health=Health.DOWN)
+    )
+    for destination in due:
         result = dicom_send.echo(_target(destination))
         up = result.kind == dicom_send.DELIVERED
-        if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=now or clock.now()):
+        if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=clock.now()):
             back.append(destination.pk)
     return back
 
