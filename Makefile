@@ -16,7 +16,7 @@ WEB_PORT ?= 8000
 SCP_PORT ?= 11112
 SCP_AE_TITLE ?= ROUTER
 
-.PHONY: run test lint venv system-test-deps services clean
+.PHONY: run test lint bench venv system-test-deps services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ lint: venv
 
 test: venv services lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest
+
+# Benchmarks run on demand and report ratios against a peer measured in the same run (bench/README.md).
+bench: venv
+	$(BIN)/python bench/rules_bench.py
 
 clean:
 	rm -rf $(VENV) var

@@ -1,22 +1,50 @@
+from django import forms
 from django.contrib import admin, messages
+from django.template.response import TemplateResponse
+from django.urls import path
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
 
-from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule, RuleCriterion
-from .services import delivery_retry, destination_echo
+from apps.core import clock
+from apps.studies.models import Study
+
+from .models import Delivery, DeliveryItem, DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
+from .services import (
+    delivery_retry,
+    destination_echo,
+    destination_health_set,
+    dry_run,
+    dry_run_study,
+    facts_from_dataset,
+    rules_engine,
+    rules_replay,
+)
+
+REPLAY_DAYS = 7
+
+
+class DeliveryWindowInline(admin.TabularInline):
+    model = DeliveryWindow
+    extra = 0
 
 
 @admin.register(Destination)
 class DestinationAdmin(admin.ModelAdmin):
-    list_display = ("name", "ae_title", "host", "port", "enabled", "max_attempts")
-    list_filter = ("enabled",)
+    list_display = ("name", "ae_title", "host", "port", "enabled", "health", "down_since", "max_associations")
+    list_filter = ("enabled", "health")
     search_fields = ("name", "ae_title", "host")
+    readonly_fields = ("health", "health_checked_at", "down_since", "health_detail")
+    inlines = [DeliveryWindowInline]
     actions = ["test_connection"]
 
     @admin.action(description="Test connection (C-ECHO)")
     def test_connection(self, request, queryset) -> None:
         for destination in queryset:
             result = destination_echo(destination_id=destination.pk)
-            level = messages.SUCCESS if result.kind == "delivered" else messages.ERROR
-            self.message_user(request, f"{destination.name}: {result.kind} {result.error}".strip(), level)
+            up = result.kind == "delivered"
+            destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=clock.now())
+            level = messages.SUCCESS if up else messages.ERROR
+            self.message_user(request, f"{destination.name}: {'reachable' if up else result.error}", level)
 
 
 class RuleCriterionInline(admin.TabularInline):
@@ -24,20 +52,88 @@ class RuleCriterionInline(admin.TabularInline):
     extra = 1
 
 
+class RuleWindowInline(admin.TabularInline):
+    model = RuleWindow
+    extra = 0
+
+
+class DryRunForm(forms.Form):
+    study_instance_uid = forms.CharField(required=False, max_length=64, label="Study Instance UID")
+    dicom_file = forms.FileField(required=False, label="or a DICOM file")
+
+    def clean(self):
+        data = super().clean()
+        if not data.get("study_instance_uid") and not data.get("dicom_file"):
+            raise forms.ValidationError("Give a stored study's UID or upload a DICOM file.")
+        return data
+
+
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin):
-    list_display = ("name", "priority", "enabled", "exclusive", "fallback")
+    list_display = ("name", "priority", "enabled", "exclusive", "fallback", "updated_at")
     list_filter = ("enabled", "exclusive", "fallback")
     search_fields = ("name",)
     filter_horizontal = ("destinations",)
-    inlines = [RuleCriterionInline]
+    inlines = [RuleCriterionInline, RuleWindowInline]
+    actions = ["replay"]
+    change_list_template = "admin/routing/routingrule_change_list.html"
 
+    def get_urls(self):
+        extra = [path("dry-run/", self.admin_site.admin_view(self.dry_run_view), name="routing_dry_run")]
+        return extra + super().get_urls()
 
-@admin.register(RoutingDecision)
-class RoutingDecisionAdmin(admin.ModelAdmin):
-    list_display = ("study", "destinations", "matched_rules", "unrouted", "decided_at")
-    list_filter = ("unrouted",)
-    readonly_fields = ("study", "matched_rules", "destinations", "explanation", "unrouted", "decided_at")
+    def dry_run_view(self, request):
+        """Dry run of the current rules on a stored study or an uploaded file: nothing is written."""
+        form = DryRunForm(request.POST or None, request.FILES or None)
+        decisions = []
+        if request.method == "POST" and form.is_valid():
+            if uid := form.cleaned_data["study_instance_uid"]:
+                study = Study.objects.filter(study_instance_uid=uid.strip()).first()
+                if study is None:
+                    form.add_error("study_instance_uid", "No such study.")
+                else:
+                    decisions.append(
+                        {
+                            "label": f"Study {study.pk}",
+                            "decision": dry_run_study(study_id=study.pk),
+                            "stored": getattr(getattr(study, "routing_decision", None), "destinations", None),
+                        }
+                    )
+            if upload := form.cleaned_data["dicom_file"]:
+                try:
+                    ds = dcmread(upload, stop_before_pixels=True)
+                except (InvalidDicomError, OSError, ValueError) as exc:
+                    form.add_error("dicom_file", f"Not a readable DICOM file: {exc}")
+                else:
+                    _, keywords = rules_engine()
+                    decisions.append(
+                        {
+                            "label": upload.name,
+                            "decision": dry_run(facts=facts_from_dataset(ds, keywords)),
+                            "stored": None,
+                        }
+                    )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Dry run of the routing rules",
+            "form": form,
+            "decisions": decisions,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/routing/decision.html", context)
+
+    @admin.action(description=f"Replay these rules (even if disabled) over the last {REPLAY_DAYS} days")
+    def replay(self, request, queryset):
+        changed = rules_replay(draft_rule_ids=list(queryset.values_list("pk", flat=True)), days=REPLAY_DAYS)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Replay of draft rules",
+            "replay": changed,
+            "days": REPLAY_DAYS,
+            "decisions": [],
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/routing/decision.html", context)
 
 
 class DeliveryItemInline(admin.TabularInline):
@@ -50,7 +146,17 @@ class DeliveryItemInline(admin.TabularInline):
 
 @admin.register(Delivery)
 class DeliveryAdmin(admin.ModelAdmin):
-    list_display = ("id", "study", "destination", "state", "attempts", "next_attempt_at", "delivered_at", "last_error")
+    list_display = (
+        "id",
+        "study",
+        "destination",
+        "target",
+        "state",
+        "attempts",
+        "next_attempt_at",
+        "delivered_at",
+        "last_error",
+    )
     list_filter = ("state", "destination")
     readonly_fields = [f.name for f in Delivery._meta.fields]
     inlines = [DeliveryItemInline]

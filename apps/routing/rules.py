@@ -120,7 +120,8 @@ class Engine:
 
     def __init__(self, rules: Iterable[Rule]) -> None:
         ordered = sorted(rules, key=lambda r: (-r.priority, r.name))
-        compiled = [(rule, [(c, _compile(c)) for c in rule.criteria]) for rule in ordered]
+        # Criterion descriptions are built once: explanations are most of the work per study.
+        compiled = [(rule, [(c, _compile(c), str(c)) for c in rule.criteria]) for rule in ordered]
         self.regular = [item for item in compiled if not item[0].fallback]
         self.fallbacks = [item for item in compiled if item[0].fallback]
 
@@ -138,10 +139,10 @@ class Engine:
         def failure(rule: Rule, tests) -> str | None:
             if rule.windows and at is not None and not any(w.open_at(at) for w in rule.windows):
                 return "outside its time window"
-            for criterion, test in tests:
+            for criterion, test, described in tests:
                 found, ups = fact(criterion.fact)
                 if not test(found, ups):
-                    return f"{criterion} failed (study has {', '.join(found) or 'nothing'})"
+                    return f"{described} failed (study has {', '.join(found) or 'nothing'})"
             return None
 
         decision = Decision()

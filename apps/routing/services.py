@@ -12,6 +12,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from apps.core import clock
+from apps.studies.classify import normalise_priority
+from apps.studies.headers import header_from_dataset
 from apps.studies.models import Priority, Stage, Study
 
 from . import dicom_send, rules
@@ -397,3 +399,80 @@ def delivery_retry(*, delivery_id: int, now: datetime | None = None) -> bool:
 
 def destination_echo(*, destination_id: int) -> dicom_send.Result:
     return dicom_send.echo(_target(Destination.objects.get(pk=destination_id)))
+
+
+def facts_from_dataset(ds, keywords: frozenset[str] = frozenset()) -> dict:
+    """Facts for one uploaded DICOM file, as study_facts gives them for a stored study."""
+    header = header_from_dataset(ds)
+    return {
+        "modality": [header["Modality"]] if header["Modality"] else [],
+        "body_part": header["BodyPartExamined"],
+        "study_description": header["StudyDescription"],
+        "institution": header["InstitutionName"],
+        "referring_physician": header["ReferringPhysicianName"],
+        "priority": normalise_priority(header["RequestedProcedurePriority"])[0],
+        "calling_ae": "",
+        "called_ae": "",
+        "sop_class": [header["SOPClassUID"]] if header["SOPClassUID"] else [],
+        **{f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords},
+    }
+
+
+def dry_run(*, facts: dict, now: datetime | None = None) -> rules.Decision:
+    """What the current rules would decide for these facts; nothing is written."""
+    engine, _ = rules_engine()
+    return engine.evaluate(facts, at=now or clock.now())
+
+
+def dry_run_study(*, study_id: int, now: datetime | None = None) -> rules.Decision:
+    _, keywords = rules_engine()
+    return dry_run(facts=study_facts(Study.objects.get(pk=study_id), keywords), now=now)
+
+
+def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None = None) -> list[dict]:
+    """Replay the enabled rules plus the given draft rules (enabled or not) over the studies decided in
+    the last `days` days; returns the studies that would have gone elsewhere, with both answers."""
+    now = now or clock.now()
+    loaded = {r.id: r for r in rules_load()}
+    drafts = RoutingRule.objects.filter(pk__in=draft_rule_ids).prefetch_related("criteria", "destinations", "windows")
+    for draft in drafts:
+        loaded[draft.pk] = rules.Rule(
+            id=draft.pk,
+            name=draft.name,
+            priority=draft.priority,
+            exclusive=draft.exclusive,
+            fallback=draft.fallback,
+            criteria=tuple(rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in draft.criteria.all()),
+            destinations=tuple(d.name for d in draft.destinations.all() if d.enabled),
+            windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in draft.windows.all()),
+        )
+    engine = rules.Engine(loaded.values())
+    keywords = frozenset(c.keyword for r in loaded.values() for c in r.criteria if c.keyword)
+    changed = []
+    recent = RoutingDecision.objects.filter(decided_at__gte=now - timedelta(days=days)).select_related("study")
+    for decision in recent.order_by("decided_at"):
+        replayed = engine.evaluate(study_facts(decision.study, keywords), at=decision.decided_at)
+        if replayed.destinations != decision.destinations:
+            changed.append(
+                {
+                    "study": decision.study,
+                    "decided_at": decision.decided_at,
+                    "was": decision.destinations,
+                    "would_be": replayed.destinations,
+                    "matched": replayed.matched,
+                }
+            )
+    return changed
+
+
+def study_reroute(*, study_id: int) -> bool:
+    """Forget an unrouted study's decision and make it ready to route again (with today's rules)."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(pk=study_id).first()
+        if study is None:
+            return False
+        deleted, _ = RoutingDecision.objects.filter(study=study, unrouted=True).delete()
+        if not deleted:
+            return False
+        study.advance(Stage.CHECKED)
+    return True
