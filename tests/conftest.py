@@ -170,7 +170,7 @@ def storescp(tmp_path, log_dir):
         folder.mkdir(exist_ok=True)
         proc = Process(
             f"storescp-{ae_title}-{len(started)}",
-            [require_tool("storescp"), "+xa", "-aet", ae_title, "-od", str(folder), str(port)],
+            [require_tool("storescp"), "+xa", "-uf", "-aet", ae_title, "-od", str(folder), str(port)],
             env={**os.environ, "TCP_NODELAY": "1"},
             log_dir=log_dir,
         )

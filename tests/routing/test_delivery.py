@@ -155,3 +155,29 @@ def test_the_sweeper_leases_what_it_enqueues_and_gives_back_abandoned_sends(stor
     assert deliveries_due(lease=60) == []  # leased
     Delivery.objects.update(state="sending", claimed_at=timezone.now() - timedelta(seconds=120))
     assert deliveries_due(lease=60) == due  # a worker died mid-send: given back
+
+
+@pytest.mark.parametrize(("result", "state", "attempts"), [(0x01, "failed", 1), (0x02, "pending", 1)])
+def test_a_rejected_association_fails_at_once_when_permanent_and_is_retried_when_transient(
+    storage, tmp_path, default_mapping, result, state, attempts
+):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    with StatusSCP() as peer:
+        holder = None
+        if result == 0x01:
+            peer.ae.require_calling_aet = ["SOMEONE_ELSE"]  # rejected-permanent, calling AE not recognised
+        else:
+            peer.ae.maximum_associations = 1  # held below: the next is rejected-transient, local limit exceeded
+            ae = AE(ae_title="HOLDER")
+            ae.add_requested_context(Verification)
+            holder = ae.associate("127.0.0.1", peer.port, ae_title="PEER")
+        _, due, _ = routed_study(storage, tmp_path, peer.port)
+        assert delivery_send(delivery_id=due[0]) == state
+        if holder is not None:
+            holder.release()
+    delivery = Delivery.objects.get()
+    assert delivery.attempts == attempts
+    assert "association rejected" in delivery.last_error
+    assert peer.received == []
