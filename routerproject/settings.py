@@ -129,6 +129,8 @@ SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)
 WEB_PORT = env_int("WEB_PORT", 8000)
+# QC decodes pixel data in the worker; an instance needing more memory than this is not decoded (and says so).
+QC_MAX_DECODE_BYTES = env_int("QC_MAX_DECODE_BYTES", 256 * 1024 * 1024)
 
 # --- Celery ------------------------------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"

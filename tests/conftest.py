@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import pytest
+from django.apps import apps
 from django.conf import settings as django_settings
 from django.db import connection
 
-from apps.studies.defaults import DEFAULT_SPECIALTY_MAPPING
-from apps.studies.models import SpecialtyMapping
+from apps.studies.defaults import install_defaults
 
 from .support.processes import Process, celery, dcmtk, free_port, python_manage
 
@@ -36,9 +36,8 @@ def require_tool(name: str) -> str:
 
 @pytest.fixture
 def default_mapping(db) -> None:
-    """The shipped specialty mapping (transactional tests flush the rows the migration installed)."""
-    if not SpecialtyMapping.objects.exists():
-        SpecialtyMapping.objects.bulk_create(SpecialtyMapping(**row) for row in DEFAULT_SPECIALTY_MAPPING)
+    """The shipped classification and QC tables (transactional tests flush what the migration installed)."""
+    install_defaults(apps.get_model)
 
 
 @pytest.fixture

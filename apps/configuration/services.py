@@ -8,16 +8,25 @@ from datetime import time
 import yaml
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from pydicom import datadict as keyword_dictionary
 
 from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
 from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
-from apps.studies.models import SpecialtyMapping
+from apps.studies.models import PriorityKeyword, QcCheck, SpecialtyMapping, WorkloadWeight
 
-SECTIONS = ("callers", "destinations", "rules", "radiologists", "specialty_mapping")
+SECTIONS = (
+    "callers",
+    "destinations",
+    "rules",
+    "radiologists",
+    "specialty_mapping",
+    "priority_keywords",
+    "workload_weights",
+    "qc_checks",
+)
 DESTINATION_FIELDS = (
     "ae_title",
     "host",
@@ -89,11 +98,12 @@ def config_import(text: str) -> Report:
                 except (ValidationError, ValueError, TypeError, KeyError) as exc:
                     raise ConfigError(f"{label}: {_message(exc)}") from exc
         _link_alternates(document.get("destinations") or [], report)
-        if "specialty_mapping" in document:
-            try:
-                _import_mapping(document["specialty_mapping"] or [], report)
-            except (ValidationError, ValueError, TypeError, KeyError) as exc:
-                raise ConfigError(f"specialty_mapping: {_message(exc)}") from exc
+        for name in TABLES:
+            if name in document:
+                try:
+                    _import_table(name, document[name] or [], report)
+                except (ValidationError, ValueError, TypeError, KeyError) as exc:
+                    raise ConfigError(f"{name}: {_message(exc)}") from exc
     return report
 
 
@@ -309,34 +319,82 @@ def _import_radiologist(entry: dict, report: Report) -> None:
         _mark_updated(report, label)
 
 
-def _import_mapping(entries: list, report: Report) -> None:
+def _mapping_row(index: int, item: dict) -> dict:
+    parts = item.get("body_parts", "")
+    parts = ",".join(p.strip().upper() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip())
+    return {
+        "order": int(item.get("order", (index + 1) * 10)),
+        "modality": str(item.get("modality", "")).upper(),
+        "body_parts": parts,
+        "description_pattern": str(item.get("description_pattern", "")),
+        "specialty": str(item["specialty"]),
+        "subspecialty": str(item.get("subspecialty", "")),
+        "enabled": bool(item.get("enabled", True)),
+    }
+
+
+# Tables replaced as a whole when they differ: (model, builder of one row from an entry).
+TABLES = {
+    "specialty_mapping": (SpecialtyMapping, _mapping_row),
+    "priority_keywords": (
+        PriorityKeyword,
+        lambda i, item: {"keyword": str(item["keyword"]).upper(), "priority": str(item["priority"]).upper()},
+    ),
+    "workload_weights": (
+        WorkloadWeight,
+        lambda i, item: {
+            "modality": str(item["modality"]).upper(),
+            "body_part": str(item.get("body_part", "")).upper(),
+            "weight": float(item["weight"]),
+        },
+    ),
+    "qc_checks": (
+        QcCheck,
+        lambda i, item: {
+            "name": str(item["name"]),
+            "modality": str(item.get("modality", "*")).upper(),
+            "min_value": None if item.get("min_value") is None else float(item["min_value"]),
+            "max_value": None if item.get("max_value") is None else float(item["max_value"]),
+            "policy": str(item.get("policy", QcCheck.Policy.FLAG)),
+            "enabled": bool(item.get("enabled", True)),
+        },
+    ),
+}
+
+
+def _table_rows(model) -> list[dict]:
+    fields = [f.name for f in model._meta.fields if f.name != "id"]
+    return [{f: getattr(row, f) for f in fields} for row in model.objects.all()]
+
+
+def _import_table(name: str, entries: list, report: Report) -> None:
+    model, build = TABLES[name]
     if not isinstance(entries, list):
         raise ValueError("must be a list")
+    fields = {f.name for f in model._meta.fields if f.name != "id"}
     wanted = []
     for index, item in enumerate(entries):
-        _check_keys(item, {"order", "modality", "body_parts", "specialty", "enabled"}, {"specialty"})
-        parts = item.get("body_parts", "")
-        parts = ",".join(
-            p.strip().upper() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip()
-        )
-        wanted.append(
-            (
-                int(item.get("order", (index + 1) * 10)),
-                str(item.get("modality", "")).upper(),
-                parts,
-                str(item["specialty"]),
-                bool(item.get("enabled", True)),
-            )
-        )
-    current = [(m.order, m.modality, m.body_parts, m.specialty, m.enabled) for m in SpecialtyMapping.objects.all()]
-    if current == wanted:
+        if not isinstance(item, dict):
+            raise ValueError(f"entry {index} must be a mapping")
+        unknown = set(item) - fields
+        if unknown:
+            raise ValueError(f"entry {index}: unknown key(s) {', '.join(sorted(unknown))}")
+        row = build(index, item)
+        try:
+            model(**row).full_clean(validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            raise ValueError(f"entry {index}: {_message(exc)}") from exc
+        wanted.append(row)
+    if _table_rows(model) == wanted:
         report.unchanged += 1
         return
-    SpecialtyMapping.objects.all().delete()
-    SpecialtyMapping.objects.bulk_create(
-        SpecialtyMapping(order=o, modality=m, body_parts=p, specialty=s, enabled=e) for o, m, p, s, e in wanted
-    )
-    report.updated.append("specialty_mapping")
+    model.objects.all().delete()
+    try:
+        with transaction.atomic():
+            model.objects.bulk_create(model(**row) for row in wanted)
+    except IntegrityError as exc:
+        raise ValueError("two entries have the same key") from exc
+    report.updated.append(name)
 
 
 def config_export() -> str:
@@ -354,16 +412,7 @@ def config_export() -> str:
             _export_radiologist(r)
             for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
         ],
-        "specialty_mapping": [
-            {
-                "order": m.order,
-                "modality": m.modality,
-                "body_parts": m.body_parts,
-                "specialty": m.specialty,
-                "enabled": m.enabled,
-            }
-            for m in SpecialtyMapping.objects.all()
-        ],
+        **{name: _table_rows(model) for name, (model, _) in TABLES.items()},
     }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.db import DatabaseError, connection
 
-from apps.studies.services import received_instance_register
+from apps.studies.services import received_instance_copy_differs, received_instance_register
 
 from .inspect import Unreadable, inspect_dataset
 from .models import AllowedCaller
@@ -83,8 +83,11 @@ def instance_receive(
         logger.error("C-STORE %s: database unavailable: %s", identity.sop_instance_uid, type(exc).__name__)
         return Outcome(OUT_OF_RESOURCES, "database unavailable")
     if not new:
+        if received_instance_copy_differs(sop_instance_uid=identity.sop_instance_uid, path=spool.root / relative):
+            logger.warning(
+                "C-STORE %s: received again with different content; first copy kept", identity.sop_instance_uid
+            )
         spool.remove(relative)
-        logger.info("C-STORE %s: already received, kept once", identity.sop_instance_uid)
     return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid)
 
 

@@ -5,6 +5,8 @@ from django.template.response import TemplateResponse
 
 from apps.routing.models import RoutingDecision
 from apps.routing.services import dry_run_study, study_reroute
+from apps.studies.models import HeldStudy, Stage
+from apps.studies.services import study_reject, study_release
 
 from .chains import chain_start
 
@@ -38,3 +40,30 @@ class RoutingDecisionAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/routing/decision.html", context)
+
+
+@admin.register(HeldStudy)
+class HeldStudyAdmin(admin.ModelAdmin):
+    """Studies QC held: release resumes the chain at routing; reject keeps them unrouted for good."""
+
+    list_display = ("id", "accession_number", "modalities", "body_part", "priority", "stage_detail", "stage_changed_at")
+    search_fields = ("study_instance_uid", "accession_number")
+    actions = ["release", "reject"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(stage=Stage.HELD)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Release: route and assign these studies")
+    def release(self, request, queryset) -> None:
+        released = [s.pk for s in queryset if study_release(study_id=s.pk, user=request.user.get_username())]
+        for study_id in released:
+            chain_start(study_id, "route")
+        self.message_user(request, f"{len(released)} studies released.")
+
+    @admin.action(description="Reject: keep these studies, never route them")
+    def reject(self, request, queryset) -> None:
+        rejected = sum(study_reject(study_id=s.pk, user=request.user.get_username()) for s in queryset)
+        self.message_user(request, f"{rejected} studies rejected.")

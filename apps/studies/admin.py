@@ -1,6 +1,17 @@
 from django.contrib import admin
 
-from .models import Instance, QualityAssessment, ReceivedInstance, Series, SpecialtyMapping, Study
+from .models import (
+    Instance,
+    PriorityKeyword,
+    QcCheck,
+    QualityAssessment,
+    ReceivedInstance,
+    Series,
+    SpecialtyMapping,
+    Study,
+    WorkloadWeight,
+)
+from .services import study_reclassify
 
 
 class SeriesInline(admin.TabularInline):
@@ -20,6 +31,7 @@ class StudyAdmin(admin.ModelAdmin):
         "body_part",
         "specialty",
         "priority",
+        "workload",
         "stage",
         "num_instances",
         "institution_name",
@@ -30,11 +42,27 @@ class StudyAdmin(admin.ModelAdmin):
     readonly_fields = [f.name for f in Study._meta.fields]
     inlines = [SeriesInline]
     date_hierarchy = "received_at"
+    actions = ["classify_again"]
+
+    @admin.action(description="Classify again with the current tables")
+    def classify_again(self, request, queryset) -> None:
+        for study in queryset:
+            study_reclassify(study_id=study.pk)
+        self.message_user(request, f"{queryset.count()} studies classified again.")
 
 
 @admin.register(ReceivedInstance)
 class ReceivedInstanceAdmin(admin.ModelAdmin):
-    list_display = ("id", "sop_instance_uid", "state", "calling_ae_title", "peer_address", "size", "received_at")
+    list_display = (
+        "id",
+        "sop_instance_uid",
+        "state",
+        "calling_ae_title",
+        "peer_address",
+        "size",
+        "conflicting_copies",
+        "received_at",
+    )
     list_filter = ("state", "calling_ae_title")
     search_fields = ("sop_instance_uid", "study_instance_uid")
     readonly_fields = [f.name for f in ReceivedInstance._meta.fields]
@@ -49,13 +77,31 @@ class InstanceAdmin(admin.ModelAdmin):
 
 @admin.register(QualityAssessment)
 class QualityAssessmentAdmin(admin.ModelAdmin):
-    list_display = ("study", "verdict", "assessed_at")
+    list_display = ("study", "verdict", "assessed_at", "decided_by", "decided_at")
     list_filter = ("verdict",)
-    readonly_fields = ("study", "verdict", "checks", "assessed_at")
+    readonly_fields = ("study", "verdict", "checks", "assessed_at", "decided_by", "decided_at")
+
+
+@admin.register(QcCheck)
+class QcCheckAdmin(admin.ModelAdmin):
+    list_display = ("name", "modality", "min_value", "max_value", "policy", "enabled")
+    list_editable = ("min_value", "max_value", "policy", "enabled")
+    list_filter = ("policy", "modality", "enabled")
 
 
 @admin.register(SpecialtyMapping)
 class SpecialtyMappingAdmin(admin.ModelAdmin):
-    list_display = ("order", "modality", "body_parts", "specialty", "enabled")
+    list_display = ("order", "modality", "body_parts", "description_pattern", "specialty", "subspecialty", "enabled")
     list_editable = ("enabled",)
     list_filter = ("specialty", "enabled")
+
+
+@admin.register(PriorityKeyword)
+class PriorityKeywordAdmin(admin.ModelAdmin):
+    list_display = ("keyword", "priority")
+
+
+@admin.register(WorkloadWeight)
+class WorkloadWeightAdmin(admin.ModelAdmin):
+    list_display = ("modality", "body_part", "weight")
+    list_editable = ("weight",)

@@ -24,6 +24,10 @@ HEADER_KEYWORDS = (
     "InstitutionName",
     "ReferringPhysicianName",
     "RequestedProcedurePriority",
+    "RequestedProcedureDescription",
+    "StudyPriorityID",
+    "BitsStored",
+    "PixelRepresentation",
 )
 
 
@@ -37,13 +41,11 @@ def _text(value) -> str:
 
 def header_from_dataset(ds: Dataset) -> dict:
     header = {keyword: _text(ds.get(keyword)) for keyword in HEADER_KEYWORDS}
-    if not header["RequestedProcedurePriority"]:
-        # Often only inside the Request Attributes Sequence.
-        for item in ds.get("RequestAttributesSequence", []) or []:
-            priority = _text(item.get("RequestedProcedurePriority"))
-            if priority:
-                header["RequestedProcedurePriority"] = priority
-                break
+    # Often only inside the Request Attributes Sequence.
+    for item in ds.get("RequestAttributesSequence", []) or []:
+        for keyword in ("RequestedProcedurePriority", "RequestedProcedureDescription"):
+            if not header[keyword]:
+                header[keyword] = _text(item.get(keyword))
     return header
 
 

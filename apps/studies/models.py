@@ -1,5 +1,8 @@
 """Received instances (the ingest outbox), studies, series, instances and their QC result."""
 
+import re
+
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -25,6 +28,8 @@ class ReceivedInstance(models.Model):
     received_at = models.DateTimeField(default=timezone.now)
     state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
     error = models.TextField(blank=True)
+    # Copies of this SOP Instance UID that arrived later with different content (kept once; QC flags it).
+    conflicting_copies = models.PositiveIntegerField(default=0)
 
     class Meta:
         indexes = [
@@ -48,6 +53,7 @@ class Stage(models.TextChoices):
     CLASSIFIED = "classified"
     CHECKED = "checked"
     HELD = "held"
+    REJECTED = "rejected"
     ROUTED = "routed"
     UNASSIGNED = "unassigned"
     ASSIGNED = "assigned"
@@ -81,7 +87,9 @@ class Study(models.Model):
     total_size = models.BigIntegerField(default=0)
 
     specialty = models.CharField(max_length=64, blank=True)
+    subspecialty = models.CharField(max_length=64, blank=True)
     priority = models.CharField(max_length=8, choices=Priority.choices, blank=True)
+    workload = models.FloatField(default=1.0, help_text="RVU-like weight of the study, for balancing readers.")
     classification = models.JSONField(default=dict, blank=True)
 
     stage = models.CharField(max_length=16, choices=Stage.choices, default=Stage.RECEIVED)
@@ -144,14 +152,73 @@ class QualityAssessment(models.Model):
     class Verdict(models.TextChoices):
         PASSED = "passed"
         FLAGGED = "flagged"
+        HELD = "held"
+        RELEASED = "released"
+        REJECTED = "rejected"
 
     study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="quality")
     verdict = models.CharField(max_length=16, choices=Verdict.choices)
+    # One entry per check (and per series for pixel checks): check, passed, value, detail, policy.
     checks = models.JSONField(default=list)
     assessed_at = models.DateTimeField(default=timezone.now)
+    decided_by = models.CharField(max_length=150, blank=True, help_text="Who released or rejected a hold.")
+    decided_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.study_id}: {self.verdict}"
+
+    @property
+    def failed(self) -> list[dict]:
+        return [c for c in self.checks if not c.get("passed", True)]
+
+
+class QcCheck(models.Model):
+    """What a QC check does when it fails, and its limits for pixel metrics; per modality ("*": any).
+
+    A modality's own row wins over the "*" row for the same check."""
+
+    class Policy(models.TextChoices):
+        FLAG = "flag", "flag (go on, marked)"
+        HOLD = "hold", "hold (stop before routing until released)"
+
+    name = models.CharField(max_length=64, help_text="The check, e.g. one_patient or saturation.")
+    modality = models.CharField(max_length=16, default="*")
+    min_value = models.FloatField(null=True, blank=True)
+    max_value = models.FloatField(null=True, blank=True)
+    policy = models.CharField(max_length=8, choices=Policy.choices, default=Policy.FLAG)
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["name", "modality"]
+        constraints = [models.UniqueConstraint(fields=["name", "modality"], name="qc_check_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.modality}): {self.policy}"
+
+
+class PriorityKeyword(models.Model):
+    """A word in the study or requested procedure description that raises the priority."""
+
+    keyword = models.CharField(max_length=64, unique=True)
+    priority = models.CharField(max_length=8, choices=Priority.choices)
+
+    def __str__(self) -> str:
+        return f"{self.keyword} -> {self.priority}"
+
+
+class WorkloadWeight(models.Model):
+    """RVU-like weight of a study by modality and body part (empty body part: any); the most specific row wins."""
+
+    modality = models.CharField(max_length=16)
+    body_part = models.CharField(max_length=64, blank=True)
+    weight = models.FloatField()
+
+    class Meta:
+        ordering = ["modality", "body_part"]
+        constraints = [models.UniqueConstraint(fields=["modality", "body_part"], name="workload_weight_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.modality} {self.body_part or '*'}: {self.weight}"
 
 
 class SpecialtyMapping(models.Model):
@@ -164,7 +231,11 @@ class SpecialtyMapping(models.Model):
         blank=True,
         help_text="Comma-separated BodyPartExamined values; empty matches any body part.",
     )
+    description_pattern = models.CharField(
+        max_length=255, blank=True, help_text="Regular expression searched in the study and series descriptions."
+    )
     specialty = models.CharField(max_length=64)
+    subspecialty = models.CharField(max_length=64, blank=True)
     enabled = models.BooleanField(default=True)
 
     class Meta:
@@ -173,6 +244,22 @@ class SpecialtyMapping(models.Model):
     def __str__(self) -> str:
         return f"{self.modality or '*'} / {self.body_parts or '*'} -> {self.specialty}"
 
+    def clean(self) -> None:
+        if self.description_pattern:
+            try:
+                re.compile(self.description_pattern)
+            except re.error as exc:
+                raise ValidationError({"description_pattern": f"Not a valid regular expression: {exc}"}) from exc
+
     @property
     def body_part_list(self) -> list[str]:
         return [p.strip().upper() for p in self.body_parts.split(",") if p.strip()]
+
+
+class HeldStudy(Study):
+    """The studies QC holds, as their own list in the admin (release or reject)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "study held for QC"
+        verbose_name_plural = "studies held for QC"

@@ -2,25 +2,29 @@
 
 import logging
 from datetime import datetime
+from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, Sum
 from pydicom.errors import InvalidDicomError
 
 from apps.core import clock
 
 from . import classify as classify_rules
-from . import qc
+from . import pixels, qc
 from .headers import read_header
 from .models import (
     Instance,
+    PriorityKeyword,
+    QcCheck,
     QualityAssessment,
     ReceivedInstance,
     Series,
     SpecialtyMapping,
     Stage,
     Study,
+    WorkloadWeight,
 )
 
 logger = logging.getLogger(__name__)
@@ -60,6 +64,21 @@ def received_instance_register(
             return False
         raise
     return True
+
+
+def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool:
+    """Compare a later copy with the kept one; a difference is counted on the kept row for QC."""
+    kept = ReceivedInstance.objects.filter(sop_instance_uid=sop_instance_uid).first()
+    if kept is None:
+        return False
+    kept_path = settings.STORAGE_ROOT / kept.path
+    try:
+        same = kept_path.stat().st_size == path.stat().st_size and kept_path.read_bytes() == path.read_bytes()
+    except OSError:
+        return False
+    if not same:
+        ReceivedInstance.objects.filter(pk=kept.pk).update(conflicting_copies=F("conflicting_copies") + 1)
+    return not same
 
 
 def study_register(*, study_instance_uid: str) -> Study:
@@ -185,44 +204,166 @@ def _refresh_study(study: Study) -> None:
     study.save()
 
 
+def _classification(study: Study) -> classify_rules.Classification:
+    headers = list(study.instances.values_list("header", flat=True))
+    first = headers[0] if headers else {}
+    descriptions = [study.study_description, first.get("RequestedProcedureDescription", "")]
+    descriptions += list(study.series.values_list("series_description", flat=True))
+    attributes = {
+        keyword: next((h.get(keyword, "") for h in headers if h.get(keyword)), "")
+        for keyword in ("RequestedProcedurePriority", "StudyPriorityID")
+    }
+    return classify_rules.classify(
+        modalities=[m for m in study.modalities.split("\\") if m],
+        body_part=study.body_part,
+        descriptions=[d for d in descriptions if d],
+        priority_attributes=attributes,
+        rules=[
+            classify_rules.MappingRule(
+                id=m.pk,
+                modality=m.modality,
+                body_parts=tuple(m.body_part_list),
+                specialty=m.specialty,
+                description_pattern=m.description_pattern,
+                subspecialty=m.subspecialty,
+            )
+            for m in SpecialtyMapping.objects.filter(enabled=True)
+        ],
+        keywords=list(PriorityKeyword.objects.values_list("keyword", "priority")),
+        weights={(w.modality.upper(), w.body_part.upper()): w.weight for w in WorkloadWeight.objects.all()},
+    )
+
+
+def _apply(study: Study, result: classify_rules.Classification) -> None:
+    study.specialty = result.specialty
+    study.subspecialty = result.subspecialty
+    study.priority = result.priority
+    study.workload = result.workload
+    study.classification = result.reasons
+    study.save(update_fields=["specialty", "subspecialty", "priority", "workload", "classification"])
+
+
 def study_classify(*, study_id: int, now: datetime | None = None) -> None:
-    """Specialty from the mapping rows, priority normalised; each with its reason."""
-    rules = [
-        classify_rules.MappingRule(
-            id=m.pk, modality=m.modality, body_parts=tuple(m.body_part_list), specialty=m.specialty
-        )
-        for m in SpecialtyMapping.objects.filter(enabled=True)
-    ]
+    """Specialty (and subspecialty), priority and workload from data tables, each with its reason."""
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
         if study is None or study.stage != Stage.PERSISTED:
             return
-        result = classify_rules.classify(
-            modalities=study.modalities.split("\\"),
-            body_part=study.body_part,
-            requested_priority=study.requested_priority,
-            rules=rules,
-        )
-        study.specialty = result.specialty
-        study.priority = result.priority
-        study.classification = result.reasons
-        study.save(update_fields=["specialty", "priority", "classification"])
+        _apply(study, _classification(study))
         study.advance(Stage.CLASSIFIED, now=now or clock.now())
 
 
-def study_check(*, study_id: int, now: datetime | None = None) -> None:
-    """Header QC over every instance; a failing check flags the study, never drops it."""
+def study_reclassify(*, study_id: int) -> Study:
+    """An admin's "classify again" after the tables changed; the stage is left where it is."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(pk=study_id)
+        _apply(study, _classification(study))
+    return study
+
+
+def _sample(instances: list[Instance], size: int = 3) -> list[Instance]:
+    """First, middle and last instance of a series: enough to catch a bad series, cheap on large ones."""
+    if len(instances) <= size:
+        return instances
+    return [instances[0], instances[len(instances) // 2], instances[-1]]
+
+
+def _pixel_results(study: Study) -> list[dict]:
+    """Pixel checks per series on a sample of instances; decoding happens here, in the worker."""
+    results = []
+    series_list = study.series.order_by("id").prefetch_related("instances")
+    for series in series_list:
+        for instance in _sample(sorted(series.instances.all(), key=lambda i: i.pk)):
+            image, reason = pixels.decode_sample(
+                settings.STORAGE_ROOT / instance.path, max_bytes=settings.QC_MAX_DECODE_BYTES
+            )
+            where = {"series": series.pk, "instance": instance.pk}
+            if image is None:
+                results.append({"check": "pixels_decoded", "passed": True, "detail": reason, "not_run": True, **where})
+                continue
+            # No bits_stored: decode_sample returns rescaled values (HU for CT), so the image's own range
+            # is the reference for saturation and clipping.
+            values = pixels.metrics(image, pixel_representation=int(instance.header.get("PixelRepresentation") or 0))
+            for entry in pixels.checks(values, _limits(series.modality or study.modality)):
+                results.append({**entry, **where})
+    return results
+
+
+def _policies() -> dict[tuple[str, str], QcCheck]:
+    return {(c.name, c.modality): c for c in QcCheck.objects.filter(enabled=True)}
+
+
+def _limits(modality: str) -> dict[str, tuple[float | None, float | None]]:
+    """Pixel limits for a modality: its own rows over the "*" rows; QcCheck rows are editable in admin."""
+    limits: dict[str, tuple[float | None, float | None]] = {}
+    for (check, rule_modality), rule in sorted(_policies().items(), key=lambda item: item[0][1] != "*"):
+        if rule_modality in ("*", modality.upper()) and (rule.min_value is not None or rule.max_value is not None):
+            limits[check] = (rule.min_value, rule.max_value)
+    return limits
+
+
+def study_check(*, study_id: int, now: datetime | None = None) -> str | None:
+    """Quality control; returns the verdict.
+
+    1. Header checks over every instance; pixel checks per series on a sample, decoded here, outside
+       any transaction (never in the SCP).
+    2. Each failing check takes its policy for the study's modality: flag (go on, marked) or hold (stop
+       before routing). A study an operator released is not held again for the same content.
+    3. Write the assessment; the study moves to CHECKED, or HELD to wait in the admin's held list.
+    """
+    now = now or clock.now()
+    study = Study.objects.filter(pk=study_id, stage=Stage.CLASSIFIED).first()
+    if study is None:
+        return None
+    headers = list(study.instances.values_list("header", flat=True))
+    conflicts = study.instances.aggregate(n=Sum("received__conflicting_copies"))["n"] or 0
+    results = qc.run_header_checks(headers, today=now.date(), conflicting_copies=conflicts)
+    results += _pixel_results(study)
+    policies = _policies()
+    for entry in results:
+        rule = policies.get((entry["check"], study.modality.upper())) or policies.get((entry["check"], "*"))
+        entry["policy"] = rule.policy if rule else QcCheck.Policy.FLAG
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
         if study is None or study.stage != Stage.CLASSIFIED:
-            return
-        headers = list(study.instances.values_list("header", flat=True))
-        checks = qc.run_header_checks(headers)
-        verdict = (
-            QualityAssessment.Verdict.PASSED if all(c["passed"] for c in checks) else QualityAssessment.Verdict.FLAGGED
-        )
-        now = now or clock.now()
+            return None
+        previous = QualityAssessment.objects.filter(study=study).first()
+        released = previous is not None and previous.verdict == QualityAssessment.Verdict.RELEASED
+        failed = [e for e in results if not e["passed"]]
+        if any(e["policy"] == QcCheck.Policy.HOLD for e in failed) and not released:
+            verdict = QualityAssessment.Verdict.HELD
+        elif released:
+            verdict = QualityAssessment.Verdict.RELEASED
+        else:
+            verdict = QualityAssessment.Verdict.FLAGGED if failed else QualityAssessment.Verdict.PASSED
         QualityAssessment.objects.update_or_create(
-            study=study, defaults={"verdict": verdict, "checks": checks, "assessed_at": now}
+            study=study, defaults={"verdict": verdict, "checks": results, "assessed_at": now}
         )
-        study.advance(Stage.CHECKED, now=now)
+        if verdict == QualityAssessment.Verdict.HELD:
+            names = sorted({e["check"] for e in failed if e["policy"] == QcCheck.Policy.HOLD})
+            study.advance(Stage.HELD, detail="held for QC: " + ", ".join(names), now=now)
+        else:
+            study.advance(Stage.CHECKED, now=now)
+    logger.info("qc: study %s %s", study_id, verdict)
+    return verdict
+
+
+def study_release(*, study_id: int, user: str, now: datetime | None = None) -> bool:
+    """A reviewer releases a held study: it goes on to routing (the caller starts the route step)."""
+    return _decide(study_id, user, QualityAssessment.Verdict.RELEASED, Stage.CHECKED, now)
+
+
+def study_reject(*, study_id: int, user: str, now: datetime | None = None) -> bool:
+    """A reviewer rejects a held study: it is kept, never routed or assigned."""
+    return _decide(study_id, user, QualityAssessment.Verdict.REJECTED, Stage.REJECTED, now)
+
+
+def _decide(study_id: int, user: str, verdict: str, stage: str, now: datetime | None) -> bool:
+    now = now or clock.now()
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(pk=study_id, stage=Stage.HELD).first()
+        if study is None:
+            return False
+        QualityAssessment.objects.filter(study=study).update(verdict=verdict, decided_by=user[:150], decided_at=now)
+        study.advance(stage, detail=f"{verdict} by {user}", now=now)
+    return True

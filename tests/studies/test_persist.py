@@ -77,7 +77,7 @@ def test_classify_and_check_record_their_results(storage, study_files, default_m
     study_check(study_id=study.pk)
     study.refresh_from_db()
     assert (study.specialty, study.priority, study.stage) == ("neuroradiology", "STAT", Stage.CHECKED)
-    assert study.classification["priority"] == "requested priority STAT"
+    assert study.classification["priority"] == "RequestedProcedurePriority STAT"
     assert QualityAssessment.objects.get(study=study).verdict == "passed"
 
 
