@@ -193,3 +193,17 @@ def test_held_is_what_study_check_returns(storage, tmp_path, default_mapping):
     run_steps(study_id, until="classify")
     assert study_check(study_id=study_id) == "held"
     assert study_check(study_id=study_id) is None  # a second message finds the study held
+
+
+def test_the_held_list_in_admin_shows_the_hold_and_releases_it(held_study, client):
+    from django.contrib.auth.models import User
+    from django.urls import reverse
+
+    client.force_login(User.objects.create_superuser("reviewer", "r@example.org", "pw"))
+    url = reverse("admin:studies_heldstudy_changelist")
+    assert "held for QC: std" in client.get(url).content.decode()
+    client.post(url, {"action": "release", "_selected_action": [held_study.pk]})
+    held_study.refresh_from_db()
+    assert held_study.stage == Stage.CHECKED  # the admin also enqueued the route step
+    assert held_study.quality.decided_by == "reviewer"
+    assert "held for QC" not in client.get(url).content.decode()
