@@ -206,4 +206,4 @@ def test_the_held_list_in_admin_shows_the_hold_and_releases_it(held_study, clien
     held_study.refresh_from_db()
     assert held_study.stage == Stage.CHECKED  # the admin also enqueued the route step
     assert held_study.quality.decided_by == "reviewer"
-    assert "held for QC" not in client.get(url).content.decode()
+    assert "held for QC: std" not in client.get(url).content.decode()
