@@ -8,23 +8,21 @@ import subprocess
 import pytest
 from kombu import Connection
 
+from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import storescu, synthetic_study
 from ..support.processes import Process, celery, free_port, python_manage, wait_until
 
 pytestmark = pytest.mark.integration
 
-CONFIG = """
+CONFIG = (
+    """
 destinations:
   - {name: neuro-pacs, ae_title: NEURO_PACS, host: 127.0.0.1, port: %d}
 rules:
   - {name: CT head to neuro, priority: 200, match: {modality: CT, body_part: HEAD}, destinations: [neuro-pacs]}
-radiologists:
-  - username: achen
-    name: A. Chen
-    email: achen@example.org
-    specialty: neuroradiology
-    shifts: [{days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59", timezone: UTC}]
 """
+    + ACHEN_ON_SHIFT
+)
 
 
 @pytest.fixture

@@ -6,25 +6,23 @@ from apps.configuration.services import config_import
 from apps.routing.models import Delivery
 from apps.routing.services import delivery_send
 
+from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import synthetic_study
 from ..support.orthanc import Orthanc
 from ..support.pipeline import receive_study, run_steps
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-CONFIG = """
+CONFIG = (
+    """
 destinations:
   - {name: orthanc, ae_title: %(orthanc_aet)s, host: 127.0.0.1, port: %(orthanc_port)d}
   - {name: archive, ae_title: ARCHIVE, host: 127.0.0.1, port: %(archive_port)d}
 rules:
   - {name: CT to both, priority: 10, match: {modality: CT}, destinations: [orthanc, archive]}
-radiologists:
-  - username: achen
-    name: A. Chen
-    email: achen@example.org
-    specialty: neuroradiology
-    shifts: [{days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59", timezone: UTC}]
 """
+    + ACHEN_ON_SHIFT
+)
 
 
 @pytest.fixture

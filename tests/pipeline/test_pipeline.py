@@ -14,24 +14,22 @@ from apps.pipeline.selectors import study_status
 from apps.pipeline.services import reconcile_targets, study_notify
 from apps.studies.models import Stage, Study
 
+from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import synthetic_study
 from ..support.peers import StatusSCP
 from ..support.pipeline import receive, receive_study, run_steps
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-CONFIG = """
+CONFIG = (
+    """
 destinations:
   - {name: neuro-pacs, ae_title: PEER, host: 127.0.0.1, port: %d}
 rules:
   - {name: CT head, priority: 200, match: {modality: CT, body_part: HEAD}, destinations: [neuro-pacs]}
-radiologists:
-  - username: achen
-    name: A. Chen
-    email: achen@example.org
-    specialty: neuroradiology
-    shifts: [{days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59", timezone: UTC}]
 """
+    + ACHEN_ON_SHIFT
+)
 
 
 @pytest.fixture
