@@ -36,6 +36,10 @@ def _beat_schedule() -> dict:
         "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
         # C-ECHO every destination: an unreachable one pauses its queue, a recovered one resumes it.
         "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
+        # STAT studies nobody acknowledged: remind, reassign, tell the supervisors (each step once, by key).
+        "escalations-due": {"task": "pipeline.escalations_due", "schedule": 15.0},
+        # SLA thresholds crossed (at risk, breached), recorded and notified once each.
+        "sla-check": {"task": "pipeline.sla_check", "schedule": 30.0},
         # Studies nobody could read when they arrived: try again, someone may have come on shift.
         "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
     }

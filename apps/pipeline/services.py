@@ -10,7 +10,9 @@ from django.db import transaction
 from apps.core import clock
 from apps.notifications.models import Notification
 from apps.notifications.services import notification_create
-from apps.reading.models import Assignment
+from apps.reading.defaults import SUPERVISORS_GROUP
+from apps.reading.models import Assignment, EscalationStep, SlaEvent
+from apps.reading.services import EscalationAction
 from apps.routing.models import Delivery, DeliveryItem
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
@@ -115,3 +117,71 @@ def reconcile_targets(*, now: datetime | None = None, older_than: float | None =
 
 def unassigned_studies() -> list[int]:
     return list(Study.objects.filter(stage=Stage.UNASSIGNED).order_by("received_at").values_list("id", flat=True)[:200])
+
+
+def _supervisors():
+    return get_user_model().objects.filter(groups__name=SUPERVISORS_GROUP, is_active=True)
+
+
+def _notify_users(users, *, event: str, subject_key: str, title: str, body: str) -> list[int]:
+    ids = []
+    for user in users:
+        channels = [Notification.Channel.IN_APP] + ([Notification.Channel.EMAIL] if user.email else [])
+        ids += notification_create(
+            event=event, subject_key=subject_key, recipient_id=user.pk, channels=channels, title=title, body=body
+        )
+    return ids
+
+
+def escalation_notify(*, action: EscalationAction) -> list[int]:
+    """Tell whoever each escalation step concerns: the reader (reminder), the new reader (reassignment),
+    the supervisors (last step). Ids and accession only."""
+    step, assignment = action.step, action.assignment
+    study = assignment.study
+    what = f"STAT study {study.pk} (accession {study.accession_number or '-'}, {study.modality or '-'})"
+    due = f"acknowledge was due {assignment.acknowledge_due_at:%H:%M} UTC"
+    key = f"escalation:{step.pk}"
+    if step.level == EscalationStep.Level.REMIND:
+        return _notify_users(
+            [assignment.radiologist.user],
+            event="stat_reminder",
+            subject_key=key,
+            title=f"Reminder: {what} waits for you",
+            body=f"{what} is not acknowledged; {due}.",
+        )
+    if step.level == EscalationStep.Level.REASSIGN:
+        if step.detail.startswith("no other"):
+            return []
+        title, body = assignment_message(assignment)
+        return _notify_users(
+            [assignment.radiologist.user],
+            event="stat_reassigned",
+            subject_key=key,
+            title=f"Reassigned to you: {title}",
+            body=body,
+        )
+    return _notify_users(
+        _supervisors(),
+        event="stat_escalated",
+        subject_key=key,
+        title=f"Escalation: {what} not acknowledged",
+        body=f"{what} is still not acknowledged by {assignment.radiologist.display_name}; {due}.",
+    )
+
+
+def sla_notify(*, event: SlaEvent) -> list[int]:
+    """At risk: the reader is told; breached: the reader and the supervisors."""
+    assignment = event.assignment
+    study = assignment.study
+    what = f"{study.priority} study {study.pk} (accession {study.accession_number or '-'})"
+    label = event.kind.replace("_", " ")
+    users = [assignment.radiologist.user]
+    if event.kind.endswith("breached"):
+        users += list(_supervisors())
+    return _notify_users(
+        users,
+        event=f"sla_{event.kind}",
+        subject_key=f"sla:{event.pk}",
+        title=f"SLA {label}: {what}",
+        body=f"{what}: {label}; target {event.due_at:%Y-%m-%d %H:%M} UTC.",
+    )

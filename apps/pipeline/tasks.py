@@ -7,7 +7,7 @@ from django.conf import settings
 
 from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
-from apps.reading.services import study_assign
+from apps.reading.services import escalation_sweep, sla_sweep, study_assign
 from apps.routing.models import Delivery
 from apps.routing.services import deliveries_due as _deliveries_due
 from apps.routing.services import delivery_send, study_route
@@ -96,3 +96,17 @@ def assign_unassigned() -> None:
     for study_id in services.unassigned_studies():
         if study_assign(study_id=study_id) is not None:
             chain_start(study_id, "notify")
+
+
+@shared_task(name="pipeline.escalations_due")
+def escalations_due() -> None:
+    for action in escalation_sweep():
+        for notification_id in services.escalation_notify(action=action):
+            task_start("notification_send", notification_id)
+
+
+@shared_task(name="pipeline.sla_check")
+def sla_check() -> None:
+    for event in sla_sweep():
+        for notification_id in services.sla_notify(event=event):
+            task_start("notification_send", notification_id)

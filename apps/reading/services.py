@@ -1,15 +1,17 @@
 """Writes on reading: assign a study to the best available radiologist."""
 
 import logging
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Q
 
 from apps.core import clock
-from apps.studies.models import Stage, Study
+from apps.studies.models import Priority, Stage, Study
 
-from .models import Assignment, Radiologist
+from .defaults import ESCALATION_WINDOW_MINUTES
+from .models import Assignment, EscalationStep, Radiologist, SlaEvent, SlaPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -69,14 +71,147 @@ def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | 
         chosen = eligible[0]
         try:
             with transaction.atomic():
-                assignment = Assignment.objects.create(
+                assignment = Assignment(
                     study=study,
                     radiologist_id=chosen["radiologist"],
                     assigned_at=now,
                     explanation={"chosen": chosen, "eligible": eligible, "excluded": excluded, "rule": "fewest open"},
                 )
+                _set_due_times(assignment, study)
+                assignment.save()
         except IntegrityError:
             assignment = study.assignments.get(status__in=Assignment.OPEN)
         study.advance(Stage.ASSIGNED, now=now)
     logger.info("assign: study %s -> radiologist %s", study.pk, assignment.radiologist_id)
     return assignment
+
+
+def sla_targets(
+    *, priority: str, institution: str, policies: list[SlaPolicy]
+) -> tuple[timedelta, timedelta, float] | None:
+    """(acknowledge, report, at-risk fraction) for a priority: the institution's own row over the default."""
+    mine = [p for p in policies if p.priority == priority and p.institution == institution]
+    default = [p for p in policies if p.priority == priority and not p.institution]
+    chosen = (mine or default or [None])[0]
+    if chosen is None:
+        return None
+    return (
+        timedelta(minutes=chosen.acknowledge_minutes),
+        timedelta(minutes=chosen.report_minutes),
+        chosen.at_risk_fraction,
+    )
+
+
+def _set_due_times(assignment: Assignment, study: Study) -> None:
+    targets = sla_targets(
+        priority=study.priority or "ROUTINE", institution=study.institution_name, policies=list(SlaPolicy.objects.all())
+    )
+    if targets is not None:
+        assignment.acknowledge_due_at = study.received_at + targets[0]
+        assignment.report_due_at = study.received_at + targets[1]
+
+
+def assignment_acknowledge(*, assignment_id: int, now: datetime | None = None) -> bool:
+    now = now or clock.now()
+    return bool(
+        Assignment.objects.filter(pk=assignment_id, status=Assignment.Status.ASSIGNED).update(
+            status=Assignment.Status.ACKNOWLEDGED, acknowledged_at=now
+        )
+    )
+
+
+def sla_sweep(*, now: datetime | None = None) -> list[SlaEvent]:
+    """Record each SLA threshold an open assignment has crossed, once; returns the new events."""
+    now = now or clock.now()
+    fractions = {(p.priority, p.institution): p.at_risk_fraction for p in SlaPolicy.objects.all()}
+    created = []
+    open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN).select_related("study")
+    for assignment in open_assignments.exclude(acknowledge_due_at=None):
+        study = assignment.study
+        fraction = fractions.get((study.priority, study.institution_name), fractions.get((study.priority, ""), 0.8))
+        targets = []
+        if assignment.acknowledged_at is None:
+            targets.append((SlaEvent.Kind.ACK_AT_RISK, SlaEvent.Kind.ACK_BREACHED, assignment.acknowledge_due_at))
+        targets.append((SlaEvent.Kind.REPORT_AT_RISK, SlaEvent.Kind.REPORT_BREACHED, assignment.report_due_at))
+        for at_risk, breached, due in targets:
+            risk_at = study.received_at + (due - study.received_at) * fraction
+            for kind, threshold in ((at_risk, risk_at), (breached, due)):
+                if now >= threshold:
+                    event, new = SlaEvent.objects.get_or_create(
+                        assignment=assignment, kind=kind, defaults={"due_at": due, "occurred_at": now}
+                    )
+                    if new:
+                        created.append(event)
+    return created
+
+
+@dataclass(frozen=True)
+class EscalationAction:
+    step: EscalationStep
+    assignment: Assignment  # the assignment open after the step (the new one after a reassignment)
+
+
+def escalation_sweep(*, now: datetime | None = None) -> list[EscalationAction]:
+    """STAT studies nobody acknowledged: take every escalation step whose time has come, once each.
+
+    Step k is due at the first assignment's acknowledge target + (k - 1) escalation windows, all in UTC,
+    so a missed or doubled Beat tick, two Beat processes or a DST change neither skip nor repeat a step.
+    """
+    now = now or clock.now()
+    window = timedelta(minutes=ESCALATION_WINDOW_MINUTES)
+    actions = []
+    waiting = Assignment.objects.filter(
+        status=Assignment.Status.ASSIGNED, study__priority=Priority.STAT, acknowledge_due_at__lte=now
+    ).values_list("study_id", flat=True)
+    for study_id in waiting:
+        first = Assignment.objects.filter(study_id=study_id).exclude(acknowledge_due_at=None).order_by("assigned_at")[0]
+        for level in EscalationStep.Level:
+            due = first.acknowledge_due_at + (level - 1) * window
+            if due > now:
+                break
+            action = _escalate(study_id, level, due, now)
+            if action is not None:
+                actions.append(action)
+    return actions
+
+
+def _escalate(study_id: int, level: int, due: datetime, now: datetime) -> EscalationAction | None:
+    with transaction.atomic():
+        study = Study.objects.select_for_update().get(pk=study_id)
+        current = study.assignments.filter(status=Assignment.Status.ASSIGNED).first()
+        if current is None or EscalationStep.objects.filter(study=study, level=level).exists():
+            return None  # acknowledged meanwhile, or this step was already taken
+        detail = ""
+        if level == EscalationStep.Level.REASSIGN:
+            replacement = _reassign(study, current, now)
+            detail = f"reassigned to {replacement.radiologist_id}" if replacement else "no other eligible reader"
+            current = replacement or current
+        step = EscalationStep.objects.create(
+            study=study, assignment=current, level=level, due_at=due, done_at=now, detail=detail
+        )
+    logger.info("escalation: study %s level %s %s", study_id, level, detail)
+    return EscalationAction(step=step, assignment=current)
+
+
+def _reassign(study: Study, current: Assignment, now: datetime) -> Assignment | None:
+    readers = list(
+        Radiologist.objects.filter(specialty=study.specialty)
+        .exclude(pk=current.radiologist_id)
+        .annotate(open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)))
+        .prefetch_related("shifts")
+    )
+    eligible, _ = candidates_rank(readers, specialty=study.specialty, at=now)
+    if not eligible:
+        return None
+    current.status = Assignment.Status.CANCELLED
+    current.save(update_fields=["status"])
+    replacement = Assignment(
+        study=study,
+        radiologist_id=eligible[0]["radiologist"],
+        assigned_at=now,
+        acknowledge_due_at=current.acknowledge_due_at,
+        report_due_at=current.report_due_at,
+        explanation={"chosen": eligible[0], "eligible": eligible, "rule": "escalation: next eligible reader"},
+    )
+    replacement.save()
+    return replacement

@@ -1,0 +1,14 @@
+from django.db import migrations
+
+from apps.reading.defaults import DEFAULT_SLA_POLICIES
+
+
+def install(apps, schema_editor):
+    policy = apps.get_model("reading", "SlaPolicy")
+    if not policy.objects.exists():
+        policy.objects.bulk_create(policy(**row) for row in DEFAULT_SLA_POLICIES)
+
+
+class Migration(migrations.Migration):
+    dependencies = [("reading", "0002_assignment_acknowledge_due_at_and_more")]
+    operations = [migrations.RunPython(install, migrations.RunPython.noop)]

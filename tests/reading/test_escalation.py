@@ -1,0 +1,146 @@
+"""STAT escalation and SLAs with an injected clock: each step once, on time, whatever Beat or DST do."""
+
+from datetime import UTC, datetime, time, timedelta
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from apps.notifications.models import Notification
+from apps.pipeline.services import escalation_notify, sla_notify
+from apps.reading.models import Assignment, EscalationStep, Radiologist, Shift, SlaEvent
+from apps.reading.services import assignment_acknowledge, escalation_sweep, sla_sweep, study_assign
+from apps.studies.models import Stage, Study
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Tuesday 2026-11-24 02:00 UTC is Monday 21:00 in New York: the overnight shift (19:00-07:00) is on.
+NIGHT = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def night_readers(default_mapping, sla_policies):
+    readers = []
+    for name in ("first", "second"):
+        r = Radiologist.objects.create(
+            user=User.objects.create(username=name, email=f"{name}@example.org"),
+            display_name=name.title(),
+            specialty="neuroradiology",
+        )
+        Shift.objects.create(
+            radiologist=r,
+            weekdays="mon,tue,wed,thu,fri,sat,sun",
+            start=time(19),
+            end=time(7),
+            timezone="America/New_York",
+        )
+        readers.append(r)
+    boss = User.objects.create(username="boss", email="boss@example.org")
+    boss.groups.add(Group.objects.create(name="supervisors"))
+    return readers
+
+
+@pytest.fixture
+def sla_policies(db):
+    from django.apps import apps
+
+    from apps.reading.defaults import DEFAULT_SLA_POLICIES
+
+    model = apps.get_model("reading", "SlaPolicy")
+    if not model.objects.exists():
+        model.objects.bulk_create(model(**row) for row in DEFAULT_SLA_POLICIES)
+
+
+def stat_study(at: datetime, uid="1.2.3") -> Assignment:
+    study = Study.objects.create(
+        study_instance_uid=uid, specialty="neuroradiology", priority="STAT", stage=Stage.ROUTED, received_at=at
+    )
+    return study_assign(study_id=study.pk, now=at)
+
+
+def sweep(at: datetime) -> list[tuple[int, str]]:
+    actions = escalation_sweep(now=at)
+    for action in actions:
+        escalation_notify(action=action)
+    return [(a.step.level, a.assignment.radiologist.display_name) for a in actions]
+
+
+def test_an_unacknowledged_stat_study_is_reminded_reassigned_then_escalated_once_each(night_readers):
+    assignment = stat_study(NIGHT)
+    assert assignment.radiologist.display_name == "First"
+    assert assignment.acknowledge_due_at == NIGHT + timedelta(minutes=5)
+    assert sweep(NIGHT + timedelta(minutes=4, seconds=59)) == []
+    assert sweep(NIGHT + timedelta(minutes=5)) == [(1, "First")]
+    assert sweep(NIGHT + timedelta(minutes=5, seconds=30)) == []  # the sweeper again: nothing new
+    assert sweep(NIGHT + timedelta(minutes=10)) == [(2, "Second")]
+    assert sweep(NIGHT + timedelta(minutes=15)) == [(3, "Second")]
+    assert sweep(NIGHT + timedelta(minutes=40)) == []
+    assert list(EscalationStep.objects.values_list("level", flat=True)) == [1, 2, 3]
+    assert Assignment.objects.get(status="assigned").radiologist.display_name == "Second"
+    assert Assignment.objects.get(status="cancelled").radiologist.display_name == "First"
+    events = sorted(Notification.objects.filter(channel="in_app").values_list("event", "recipient__username"))
+    assert events == [("stat_escalated", "boss"), ("stat_reassigned", "second"), ("stat_reminder", "first")]
+
+
+def test_beat_down_for_a_while_catches_up_every_due_step_once(night_readers):
+    stat_study(NIGHT)
+    assert sweep(NIGHT + timedelta(minutes=20)) == [(1, "First"), (2, "Second"), (3, "Second")]
+    assert sweep(NIGHT + timedelta(minutes=20)) == []  # a second Beat process ticking at the same time
+
+
+def test_a_stat_study_acknowledged_in_time_gets_nothing(night_readers):
+    assignment = stat_study(NIGHT)
+    assert assignment_acknowledge(assignment_id=assignment.pk, now=NIGHT + timedelta(minutes=3))
+    assert sweep(NIGHT + timedelta(minutes=30)) == []
+    assert not EscalationStep.objects.exists()
+
+
+def test_a_dst_night_neither_skips_nor_repeats_a_step(night_readers):
+    # 2026-11-01 05:58 UTC is 01:58 EDT; at 06:00 UTC New York falls back to 01:00 EST.
+    start = datetime(2026, 11, 1, 5, 58, tzinfo=UTC)
+    stat_study(start)
+    levels = []
+    for minute in range(0, 31):
+        levels += [level for level, _ in sweep(start + timedelta(minutes=minute))]
+    assert levels == [1, 2, 3]
+    steps = EscalationStep.objects.order_by("level")
+    assert [s.due_at - start for s in steps] == [timedelta(minutes=m) for m in (5, 10, 15)]
+
+
+def test_sla_thresholds_are_recorded_and_notified_once(night_readers):
+    assignment = stat_study(NIGHT)
+    assert sla_sweep(now=NIGHT + timedelta(minutes=3)) == []
+    at_risk = sla_sweep(now=NIGHT + timedelta(minutes=4))  # 80 % of the 5-minute target
+    assert [e.kind for e in at_risk] == ["ack_at_risk"]
+    breached = sla_sweep(now=NIGHT + timedelta(minutes=6))
+    assert [e.kind for e in breached] == ["ack_breached"]
+    assert sla_sweep(now=NIGHT + timedelta(minutes=6)) == []
+    for event in at_risk + breached:
+        sla_notify(event=event)
+    assert sorted(Notification.objects.filter(channel="in_app").values_list("event", "recipient__username")) == [
+        ("sla_ack_at_risk", "first"),
+        ("sla_ack_breached", "boss"),
+        ("sla_ack_breached", "first"),
+    ]
+    assignment_acknowledge(assignment_id=assignment.pk, now=NIGHT + timedelta(minutes=7))
+    later = sla_sweep(now=NIGHT + timedelta(minutes=61))
+    assert sorted(e.kind for e in later) == ["report_at_risk", "report_breached"]
+    assert SlaEvent.objects.count() == 4
+
+
+def test_an_institution_override_sets_the_due_times(night_readers):
+    from apps.reading.models import SlaPolicy
+
+    SlaPolicy.objects.create(priority="STAT", institution="North", acknowledge_minutes=2, report_minutes=30)
+    study = Study.objects.create(
+        study_instance_uid="9.9",
+        specialty="neuroradiology",
+        priority="STAT",
+        stage=Stage.ROUTED,
+        received_at=NIGHT,
+        institution_name="North",
+    )
+    assignment = study_assign(study_id=study.pk, now=NIGHT + timedelta(minutes=1))
+    assert (assignment.acknowledge_due_at, assignment.report_due_at) == (
+        NIGHT + timedelta(minutes=2),
+        NIGHT + timedelta(minutes=30),
+    )
