@@ -3,12 +3,33 @@ from django.db import models
 from django.utils import timezone
 
 
+class WebhookEndpoint(models.Model):
+    """An HTTP endpoint that receives events as JSON, signed with HMAC-SHA256 of the body."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    url = models.URLField(max_length=500)
+    secret = models.CharField(max_length=255, help_text="Shared secret for the X-Router-Signature header.")
+    events = models.CharField(max_length=500, blank=True, help_text="Comma-separated events; empty: every event.")
+    enabled = models.BooleanField(default=True)
+    phi_approved = models.BooleanField(
+        default=False, help_text="Only an approved endpoint receives patient names; others get ids only."
+    )
+
+    def __str__(self) -> str:
+        return self.name
+
+    def wants(self, event: str) -> bool:
+        wanted = {e.strip() for e in self.events.split(",") if e.strip()}
+        return self.enabled and (not wanted or event in wanted)
+
+
 class Notification(models.Model):
     """One message for one (event, subject, recipient, channel): created once, sent until it succeeds."""
 
     class Channel(models.TextChoices):
         IN_APP = "in_app"
         EMAIL = "email"
+        WEBHOOK = "webhook"
 
     class State(models.TextChoices):
         PENDING = "pending"
@@ -18,7 +39,12 @@ class Notification(models.Model):
     event = models.CharField(max_length=64)
     # What the event is about, as "kind:id" (e.g. "assignment:12"): ids only, never names.
     subject_key = models.CharField(max_length=64)
-    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications")
+    recipient = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
+    endpoint = models.ForeignKey(
+        WebhookEndpoint, null=True, blank=True, on_delete=models.CASCADE, related_name="notifications"
+    )
     channel = models.CharField(max_length=16, choices=Channel.choices)
     title = models.CharField(max_length=255)
     body = models.TextField()
@@ -40,4 +66,6 @@ class Notification(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.event} {self.subject_key} -> {self.recipient_id} ({self.channel}): {self.state}"
+        return (
+            f"{self.event} {self.subject_key} -> {self.recipient_id or self.endpoint_id} ({self.channel}): {self.state}"
+        )

@@ -1,5 +1,6 @@
 """Writes on notifications: create a message once, send it, retry what failed."""
 
+import json
 import logging
 from datetime import datetime, timedelta
 
@@ -9,7 +10,7 @@ from django.db.models import F
 from apps.core import clock
 
 from .channels import CHANNELS
-from .models import Notification
+from .models import Notification, WebhookEndpoint
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,27 @@ def notification_create(
     return ids
 
 
+def notification_webhooks(*, event: str, subject_key: str, payload: dict, phi: dict | None = None) -> list[int]:
+    """One webhook message per subscribed endpoint; `phi` fields go only to endpoints approved for PHI."""
+    ids = []
+    for endpoint in WebhookEndpoint.objects.filter(enabled=True):
+        if not endpoint.wants(event):
+            continue
+        body = {"event": event, **payload, **((phi or {}) if endpoint.phi_approved else {})}
+        notification, _ = Notification.objects.get_or_create(
+            event=event,
+            subject_key=subject_key,
+            endpoint=endpoint,
+            defaults={
+                "channel": Notification.Channel.WEBHOOK,
+                "title": event,
+                "body": json.dumps(body, sort_keys=True),
+            },
+        )
+        ids.append(notification.pk)
+    return ids
+
+
 def notification_send(*, notification_id: int, now: datetime | None = None) -> str | None:
     """Claim a pending message (pending -> sending is the attempt counter), send it, record the result."""
     now = now or clock.now()
@@ -44,7 +66,7 @@ def notification_send(*, notification_id: int, now: datetime | None = None) -> s
         ).update(attempts=F("attempts") + 1, next_attempt_at=now + timedelta(seconds=RETRY_MAX_SECONDS))
     if not claimed:
         return None
-    notification = Notification.objects.select_related("recipient").get(pk=notification_id)
+    notification = Notification.objects.select_related("recipient", "endpoint").get(pk=notification_id)
     try:
         CHANNELS[notification.channel](notification)
     except Exception as exc:  # noqa: BLE001 - any channel failure is recorded and retried, never raised

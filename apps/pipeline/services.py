@@ -9,7 +9,7 @@ from django.db import transaction
 
 from apps.core import clock
 from apps.notifications.models import Notification
-from apps.notifications.services import notification_create
+from apps.notifications.services import notification_create, notification_webhooks
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
 from apps.reading.services import EscalationAction
@@ -57,6 +57,8 @@ def study_notify(*, study_id: int, now: datetime | None = None) -> list[int]:
                 title=title,
                 body=body,
             )
+            event = "stat_assigned" if study.priority == "STAT" else ASSIGNED_EVENT
+            ids += _webhooks(event, f"assignment:{assignment.pk}", study, assignment)
         study.advance(Stage.NOTIFIED, now=now)
     return ids
 
@@ -119,6 +121,29 @@ def unassigned_studies() -> list[int]:
     return list(Study.objects.filter(stage=Stage.UNASSIGNED).order_by("received_at").values_list("id", flat=True)[:200])
 
 
+def _webhooks(event: str, subject_key: str, study: Study, assignment: Assignment | None = None, **extra) -> list[int]:
+    """The same event for webhook endpoints: ids, accession, modality, priority, due time; the patient's
+    name only for endpoints approved for PHI."""
+    payload = {
+        "study_id": study.pk,
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "modality": study.modality,
+        "priority": study.priority,
+        **extra,
+    }
+    if assignment is not None:
+        payload |= {
+            "assignment_id": assignment.pk,
+            "radiologist": assignment.radiologist.user.get_username(),
+            "acknowledge_due_at": assignment.acknowledge_due_at.isoformat() if assignment.acknowledge_due_at else None,
+            "report_due_at": assignment.report_due_at.isoformat() if assignment.report_due_at else None,
+        }
+    return notification_webhooks(
+        event=event, subject_key=subject_key, payload=payload, phi={"patient_name": study.patient_name}
+    )
+
+
 def _supervisors():
     return get_user_model().objects.filter(groups__name=SUPERVISORS_GROUP, is_active=True)
 
@@ -141,8 +166,10 @@ def escalation_notify(*, action: EscalationAction) -> list[int]:
     what = f"STAT study {study.pk} (accession {study.accession_number or '-'}, {study.modality or '-'})"
     due = f"acknowledge was due {assignment.acknowledge_due_at:%H:%M} UTC"
     key = f"escalation:{step.pk}"
+    event = {1: "stat_reminder", 2: "stat_reassigned", 3: "stat_escalated"}[step.level]
+    hooks = _webhooks(event, key, study, assignment, level=step.level)
     if step.level == EscalationStep.Level.REMIND:
-        return _notify_users(
+        return hooks + _notify_users(
             [assignment.radiologist.user],
             event="stat_reminder",
             subject_key=key,
@@ -151,16 +178,16 @@ def escalation_notify(*, action: EscalationAction) -> list[int]:
         )
     if step.level == EscalationStep.Level.REASSIGN:
         if step.detail.startswith("no other"):
-            return []
+            return hooks
         title, body = assignment_message(assignment)
-        return _notify_users(
+        return hooks + _notify_users(
             [assignment.radiologist.user],
             event="stat_reassigned",
             subject_key=key,
             title=f"Reassigned to you: {title}",
             body=body,
         )
-    return _notify_users(
+    return hooks + _notify_users(
         _supervisors(),
         event="stat_escalated",
         subject_key=key,
@@ -178,7 +205,8 @@ def sla_notify(*, event: SlaEvent) -> list[int]:
     users = [assignment.radiologist.user]
     if event.kind.endswith("breached"):
         users += list(_supervisors())
-    return _notify_users(
+    hooks = _webhooks(f"sla_{event.kind}", f"sla:{event.pk}", study, assignment)
+    return hooks + _notify_users(
         users,
         event=f"sla_{event.kind}",
         subject_key=f"sla:{event.pk}",
