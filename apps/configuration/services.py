@@ -295,7 +295,11 @@ def _windows_sync(manager, model, owner: dict, wanted: list[tuple[str, time, tim
 
 
 def _import_radiologist(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"username", "name", "email", "specialty", "status", "shifts"}, {"username", "specialty"})
+    _check_keys(
+        entry,
+        {"username", "name", "email", "specialty", "subspecialty", "status", "capacity", "seniority", "shifts"},
+        {"username", "specialty"},
+    )
     username = str(entry["username"])
     label = f"radiologist {username}"
     user_model = get_user_model()
@@ -312,7 +316,10 @@ def _import_radiologist(entry: dict, report: Report) -> None:
     values = {
         "display_name": str(entry.get("name") or username),
         "specialty": str(entry["specialty"]),
+        "subspecialty": str(entry.get("subspecialty", "")),
         "status": str(entry.get("status", Radiologist.Status.ONLINE)),
+        "capacity": float(entry.get("capacity", Radiologist._meta.get_field("capacity").default)),
+        "seniority": int(entry.get("seniority", 0)),
     }
     radiologist = _upsert(Radiologist, {"user": user}, values, report, label)
     if _windows_sync(radiologist.shifts, Shift, {"radiologist": radiologist}, _windows_from(entry, "shifts")):
@@ -462,6 +469,9 @@ def _export_radiologist(r: Radiologist) -> dict:
         "name": r.display_name,
         "email": r.user.email,
         "specialty": r.specialty,
+        "subspecialty": r.subspecialty,
         "status": r.status,
+        "capacity": r.capacity,
+        "seniority": r.seniority,
         "shifts": _export_windows(r.shifts),
     }

@@ -17,7 +17,10 @@ class Radiologist(models.Model):
     user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="radiologist")
     display_name = models.CharField(max_length=128)
     specialty = models.CharField(max_length=64, db_index=True)
+    subspecialty = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
+    capacity = models.FloatField(default=20.0, help_text="Most open work (summed study workload) at once.")
+    seniority = models.PositiveSmallIntegerField(default=0, help_text="Years; STAT studies prefer senior readers.")
 
     class Meta:
         ordering = ["display_name"]

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
+from django.db.models import Q, Sum
 
 from apps.core import clock
 from apps.studies.models import Priority, Stage, Study
@@ -16,34 +16,72 @@ from .models import Assignment, EscalationStep, Radiologist, SlaEvent, SlaPolicy
 logger = logging.getLogger(__name__)
 
 
-def candidates_rank(radiologists: list[Radiologist], *, specialty: str, at: datetime) -> tuple[list[dict], list[dict]]:
-    """Split readers into eligible (fewest open assignments first, then id) and excluded, with reasons.
+SUBSPECIALTY_BONUS = 0.3
+SENIORITY_BONUS = 0.02  # per year, for STAT studies, up to 10 years
+SAME_PATIENT_BONUS = 1.0  # the reader of the patient's other open study, when eligible
 
-    Each radiologist carries `open_count` (annotated) and prefetched shifts.
+
+def candidates_rank(
+    radiologists: list[Radiologist], *, study: Study, at: datetime, same_patient: frozenset[int] = frozenset()
+) -> tuple[list[dict], list[dict]]:
+    """Split readers into eligible, best first, and excluded, each with the reason or the score breakdown.
+
+    Each radiologist carries `open_work` (annotated: the summed workload of their open assignments) and
+    prefetched shifts. Ties break on less open work, then id, so the choice is deterministic.
     """
     eligible, excluded = [], []
     for r in radiologists:
+        open_work = float(r.open_work or 0)
+        entry = {"radiologist": r.pk, "name": r.display_name, "open": round(open_work, 2)}
         reason = None
-        if r.specialty != specialty:
+        if r.specialty != study.specialty:
             reason = f"specialty {r.specialty}"
         elif r.status != Radiologist.Status.ONLINE:
             reason = "offline"
         elif not any(shift.is_open(at) for shift in r.shifts.all()):
             reason = "not on shift"
-        entry = {"radiologist": r.pk, "name": r.display_name, "open": r.open_count}
+        elif open_work + study.workload > r.capacity:
+            reason = f"at capacity ({open_work:g} of {r.capacity:g})"
         if reason:
             excluded.append({**entry, "reason": reason})
-        else:
-            eligible.append(entry)
-    eligible.sort(key=lambda e: (e["open"], e["radiologist"]))
+            continue
+        breakdown = {
+            "workload": round(1 - open_work / r.capacity, 3) if r.capacity else 0.0,
+            "subspecialty": SUBSPECIALTY_BONUS if study.subspecialty and r.subspecialty == study.subspecialty else 0.0,
+            "seniority": SENIORITY_BONUS * min(r.seniority, 10) if study.priority == Priority.STAT else 0.0,
+            "same_patient": SAME_PATIENT_BONUS if r.pk in same_patient else 0.0,
+        }
+        eligible.append({**entry, "score": round(sum(breakdown.values()), 3), "breakdown": breakdown})
+    eligible.sort(key=lambda e: (-e["score"], e["open"], e["radiologist"]))
     return eligible, excluded
 
 
+def _readers(study: Study):
+    """Every reader of the specialty with their open work: one query, whatever their number."""
+    return (
+        Radiologist.objects.filter(specialty=study.specialty)
+        .annotate(open_work=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)))
+        .prefetch_related("shifts")
+        .order_by("pk")
+    )
+
+
+def _same_patient_readers(study: Study) -> frozenset[int]:
+    if not study.patient_id:
+        return frozenset()
+    return frozenset(
+        Assignment.objects.filter(status__in=Assignment.OPEN, study__patient_id=study.patient_id)
+        .exclude(study=study)
+        .values_list("radiologist_id", flat=True)
+    )
+
+
 def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | None:
-    """Assign a routed study to the on-shift reader of its specialty with the least open work.
+    """Assign a routed study to the best-scored eligible reader of its specialty.
 
     1. A study with an open assignment keeps it (late instances do not assign twice).
-    2. Eligible: same specialty, online, on a shift now in the shift's timezone.
+    2. Eligible: same specialty, online, on a shift now in its timezone, under capacity; scored on free
+       capacity, subspecialty, seniority for STAT and the patient's other open study (candidates_rank).
     3. Nobody eligible: the study waits as UNASSIGNED, with the reasons; a sweeper tries again.
     """
     now = now or clock.now()
@@ -55,12 +93,11 @@ def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | 
         if current is not None:
             study.advance(Stage.ASSIGNED, now=now)
             return current
-        readers = list(
-            Radiologist.objects.filter(specialty=study.specialty)
-            .annotate(open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)))
-            .prefetch_related("shifts")
-        )
-        eligible, excluded = candidates_rank(readers, specialty=study.specialty, at=now)
+        # Lock the readers of the specialty (in id order, so two workers cannot deadlock): capacity is
+        # read and taken under the lock, so concurrent assignments never push a reader past it.
+        list(Radiologist.objects.select_for_update().filter(specialty=study.specialty).order_by("pk").values("pk"))
+        readers = list(_readers(study))
+        eligible, excluded = candidates_rank(readers, study=study, at=now, same_patient=_same_patient_readers(study))
         if not eligible:
             detail = f"no eligible {study.specialty or 'unclassified'} radiologist"
             if excluded:
@@ -75,7 +112,7 @@ def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | 
                     study=study,
                     radiologist_id=chosen["radiologist"],
                     assigned_at=now,
-                    explanation={"chosen": chosen, "eligible": eligible, "excluded": excluded, "rule": "fewest open"},
+                    explanation={"chosen": chosen, "eligible": eligible[:20], "excluded": excluded[:50]},
                 )
                 _set_due_times(assignment, study)
                 assignment.save()
@@ -194,13 +231,8 @@ def _escalate(study_id: int, level: int, due: datetime, now: datetime) -> Escala
 
 
 def _reassign(study: Study, current: Assignment, now: datetime) -> Assignment | None:
-    readers = list(
-        Radiologist.objects.filter(specialty=study.specialty)
-        .exclude(pk=current.radiologist_id)
-        .annotate(open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)))
-        .prefetch_related("shifts")
-    )
-    eligible, _ = candidates_rank(readers, specialty=study.specialty, at=now)
+    readers = [r for r in _readers(study) if r.pk != current.radiologist_id]
+    eligible, _ = candidates_rank(readers, study=study, at=now)
     if not eligible:
         return None
     current.status = Assignment.Status.CANCELLED

@@ -80,3 +80,63 @@ def test_the_database_refuses_a_second_open_assignment():
     Assignment.objects.create(study=s, radiologist=r)
     with pytest.raises(IntegrityError):
         Assignment.objects.create(study=s, radiologist=r)
+
+
+def test_a_reader_at_capacity_is_excluded_and_says_so():
+    full = reader("full")
+    Radiologist.objects.filter(pk=full.pk).update(capacity=1.0)
+    Assignment.objects.create(study=study("9.9"), radiologist=full)
+    s = study()
+    assert study_assign(study_id=s.pk, now=MONDAY_NOON) is None
+    s.refresh_from_db()
+    assert "Full at capacity (1 of 1)" in s.stage_detail
+
+
+def test_workload_is_weighted_not_counted():
+    heavy, light = reader("heavy"), reader("light")
+    Assignment.objects.create(study=Study.objects.create(study_instance_uid="9.1", workload=3.0), radiologist=heavy)
+    for n in range(2):
+        Assignment.objects.create(
+            study=Study.objects.create(study_instance_uid=f"9.2.{n}", workload=0.3), radiologist=light
+        )
+    assert study_assign(study_id=study().pk, now=MONDAY_NOON).radiologist == light  # 0.6 of work beats 3.0
+
+
+def test_subspecialty_seniority_for_stat_and_the_same_patient_shape_the_score():
+    general, head_neck, senior = reader("general"), reader("headneck"), reader("senior")
+    Radiologist.objects.filter(pk=head_neck.pk).update(subspecialty="head_and_neck")
+    Radiologist.objects.filter(pk=senior.pk).update(seniority=15)
+    sub = Study.objects.create(
+        study_instance_uid="1.1", specialty="neuroradiology", subspecialty="head_and_neck", stage=Stage.ROUTED
+    )
+    chosen = study_assign(study_id=sub.pk, now=MONDAY_NOON)
+    assert chosen.radiologist == head_neck
+    assert chosen.explanation["chosen"]["breakdown"]["subspecialty"] == 0.3
+    stat = Study.objects.create(
+        study_instance_uid="1.2", specialty="neuroradiology", priority="STAT", stage=Stage.ROUTED
+    )
+    assert study_assign(study_id=stat.pk, now=MONDAY_NOON).radiologist == senior
+    earlier = Study.objects.create(study_instance_uid="1.3", patient_id="P7", specialty="neuroradiology")
+    Assignment.objects.create(study=earlier, radiologist=general)
+    same = Study.objects.create(
+        study_instance_uid="1.4", patient_id="P7", specialty="neuroradiology", stage=Stage.ROUTED
+    )
+    assert study_assign(study_id=same.pk, now=MONDAY_NOON).radiologist == general
+
+
+def queries_for_one_decision(readers: int, uid: str) -> int:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    for n in range(readers):
+        reader(f"{uid}-r{n}")
+    s = study(uid)
+    with CaptureQueriesContext(connection) as captured:
+        assert study_assign(study_id=s.pk, now=MONDAY_NOON) is not None
+    return len(captured)
+
+
+def test_one_assignment_decision_costs_the_same_queries_for_5_or_50_readers():
+    few = queries_for_one_decision(5, "5.5")
+    many = queries_for_one_decision(50, "6.6")
+    assert few == many, (few, many)
