@@ -3,12 +3,15 @@
 from django.contrib import admin
 from django.template.response import TemplateResponse
 
+from apps.reading.models import Assignment, Privilege, Radiologist, Shift
+from apps.reading.services import assignment_reassign, radiologist_status_set
 from apps.routing.models import RoutingDecision
 from apps.routing.services import dry_run_study, study_reroute
 from apps.studies.models import HeldStudy, Stage
 from apps.studies.services import study_reject, study_release
 
-from .chains import chain_start
+from .chains import chain_start, task_start
+from .services import assignment_notify
 
 
 @admin.register(RoutingDecision)
@@ -67,3 +70,67 @@ class HeldStudyAdmin(admin.ModelAdmin):
     def reject(self, request, queryset) -> None:
         rejected = sum(study_reject(study_id=s.pk, user=request.user.get_username()) for s in queryset)
         self.message_user(request, f"{rejected} studies rejected.")
+
+
+class ShiftInline(admin.TabularInline):
+    model = Shift
+    extra = 0
+
+
+class PrivilegeInline(admin.TabularInline):
+    model = Privilege
+    extra = 0
+    readonly_fields = ("expiry_warned_on",)
+
+
+@admin.register(Radiologist)
+class RadiologistAdmin(admin.ModelAdmin):
+    list_display = ("display_name", "user", "specialty", "subspecialty", "status", "capacity", "seniority")
+    list_filter = ("specialty", "status")
+    search_fields = ("display_name", "user__username", "user__email")
+    inlines = [ShiftInline, PrivilegeInline]
+    actions = ["set_online", "set_offline"]
+
+    @admin.action(description="Set online (their unassigned studies are tried again)")
+    def set_online(self, request, queryset) -> None:
+        studies = {s for r in queryset for s in radiologist_status_set(radiologist_id=r.pk, online=True)}
+        for study_id in studies:
+            chain_start(study_id, "assign")
+        self.message_user(request, f"{queryset.count()} online; {len(studies)} unassigned studies tried again.")
+
+    @admin.action(description="Set offline (their unacknowledged studies are rebalanced)")
+    def set_offline(self, request, queryset) -> None:
+        studies = [s for r in queryset for s in radiologist_status_set(radiologist_id=r.pk, online=False)]
+        for study_id in studies:
+            chain_start(study_id, "assign")
+        self.message_user(request, f"{queryset.count()} offline; {len(studies)} studies rebalanced.")
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "study",
+        "radiologist",
+        "status",
+        "assigned_at",
+        "acknowledge_due_at",
+        "report_due_at",
+        "acknowledged_at",
+        "updated_at",
+    )
+    list_filter = ("status", "radiologist")
+    search_fields = ("study__accession_number", "study__study_instance_uid")
+    readonly_fields = ("study", "assigned_at", "explanation")
+    actions = ["reassign"]
+
+    @admin.action(description="Reassign to the best other eligible reader")
+    def reassign(self, request, queryset) -> None:
+        moved = 0
+        for assignment in queryset:
+            replacement = assignment_reassign(assignment_id=assignment.pk)
+            if replacement is not None:
+                moved += 1
+                for notification_id in assignment_notify(assignment=replacement):
+                    task_start("notification_send", notification_id)
+        self.message_user(request, f"{moved} of {queryset.count()} reassigned.")

@@ -38,8 +38,41 @@ def assignment_message(assignment: Assignment) -> tuple[str, str]:
     return title, body
 
 
+def assignment_notify(*, assignment: Assignment) -> list[int]:
+    """The reader's notifications for an assignment (once per assignment and channel), and the webhooks."""
+    study = assignment.study
+    title, body = assignment_message(assignment)
+    key = f"assignment:{assignment.pk}"
+    ids = notification_create(
+        event=ASSIGNED_EVENT,
+        subject_key=key,
+        recipient_id=assignment.radiologist.user_id,
+        channels=[Notification.Channel.IN_APP, Notification.Channel.EMAIL],
+        title=title,
+        body=body,
+    )
+    return ids + _webhooks("stat_assigned" if study.priority == "STAT" else ASSIGNED_EVENT, key, study, assignment)
+
+
+def study_updated_notify(*, assignment: Assignment) -> list[int]:
+    """Instances arrived after the assignment: its reader is told once per new content of the study."""
+    study = assignment.study
+    key = f"assignment:{assignment.pk}:instances:{study.num_instances}"
+    title = f"Study {study.pk} (accession {study.accession_number or '-'}) has new images"
+    body = f"The study assigned to you now has {study.num_instances} instances in {study.num_series} series."
+    ids = notification_create(
+        event="study_updated",
+        subject_key=key,
+        recipient_id=assignment.radiologist.user_id,
+        channels=[Notification.Channel.IN_APP],
+        title=title,
+        body=body,
+    )
+    return ids + _webhooks("study_updated", key, study, assignment, instances=study.num_instances)
+
+
 def study_notify(*, study_id: int, now: datetime | None = None) -> list[int]:
-    """Create the assigned reader's notifications (once per assignment and channel); return their ids."""
+    """Notify the assigned reader: of the assignment, or of new instances in a study already theirs."""
     now = now or clock.now()
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
@@ -48,17 +81,9 @@ def study_notify(*, study_id: int, now: datetime | None = None) -> list[int]:
         assignment = study.assignments.filter(status__in=Assignment.OPEN).select_related("radiologist", "study").first()
         ids = []
         if assignment is not None:
-            title, body = assignment_message(assignment)
-            ids = notification_create(
-                event=ASSIGNED_EVENT,
-                subject_key=f"assignment:{assignment.pk}",
-                recipient_id=assignment.radiologist.user_id,
-                channels=[Notification.Channel.IN_APP, Notification.Channel.EMAIL],
-                title=title,
-                body=body,
-            )
-            event = "stat_assigned" if study.priority == "STAT" else ASSIGNED_EVENT
-            ids += _webhooks(event, f"assignment:{assignment.pk}", study, assignment)
+            told = Notification.objects.filter(event=ASSIGNED_EVENT, subject_key=f"assignment:{assignment.pk}").exists()
+            ids = study_updated_notify(assignment=assignment) if told and assignment.updated_at else []
+            ids += assignment_notify(assignment=assignment)  # creates nothing when already told
         study.advance(Stage.NOTIFIED, now=now)
     return ids
 

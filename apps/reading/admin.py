@@ -1,24 +1,26 @@
+"""Reading configuration in the admin. Radiologists and assignments, whose actions start pipeline
+steps, are registered in apps/pipeline/admin.py."""
+
 from django.contrib import admin
 
-from .models import Assignment, Radiologist, Shift
+from .models import EscalationStep, SlaEvent, SlaPolicy
 
 
-class ShiftInline(admin.TabularInline):
-    model = Shift
-    extra = 1
+@admin.register(SlaPolicy)
+class SlaPolicyAdmin(admin.ModelAdmin):
+    list_display = ("priority", "institution", "acknowledge_minutes", "report_minutes", "at_risk_fraction")
+    list_filter = ("priority",)
 
 
-@admin.register(Radiologist)
-class RadiologistAdmin(admin.ModelAdmin):
-    list_display = ("display_name", "user", "specialty", "status")
-    list_filter = ("specialty", "status")
-    search_fields = ("display_name", "user__username", "user__email")
-    inlines = [ShiftInline]
+@admin.register(SlaEvent)
+class SlaEventAdmin(admin.ModelAdmin):
+    list_display = ("assignment", "kind", "due_at", "occurred_at")
+    list_filter = ("kind",)
+    readonly_fields = ("assignment", "kind", "due_at", "occurred_at")
 
 
-@admin.register(Assignment)
-class AssignmentAdmin(admin.ModelAdmin):
-    list_display = ("id", "study", "radiologist", "status", "assigned_at", "acknowledged_at")
-    list_filter = ("status", "radiologist")
-    search_fields = ("study__accession_number", "study__study_instance_uid")
-    readonly_fields = ("study", "assigned_at", "explanation")
+@admin.register(EscalationStep)
+class EscalationStepAdmin(admin.ModelAdmin):
+    list_display = ("study", "level", "assignment", "due_at", "done_at", "detail")
+    list_filter = ("level",)
+    readonly_fields = ("study", "assignment", "level", "due_at", "done_at", "detail")

@@ -53,6 +53,7 @@ class Assignment(models.Model):
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(null=True, blank=True, help_text="Instances arrived after assignment.")
     # SLA due times, from the study's receipt (one clock from receipt to report).
     acknowledge_due_at = models.DateTimeField(null=True, blank=True)
     report_due_at = models.DateTimeField(null=True, blank=True)
@@ -75,6 +76,22 @@ class Assignment(models.Model):
 
     def __str__(self) -> str:
         return f"{self.study_id} -> {self.radiologist_id}: {self.status}"
+
+
+class Privilege(models.Model):
+    """A reader's privilege to read for an institution, until it expires. A reader with no privilege rows
+    reads for every institution; one with rows reads only where a current privilege says so."""
+
+    radiologist = models.ForeignKey(Radiologist, on_delete=models.CASCADE, related_name="privileges")
+    institution = models.CharField(max_length=64)
+    expires_on = models.DateField(null=True, blank=True)
+    expiry_warned_on = models.DateField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["radiologist", "institution"], name="privilege_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.radiologist_id} @ {self.institution} until {self.expires_on or 'no expiry'}"
 
 
 class SlaPolicy(models.Model):

@@ -11,7 +11,7 @@ from apps.core import clock
 from apps.studies.models import Priority, Stage, Study
 
 from .defaults import ESCALATION_WINDOW_MINUTES
-from .models import Assignment, EscalationStep, Radiologist, SlaEvent, SlaPolicy
+from .models import Assignment, EscalationStep, Privilege, Radiologist, SlaEvent, SlaPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ def candidates_rank(
             reason = "offline"
         elif not any(shift.is_open(at) for shift in r.shifts.all()):
             reason = "not on shift"
+        elif not _privileged(r, study.institution_name, at):
+            reason = f"no current privilege for {study.institution_name}"
         elif open_work + study.workload > r.capacity:
             reason = f"at capacity ({open_work:g} of {r.capacity:g})"
         if reason:
@@ -56,12 +58,20 @@ def candidates_rank(
     return eligible, excluded
 
 
+def _privileged(radiologist: Radiologist, institution: str, at: datetime) -> bool:
+    privileges = list(radiologist.privileges.all())
+    if not privileges:
+        return True
+    today = at.date()
+    return any(p.institution == institution and (p.expires_on is None or p.expires_on >= today) for p in privileges)
+
+
 def _readers(study: Study):
     """Every reader of the specialty with their open work: one query, whatever their number."""
     return (
         Radiologist.objects.filter(specialty=study.specialty)
         .annotate(open_work=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)))
-        .prefetch_related("shifts")
+        .prefetch_related("shifts", "privileges")
         .order_by("pk")
     )
 
@@ -91,6 +101,9 @@ def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | 
             return None
         current = study.assignments.filter(status__in=Assignment.OPEN).first()
         if current is not None:
+            # Back here with an open assignment: instances arrived after it (the study was set back).
+            current.updated_at = now
+            current.save(update_fields=["updated_at"])
             study.advance(Stage.ASSIGNED, now=now)
             return current
         # Lock the readers of the specialty (in id order, so two workers cannot deadlock): capacity is
@@ -247,3 +260,59 @@ def _reassign(study: Study, current: Assignment, now: datetime) -> Assignment | 
     )
     replacement.save()
     return replacement
+
+
+def radiologist_status_set(*, radiologist_id: int, online: bool, now: datetime | None = None) -> list[int]:
+    """A reader comes online or goes offline; returns the studies to (re)assign.
+
+    Online: the unassigned studies of their specialty are tried again at once. Offline: their open
+    assignments nobody has acknowledged go back to the pool (cancelled, the study set back to routed), so
+    they are rebalanced to the readers still on; acknowledged or started work stays with them.
+    """
+    now = now or clock.now()
+    status = Radiologist.Status.ONLINE if online else Radiologist.Status.OFFLINE
+    with transaction.atomic():
+        radiologist = Radiologist.objects.select_for_update().get(pk=radiologist_id)
+        radiologist.status = status
+        radiologist.save(update_fields=["status"])
+        if online:
+            return list(
+                Study.objects.filter(stage=Stage.UNASSIGNED, specialty=radiologist.specialty).values_list(
+                    "id", flat=True
+                )
+            )
+        released = []
+        for assignment in radiologist.assignments.filter(status=Assignment.Status.ASSIGNED).select_related("study"):
+            assignment.status = Assignment.Status.CANCELLED
+            assignment.save(update_fields=["status"])
+            assignment.study.advance(
+                Stage.ROUTED, detail=f"rebalanced: {radiologist.display_name} went offline", now=now
+            )
+            released.append(assignment.study_id)
+    return released
+
+
+def assignment_reassign(*, assignment_id: int, now: datetime | None = None) -> Assignment | None:
+    """Reassign by hand to the best other eligible reader; None (and nothing changed) when there is none."""
+    now = now or clock.now()
+    with transaction.atomic():
+        assignment = Assignment.objects.select_related("study").get(pk=assignment_id)
+        study = Study.objects.select_for_update().get(pk=assignment.study_id)
+        if assignment.status not in Assignment.OPEN:
+            return None
+        return _reassign(study, assignment, now)
+
+
+def privileges_expiring(*, within_days: int = 14, now: datetime | None = None) -> list[Privilege]:
+    """Privileges that expire within `within_days` and were not warned about yet; marks them warned."""
+    today = (now or clock.now()).date()
+    due = list(
+        Privilege.objects.filter(
+            expires_on__isnull=False,
+            expires_on__lte=today + timedelta(days=within_days),
+            expires_on__gte=today,
+            expiry_warned_on__isnull=True,
+        ).select_related("radiologist")
+    )
+    Privilege.objects.filter(pk__in=[p.pk for p in due]).update(expiry_warned_on=today)
+    return due
