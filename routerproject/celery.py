@@ -40,6 +40,8 @@ def _beat_schedule() -> dict:
         "escalations-due": {"task": "pipeline.escalations_due", "schedule": 15.0},
         # SLA thresholds crossed (at risk, breached), recorded and notified once each.
         "sla-check": {"task": "pipeline.sla_check", "schedule": 30.0},
+        # Reading privileges that expire within two weeks: the admins are warned once each.
+        "privileges-expiring": {"task": "pipeline.privileges_expiring", "schedule": 3600.0},
         # Studies nobody could read when they arrived: try again, someone may have come on shift.
         "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
     }

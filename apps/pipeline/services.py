@@ -12,7 +12,7 @@ from apps.notifications.models import Notification
 from apps.notifications.services import notification_create, notification_webhooks
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
-from apps.reading.services import EscalationAction
+from apps.reading.services import EscalationAction, privileges_expiring
 from apps.routing.models import Delivery, DeliveryItem
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
@@ -238,3 +238,19 @@ def sla_notify(*, event: SlaEvent) -> list[int]:
         title=f"SLA {label}: {what}",
         body=f"{what}: {label}; target {event.due_at:%Y-%m-%d %H:%M} UTC.",
     )
+
+
+def privileges_expiring_notify(*, within_days: int = 14) -> list[int]:
+    """Warn the admins (staff users), once per privilege, of reading privileges about to expire."""
+    ids = []
+    staff = get_user_model().objects.filter(is_staff=True, is_active=True)
+    for privilege in privileges_expiring(within_days=within_days):
+        ids += _notify_users(
+            staff,
+            event="privilege_expiring",
+            subject_key=f"privilege:{privilege.pk}:{privilege.expires_on}",
+            title=f"Privilege of {privilege.radiologist.display_name} for {privilege.institution} expires soon",
+            body=f"{privilege.radiologist.display_name} may read for {privilege.institution} until "
+            f"{privilege.expires_on:%Y-%m-%d}; renew it in the admin (Radiologists, privileges).",
+        )
+    return ids

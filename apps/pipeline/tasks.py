@@ -110,3 +110,9 @@ def sla_check() -> None:
     for event in sla_sweep():
         for notification_id in services.sla_notify(event=event):
             task_start("notification_send", notification_id)
+
+
+@shared_task(name="pipeline.privileges_expiring")
+def privileges_expiring() -> None:
+    for notification_id in services.privileges_expiring_notify():
+        task_start("notification_send", notification_id)

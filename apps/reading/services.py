@@ -170,6 +170,25 @@ def assignment_acknowledge(*, assignment_id: int, now: datetime | None = None) -
     )
 
 
+def assignment_start(*, assignment_id: int, now: datetime | None = None) -> bool:
+    now = now or clock.now()
+    opened = [Assignment.Status.ASSIGNED, Assignment.Status.ACKNOWLEDGED]
+    return bool(
+        Assignment.objects.filter(pk=assignment_id, status__in=opened).update(
+            status=Assignment.Status.IN_PROGRESS, started_at=now
+        )
+    )
+
+
+def assignment_complete(*, assignment_id: int, now: datetime | None = None) -> bool:
+    now = now or clock.now()
+    return bool(
+        Assignment.objects.filter(pk=assignment_id, status__in=Assignment.OPEN).update(
+            status=Assignment.Status.COMPLETED, completed_at=now
+        )
+    )
+
+
 def sla_sweep(*, now: datetime | None = None) -> list[SlaEvent]:
     """Record each SLA threshold an open assignment has crossed, once; returns the new events."""
     now = now or clock.now()

@@ -144,3 +144,45 @@ def test_an_institution_override_sets_the_due_times(night_readers):
         NIGHT + timedelta(minutes=2),
         NIGHT + timedelta(minutes=30),
     )
+
+
+def test_sla_compliance_by_priority_and_radiologist(night_readers, capsys, monkeypatch):
+    from django.core.management import call_command
+
+    from apps.reading.selectors import sla_compliance
+    from apps.reading.services import assignment_complete
+
+    on_time = stat_study(NIGHT, uid="7.1")
+    late = stat_study(NIGHT, uid="7.2")
+    assignment_acknowledge(assignment_id=on_time.pk, now=NIGHT + timedelta(minutes=2))
+    assignment_complete(assignment_id=on_time.pk, now=NIGHT + timedelta(minutes=50))
+    assignment_acknowledge(assignment_id=late.pk, now=NIGHT + timedelta(minutes=9))
+    rows = sla_compliance(start=NIGHT - timedelta(days=1), end=NIGHT + timedelta(days=1), by="priority")
+    assert rows == [
+        {
+            "priority": "STAT",
+            "assignments": 2,
+            "ack_met": 1,
+            "report_met": 1,
+            "ack_compliance": 0.5,
+            "report_compliance": 0.5,
+        }
+    ]
+    by_reader = sla_compliance(start=NIGHT - timedelta(days=1), end=NIGHT + timedelta(days=1), by="radiologist")
+    assert [r["radiologist"] for r in by_reader] == ["First", "Second"]
+    monkeypatch.setattr("apps.core.clock.now", lambda: NIGHT + timedelta(hours=1))
+    call_command("slareport", "--days", "1", "--by", "institution")
+    assert "50.0%" in capsys.readouterr().out
+
+
+def test_admins_are_warned_once_of_a_privilege_about_to_expire(night_readers):
+    from datetime import date
+
+    from apps.pipeline.services import privileges_expiring_notify
+    from apps.reading.models import Privilege
+
+    User.objects.create(username="admin", email="admin@example.org", is_staff=True)
+    first = Radiologist.objects.get(display_name="First")
+    Privilege.objects.create(radiologist=first, institution="North", expires_on=date.today() + timedelta(days=3))
+    assert len(privileges_expiring_notify()) == 2  # in-app and email to the one staff user
+    assert privileges_expiring_notify() == []
