@@ -65,6 +65,7 @@ test: venv services lint
 # Benchmarks run on demand and report ratios against a peer measured in the same run (bench/README.md).
 bench: venv
 	$(BIN)/python bench/rules_bench.py
+	$(BIN)/python bench/assign_bench.py
 
 clean:
 	rm -rf $(VENV) var
