@@ -297,7 +297,18 @@ def _windows_sync(manager, model, owner: dict, wanted: list[tuple[str, time, tim
 def _import_radiologist(entry: dict, report: Report) -> None:
     _check_keys(
         entry,
-        {"username", "name", "email", "specialty", "subspecialty", "status", "capacity", "seniority", "shifts"},
+        {
+            "username",
+            "name",
+            "email",
+            "specialty",
+            "subspecialty",
+            "status",
+            "capacity",
+            "seniority",
+            "max_per_hour",
+            "shifts",
+        },
         {"username", "specialty"},
     )
     username = str(entry["username"])
@@ -320,6 +331,7 @@ def _import_radiologist(entry: dict, report: Report) -> None:
         "status": str(entry.get("status", Radiologist.Status.ONLINE)),
         "capacity": float(entry.get("capacity", Radiologist._meta.get_field("capacity").default)),
         "seniority": int(entry.get("seniority", 0)),
+        "max_per_hour": int(entry.get("max_per_hour", 0)),
     }
     radiologist = _upsert(Radiologist, {"user": user}, values, report, label)
     if _windows_sync(radiologist.shifts, Shift, {"radiologist": radiologist}, _windows_from(entry, "shifts")):
@@ -473,5 +485,6 @@ def _export_radiologist(r: Radiologist) -> dict:
         "status": r.status,
         "capacity": r.capacity,
         "seniority": r.seniority,
+        "max_per_hour": r.max_per_hour,
         "shifts": _export_windows(r.shifts),
     }

@@ -21,6 +21,7 @@ class Radiologist(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
     capacity = models.FloatField(default=20.0, help_text="Most open work (summed study workload) at once.")
     seniority = models.PositiveSmallIntegerField(default=0, help_text="Years; STAT studies prefer senior readers.")
+    max_per_hour = models.PositiveIntegerField(default=0, help_text="Most studies assigned in an hour; 0: no limit.")
 
     class Meta:
         ordering = ["display_name"]
@@ -31,6 +32,9 @@ class Radiologist(models.Model):
 
 class Shift(WeeklyWindow):
     radiologist = models.ForeignKey(Radiologist, on_delete=models.CASCADE, related_name="shifts")
+    sets_online = models.BooleanField(
+        default=False, help_text="During this shift the reader counts as online, whatever their status."
+    )
 
     class Meta:
         ordering = ["id"]

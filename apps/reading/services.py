@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import Q, Sum
+from django.db.models import Avg, Count, F, Q, Sum
 
 from apps.core import clock
 from apps.studies.models import Priority, Stage, Study
@@ -19,6 +19,10 @@ logger = logging.getLogger(__name__)
 SUBSPECIALTY_BONUS = 0.3
 SENIORITY_BONUS = 0.02  # per year, for STAT studies, up to 10 years
 SAME_PATIENT_BONUS = 1.0  # the reader of the patient's other open study, when eligible
+RECENT_PENALTY = 0.05  # per study assigned in the last hour: spreads a burst over the readers
+TURNAROUND_BONUS = 0.1  # for a fast median turnaround (assigned to completed) over the last 30 days
+RECENT = timedelta(hours=1)
+HISTORY = timedelta(days=30)
 
 
 def candidates_rank(
@@ -36,10 +40,12 @@ def candidates_rank(
         reason = None
         if r.specialty != study.specialty:
             reason = f"specialty {r.specialty}"
-        elif r.status != Radiologist.Status.ONLINE:
-            reason = "offline"
-        elif not any(shift.is_open(at) for shift in r.shifts.all()):
+        elif not (open_shifts := [shift for shift in r.shifts.all() if shift.is_open(at)]):
             reason = "not on shift"
+        elif r.status != Radiologist.Status.ONLINE and not any(shift.sets_online for shift in open_shifts):
+            reason = "offline"
+        elif r.max_per_hour and (r.recent or 0) >= r.max_per_hour:
+            reason = f"{r.recent} studies in the last hour (limit {r.max_per_hour})"
         elif not _privileged(r, study.institution_name, at):
             reason = f"no current privilege for {study.institution_name}"
         elif open_work + study.workload > r.capacity:
@@ -52,10 +58,19 @@ def candidates_rank(
             "subspecialty": SUBSPECIALTY_BONUS if study.subspecialty and r.subspecialty == study.subspecialty else 0.0,
             "seniority": SENIORITY_BONUS * min(r.seniority, 10) if study.priority == Priority.STAT else 0.0,
             "same_patient": SAME_PATIENT_BONUS if r.pk in same_patient else 0.0,
+            "recent_activity": -RECENT_PENALTY * (r.recent or 0),
+            "turnaround": _turnaround_bonus(r.turnaround),
         }
         eligible.append({**entry, "score": round(sum(breakdown.values()), 3), "breakdown": breakdown})
     eligible.sort(key=lambda e: (-e["score"], e["open"], e["radiologist"]))
     return eligible, excluded
+
+
+def _turnaround_bonus(turnaround: timedelta | None) -> float:
+    """Up to TURNAROUND_BONUS for a median report within the hour, nothing past a day or without history."""
+    if turnaround is None:
+        return 0.0
+    return round(TURNAROUND_BONUS * max(0.0, 1 - turnaround / timedelta(hours=24)), 3)
 
 
 def _privileged(radiologist: Radiologist, institution: str, at: datetime) -> bool:
@@ -66,11 +81,19 @@ def _privileged(radiologist: Radiologist, institution: str, at: datetime) -> boo
     return any(p.institution == institution and (p.expires_on is None or p.expires_on >= today) for p in privileges)
 
 
-def _readers(study: Study):
-    """Every reader of the specialty with their open work: one query, whatever their number."""
+def _readers(study: Study, at: datetime):
+    """Every reader of the specialty with their open work, recent load and turnaround: one query (and two
+    prefetches), whatever their number."""
     return (
         Radiologist.objects.filter(specialty=study.specialty)
-        .annotate(open_work=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)))
+        .annotate(
+            open_work=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)),
+            recent=Count("assignments", filter=Q(assignments__assigned_at__gte=at - RECENT), distinct=True),
+            turnaround=Avg(
+                F("assignments__completed_at") - F("assignments__assigned_at"),
+                filter=Q(assignments__completed_at__gte=at - HISTORY),
+            ),
+        )
         .prefetch_related("shifts", "privileges")
         .order_by("pk")
     )
@@ -109,7 +132,7 @@ def study_assign(*, study_id: int, now: datetime | None = None) -> Assignment | 
         # Lock the readers of the specialty (in id order, so two workers cannot deadlock): capacity is
         # read and taken under the lock, so concurrent assignments never push a reader past it.
         list(Radiologist.objects.select_for_update().filter(specialty=study.specialty).order_by("pk").values("pk"))
-        readers = list(_readers(study))
+        readers = list(_readers(study, now))
         eligible, excluded = candidates_rank(readers, study=study, at=now, same_patient=_same_patient_readers(study))
         if not eligible:
             detail = f"no eligible {study.specialty or 'unclassified'} radiologist"
@@ -263,7 +286,7 @@ def _escalate(study_id: int, level: int, due: datetime, now: datetime) -> Escala
 
 
 def _reassign(study: Study, current: Assignment, now: datetime) -> Assignment | None:
-    readers = [r for r in _readers(study) if r.pk != current.radiologist_id]
+    readers = [r for r in _readers(study, now) if r.pk != current.radiologist_id]
     eligible, _ = candidates_rank(readers, study=study, at=now)
     if not eligible:
         return None

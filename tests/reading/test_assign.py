@@ -140,3 +140,37 @@ def test_one_assignment_decision_costs_the_same_queries_for_5_or_50_readers():
     few = queries_for_one_decision(5, "5.5")
     many = queries_for_one_decision(50, "6.6")
     assert few == many, (few, many)
+
+
+def test_studies_per_hour_limit_recent_activity_and_turnaround_shape_the_choice():
+    from datetime import timedelta
+
+    busy, fast, capped = reader("busy"), reader("fast"), reader("capped")
+    Radiologist.objects.filter(pk=capped.pk).update(max_per_hour=1)
+    for n, r in enumerate((busy, busy, capped)):  # assigned in the last hour, already completed
+        Assignment.objects.create(
+            study=study(f"8.{n}"),
+            radiologist=r,
+            assigned_at=MONDAY_NOON - timedelta(minutes=30),
+            status="completed",
+            completed_at=MONDAY_NOON - timedelta(minutes=10),
+        )
+    Assignment.objects.create(
+        study=study("8.9"),
+        radiologist=fast,
+        assigned_at=MONDAY_NOON - timedelta(days=2),
+        status="completed",
+        completed_at=MONDAY_NOON - timedelta(days=2) + timedelta(hours=1),
+    )
+    chosen = study_assign(study_id=study().pk, now=MONDAY_NOON)
+    assert chosen.radiologist == fast
+    breakdown = {e["name"]: e["breakdown"] for e in chosen.explanation["eligible"]}
+    assert breakdown["Busy"]["recent_activity"] == -0.1
+    assert breakdown["Fast"]["turnaround"] == 0.096
+    assert [e["reason"] for e in chosen.explanation["excluded"]] == ["1 studies in the last hour (limit 1)"]
+
+
+def test_a_shift_that_sets_readers_online_counts_them_online():
+    night = reader("night", status="offline")
+    Shift.objects.filter(radiologist=night).update(sets_online=True)
+    assert study_assign(study_id=study().pk, now=MONDAY_NOON).radiologist == night
