@@ -91,3 +91,44 @@ def _delivery(delivery: Delivery) -> dict:
         "last_error": delivery.last_error,
         "delivered_at": _iso(delivery.delivered_at),
     }
+
+
+def routing_report(*, start, end) -> dict:
+    """Over studies received in [start, end): delivery success rate, average routing time (receipt to
+    routing decision), failures by destination, open work per radiologist, SLA compliance by priority."""
+    from django.db.models import Avg, Count, F, Q, Sum
+
+    from apps.reading.models import Assignment
+    from apps.reading.selectors import sla_compliance
+    from apps.routing.models import RoutingDecision
+
+    deliveries = Delivery.objects.filter(study__received_at__gte=start, study__received_at__lt=end)
+    total = deliveries.count()
+    delivered = deliveries.filter(state=Delivery.State.DELIVERED).count()
+    routing = RoutingDecision.objects.filter(study__received_at__gte=start, study__received_at__lt=end).aggregate(
+        avg=Avg(F("decided_at") - F("study__received_at"))
+    )["avg"]
+    failures = dict(
+        deliveries.filter(state=Delivery.State.FAILED).values_list("destination__name").annotate(n=Count("id"))
+    )
+    workload = [
+        {"radiologist": name, "open_assignments": n, "open_work": round(work or 0, 2)}
+        for name, n, work in Assignment.objects.filter(status__in=Assignment.OPEN)
+        .values_list("radiologist__display_name")
+        .annotate(n=Count("id"), work=Sum("study__workload"))
+        .order_by("radiologist__display_name")
+    ]
+    return {
+        "period": {"start": start.isoformat(), "end": end.isoformat()},
+        "studies": Study.objects.filter(received_at__gte=start, received_at__lt=end).count(),
+        "deliveries": total,
+        "delivery_success_rate": round(delivered / total, 3) if total else None,
+        "average_routing_seconds": round(routing.total_seconds(), 3) if routing else None,
+        "failures_by_destination": failures,
+        "workload": workload,
+        "sla_compliance": sla_compliance(start=start, end=end, by="priority"),
+        "unrouted": Study.objects.filter(
+            received_at__gte=start, received_at__lt=end, routing_decision__unrouted=True
+        ).count(),
+        "held": Study.objects.filter(Q(received_at__gte=start, received_at__lt=end), stage="held").count(),
+    }

@@ -1,0 +1,111 @@
+from rest_framework import serializers
+
+from apps.reading.models import Assignment, Radiologist
+from apps.routing.models import Delivery
+from apps.studies.models import Study
+
+
+class StudySummarySerializer(serializers.ModelSerializer):
+    qc_verdict = serializers.CharField(source="quality.verdict", default=None, read_only=True)
+
+    class Meta:
+        model = Study
+        fields = [
+            "id",
+            "study_instance_uid",
+            "accession_number",
+            "modality",
+            "modalities",
+            "body_part",
+            "study_description",
+            "institution_name",
+            "priority",
+            "specialty",
+            "stage",
+            "received_at",
+            "num_series",
+            "num_instances",
+            "qc_verdict",
+        ]
+
+
+class AssignmentSerializer(serializers.ModelSerializer):
+    study = StudySummarySerializer(read_only=True)
+    radiologist = serializers.CharField(source="radiologist.display_name", read_only=True)
+    radiologist_id = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Assignment
+        fields = [
+            "id",
+            "study",
+            "radiologist",
+            "radiologist_id",
+            "status",
+            "assigned_at",
+            "acknowledged_at",
+            "started_at",
+            "completed_at",
+            "acknowledge_due_at",
+            "report_due_at",
+            "updated_at",
+        ]
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    destination = serializers.CharField(source="destination.name", read_only=True)
+    study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
+    instances = serializers.IntegerField(read_only=True)
+    delivered = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = Delivery
+        fields = [
+            "id",
+            "study_instance_uid",
+            "destination",
+            "state",
+            "attempts",
+            "next_attempt_at",
+            "delivered_at",
+            "last_error",
+            "instances",
+            "delivered",
+        ]
+
+
+class StudyDetailSerializer(StudySummarySerializer):
+    routing = serializers.SerializerMethodField()
+    deliveries = serializers.SerializerMethodField()
+    assignment = serializers.SerializerMethodField()
+
+    class Meta(StudySummarySerializer.Meta):
+        fields = [*StudySummarySerializer.Meta.fields, "routing", "deliveries", "assignment"]
+
+    def get_routing(self, study: Study) -> dict | None:
+        decision = getattr(study, "routing_decision", None)
+        if decision is None:
+            return None
+        return {
+            "matched_rules": decision.matched_rules,
+            "destinations": decision.destinations,
+            "unrouted": decision.unrouted,
+            "decided_at": decision.decided_at,
+        }
+
+    def get_deliveries(self, study: Study) -> list[dict]:
+        return [
+            {"destination": d.destination.name, "state": d.state, "attempts": d.attempts}
+            for d in study.deliveries.select_related("destination")
+        ]
+
+    def get_assignment(self, study: Study) -> dict | None:
+        assignment = study.assignments.exclude(status="cancelled").order_by("-assigned_at").first()
+        return AssignmentSerializer(assignment).data if assignment else None
+
+
+class RadiologistStatusSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Radiologist
+        fields = ["id", "display_name", "specialty", "status"]
+        read_only_fields = ["id", "display_name", "specialty"]

@@ -1,0 +1,19 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("assignments", views.AssignmentViewSet, basename="assignment")
+router.register("studies", views.StudyViewSet, basename="study")
+router.register("deliveries", views.DeliveryViewSet, basename="delivery")
+router.register("radiologists", views.RadiologistViewSet, basename="radiologist")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("reports/routing/", views.RoutingReportView.as_view(), name="routing-report"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+]

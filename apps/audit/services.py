@@ -1,0 +1,30 @@
+"""Writing the audit trail: one event per human view of a study, never edited."""
+
+from collections.abc import Iterable
+
+from apps.studies.models import Study
+
+from .models import AuditEvent
+
+
+def client_address(request) -> str | None:
+    # The address of the connection; behind a proxy, the proxy must be configured to pass the real one.
+    return request.META.get("REMOTE_ADDR") or None
+
+
+def audit_views(*, request, action: str, studies: Iterable[Study]) -> int:
+    """One event per study the user was shown (a list counts each study once)."""
+    user = request.user if request.user.is_authenticated else None
+    events = [
+        AuditEvent(
+            user=user,
+            username=user.get_username() if user else "",
+            action=action,
+            study=study,
+            study_instance_uid=study.study_instance_uid,
+            source_address=client_address(request),
+        )
+        for study in {s.pk: s for s in studies}.values()
+    ]
+    AuditEvent.objects.bulk_create(events)
+    return len(events)
