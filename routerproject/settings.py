@@ -112,6 +112,10 @@ STORAGES = {
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "worklist"
+LOGOUT_REDIRECT_URL = "login"
+
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -2,8 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from apps.reading import views as reading_views
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("apps.api.urls")),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("worklist/", reading_views.worklist, name="worklist"),
+    path("worklist/<int:assignment_id>/<str:name>/", reading_views.transition, name="worklist-transition"),
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
 ]

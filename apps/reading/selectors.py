@@ -1,4 +1,4 @@
-"""Reads on the reading workflow: SLA compliance over a period."""
+"""Reads on the reading workflow: the worklist, SLA compliance over a period."""
 
 from collections import defaultdict
 from datetime import datetime
@@ -34,3 +34,44 @@ def sla_compliance(*, start: datetime, end: datetime, by: str) -> list[dict]:
         }
         for name, counts in sorted(groups.items())
     ]
+
+
+def worklist(*, user, sees_everything: bool, now: datetime) -> dict:
+    """The rows of a worklist: a reader's own open assignments, or every open one for a supervisor, STAT
+    first then by acknowledge due time; plus, for supervisors, the unassigned and held studies."""
+    from django.db.models import Case, IntegerField, Value, When
+
+    from apps.studies.models import Stage, Study
+
+    open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN).select_related(
+        "study__quality", "radiologist"
+    )
+    if not sees_everything:
+        open_assignments = open_assignments.filter(radiologist__user=user)
+    rank = Case(
+        When(study__priority="STAT", then=Value(0)),
+        When(study__priority="URGENT", then=Value(1)),
+        default=Value(2),
+        output_field=IntegerField(),
+    )
+    rows = []
+    for assignment in open_assignments.annotate(rank=rank).order_by("rank", "acknowledge_due_at", "id"):
+        due = assignment.acknowledge_due_at if assignment.acknowledged_at is None else assignment.report_due_at
+        quality = getattr(assignment.study, "quality", None)
+        rows.append(
+            {
+                "assignment": assignment,
+                "study": assignment.study,
+                "due": due,
+                "seconds_left": int((due - now).total_seconds()) if due else None,
+                "sla": "breached"
+                if due and due <= now
+                else ("at risk" if due and (due - now).total_seconds() < 300 else ""),
+                "qc_flags": [c["check"] for c in quality.failed] if quality else [],
+            }
+        )
+    result = {"rows": rows, "stat_count": sum(1 for r in rows if r["study"].priority == "STAT")}
+    if sees_everything:
+        result["unassigned"] = list(Study.objects.filter(stage=Stage.UNASSIGNED).order_by("received_at")[:100])
+        result["held"] = list(Study.objects.filter(stage=Stage.HELD).order_by("received_at")[:100])
+    return result

@@ -7,30 +7,42 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('studies', '0002_defaults'),
+        ("studies", "0002_defaults"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='AuditEvent',
+            name="AuditEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('username', models.CharField(max_length=150)),
-                ('action', models.CharField(max_length=64)),
-                ('study_instance_uid', models.CharField(blank=True, max_length=64)),
-                ('source_address', models.GenericIPAddressField(blank=True, null=True)),
-                ('occurred_at', models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
-                ('study', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to='studies.study')),
-                ('user', models.ForeignKey(null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("username", models.CharField(max_length=150)),
+                ("action", models.CharField(max_length=64)),
+                ("study_instance_uid", models.CharField(blank=True, max_length=64)),
+                ("source_address", models.GenericIPAddressField(blank=True, null=True)),
+                ("occurred_at", models.DateTimeField(db_index=True, default=django.utils.timezone.now)),
+                (
+                    "study",
+                    models.ForeignKey(
+                        null=True, on_delete=django.db.models.deletion.SET_NULL, related_name="+", to="studies.study"
+                    ),
+                ),
+                (
+                    "user",
+                    models.ForeignKey(
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="+",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-occurred_at', '-id'],
-                'indexes': [models.Index(fields=['study_instance_uid', 'occurred_at'], name='audit_study_idx')],
+                "ordering": ["-occurred_at", "-id"],
+                "indexes": [models.Index(fields=["study_instance_uid", "occurred_at"], name="audit_study_idx")],
             },
         ),
     ]
