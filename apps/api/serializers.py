@@ -109,3 +109,13 @@ class RadiologistStatusSerializer(serializers.ModelSerializer):
         model = Radiologist
         fields = ["id", "display_name", "specialty", "status"]
         read_only_fields = ["id", "display_name", "specialty"]
+
+
+class AssignmentFilterSerializer(serializers.Serializer):
+    """The assignment list's query parameters, validated (a bad value answers 400, never 500)."""
+
+    study_instance_uid = serializers.CharField(required=False, max_length=64)
+    accession_number = serializers.CharField(required=False, max_length=16)
+    status = serializers.ChoiceField(choices=Assignment.Status.choices, required=False)
+    radiologist = serializers.IntegerField(required=False, min_value=1)
+    priority = serializers.ChoiceField(choices=Study._meta.get_field("priority").choices, required=False)

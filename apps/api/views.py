@@ -32,9 +32,10 @@ ASSIGNMENT_FILTERS = {
 }
 
 
-@extend_schema(parameters=[OpenApiParameter(name, str, required=False) for name in ASSIGNMENT_FILTERS])
+@extend_schema(parameters=[serializers.AssignmentFilterSerializer])
 class AssignmentViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = serializers.AssignmentSerializer
+    lookup_value_regex = r"[0-9]+"  # anything else is not an assignment: 404, not a database error
     permission_classes = [IsAuthenticated, HasRole]
 
     def get_queryset(self):
@@ -42,9 +43,11 @@ class AssignmentViewSet(viewsets.ReadOnlyModelViewSet):
         user = self.request.user
         if not sees_everything(user):
             queryset = queryset.filter(radiologist=radiologist_of(user))
-        for param, field in ASSIGNMENT_FILTERS.items():
-            if value := self.request.query_params.get(param):
-                queryset = queryset.filter(**{field: value})
+        if self.action == "list":
+            filters = serializers.AssignmentFilterSerializer(data=self.request.query_params)
+            filters.is_valid(raise_exception=True)
+            for param, value in filters.validated_data.items():
+                queryset = queryset.filter(**{ASSIGNMENT_FILTERS[param]: value})
         return queryset
 
     def list(self, request, *args, **kwargs):
@@ -125,6 +128,7 @@ class StudyViewSet(mixins.RetrieveModelMixin, viewsets.GenericViewSet):
 
 class DeliveryViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = serializers.DeliverySerializer
+    lookup_value_regex = r"[0-9]+"
     permission_classes = [IsAuthenticated, SeesEverything]
 
     def get_queryset(self):
@@ -148,6 +152,7 @@ class RadiologistViewSet(viewsets.ReadOnlyModelViewSet):
 
     serializer_class = serializers.RadiologistStatusSerializer
     permission_classes = [IsAuthenticated, HasRole]
+    lookup_value_regex = r"[0-9]+"
 
     def get_queryset(self):
         user = self.request.user
