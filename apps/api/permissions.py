@@ -7,6 +7,7 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from apps.reading.defaults import SUPERVISORS_GROUP
 
 INTEGRATION_GROUP = "integration"
+AUDITORS_GROUP = "auditors"
 
 
 def in_group(user, name: str) -> bool:
@@ -51,3 +52,11 @@ class SeesEverything(BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return sees_everything(request.user) and (request.method in SAFE_METHODS or supervises(request.user))
+
+
+class Audits(BasePermission):
+    message = "Only auditors and staff read the audit trail."
+
+    def has_permission(self, request, view) -> bool:
+        user = request.user
+        return request.method in SAFE_METHODS and (user.is_staff or in_group(user, AUDITORS_GROUP))

@@ -1,5 +1,6 @@
 from rest_framework import serializers
 
+from apps.audit.models import AuditEvent
 from apps.reading.models import Assignment, Radiologist
 from apps.routing.models import Delivery
 from apps.studies.models import Study
@@ -119,3 +120,9 @@ class AssignmentFilterSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=Assignment.Status.choices, required=False)
     radiologist = serializers.IntegerField(required=False, min_value=1)
     priority = serializers.ChoiceField(choices=Study._meta.get_field("priority").choices, required=False)
+
+
+class AuditEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AuditEvent
+        fields = ["id", "occurred_at", "username", "action", "study_instance_uid", "source_address"]

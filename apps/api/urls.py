@@ -9,6 +9,7 @@ router.register("assignments", views.AssignmentViewSet, basename="assignment")
 router.register("studies", views.StudyViewSet, basename="study")
 router.register("deliveries", views.DeliveryViewSet, basename="delivery")
 router.register("radiologists", views.RadiologistViewSet, basename="radiologist")
+router.register("audit-events", views.AuditEventViewSet, basename="audit-event")
 
 urlpatterns = [
     path("", include(router.urls)),

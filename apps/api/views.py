@@ -12,6 +12,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from apps.audit.models import AuditEvent
 from apps.audit.services import audit_views
 from apps.core import clock
 from apps.pipeline.selectors import routing_report
@@ -21,7 +22,7 @@ from apps.routing.models import Delivery, DeliveryItem
 from apps.studies.models import Study
 
 from . import serializers
-from .permissions import HasRole, SeesEverything, Supervises, radiologist_of, sees_everything, supervises
+from .permissions import Audits, HasRole, SeesEverything, Supervises, radiologist_of, sees_everything, supervises
 
 ASSIGNMENT_FILTERS = {
     "study_instance_uid": "study__study_instance_uid",
@@ -195,3 +196,22 @@ class RoutingReportView(APIView):
             )
         end = clock.now()
         return Response(routing_report(start=end - timedelta(days=days), end=end))
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet):
+    """The audit trail, read-only, for auditors and staff; filter by study_instance_uid or username."""
+
+    serializer_class = serializers.AuditEventSerializer
+    permission_classes = [IsAuthenticated, Audits]
+    lookup_value_regex = r"[0-9]+"
+
+    @extend_schema(parameters=[OpenApiParameter("study_instance_uid", str), OpenApiParameter("username", str)])
+    def list(self, request, *args, **kwargs):
+        return super().list(request, *args, **kwargs)
+
+    def get_queryset(self):
+        queryset = AuditEvent.objects.all()
+        for param in ("study_instance_uid", "username"):
+            if value := self.request.query_params.get(param):
+                queryset = queryset.filter(**{param: value[:150]})
+        return queryset

@@ -1,4 +1,7 @@
 from django.contrib import admin
+from django.urls import reverse
+
+from apps.audit.services import audit_views
 
 from .models import (
     Instance,
@@ -43,6 +46,19 @@ class StudyAdmin(admin.ModelAdmin):
     inlines = [SeriesInline]
     date_hierarchy = "received_at"
     actions = ["classify_again"]
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        shown = getattr(getattr(response, "context_data", {}).get("cl"), "result_list", [])
+        audit_views(request=request, action="admin.studies.list", studies=shown)
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        study = self.get_object(request, object_id)
+        if study is not None:
+            audit_views(request=request, action="admin.studies.detail", studies=[study])
+        timeline = reverse("study-timeline", args=[object_id])
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "timeline_url": timeline})
 
     @admin.action(description="Classify again with the current tables")
     def classify_again(self, request, queryset) -> None:

@@ -75,6 +75,8 @@ CASES = [
     case("get", "/api/v1/deliveries/", everyone(200, reader_a=403, reader_b=403)),
     case("get", "/api/v1/reports/routing/", everyone(200, reader_a=403, reader_b=403)),
     case("get", "/api/v1/radiologists/", everyone(200)),
+    case("get", "/api/v1/audit-events/", everyone(403, admin=200)),
+    case("post", "/api/v1/audit-events/", everyone(403)),  # nobody writes the trail through the API
     case("post", "/api/v1/assignments/{a}/acknowledge/", everyone(200, reader_b=404, integration=403)),
     case("post", "/api/v1/assignments/{a}/reassign/", everyone(403, supervisor=200, admin=200)),
     # The schema and its documentation page describe the API and hold no data: public, served without a CDN.
