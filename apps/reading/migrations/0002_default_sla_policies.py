@@ -10,5 +10,5 @@ def install(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("reading", "0002_assignment_acknowledge_due_at_and_more")]
+    dependencies = [("reading", "0001_initial")]
     operations = [migrations.RunPython(install, migrations.RunPython.noop)]
