@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "apps.configuration",
     "apps.audit",
     "apps.api",
+    "apps.ops",
 ]
 
 MIDDLEWARE = [
@@ -159,6 +160,8 @@ SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)
+# Below this much free space the SCP answers 0xA700 (senders retry later) instead of filling the disk.
+STORAGE_MIN_FREE_BYTES = env_int("STORAGE_MIN_FREE_BYTES", 1024 * 1024 * 1024)
 WEB_PORT = env_int("WEB_PORT", 8000)
 # QC decodes pixel data in the worker; an instance needing more memory than this is not decoded (and says so).
 QC_MAX_DECODE_BYTES = env_int("QC_MAX_DECODE_BYTES", 256 * 1024 * 1024)

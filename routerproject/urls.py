@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from apps.ops import views as ops_views
 from apps.pipeline import views as pipeline_views
 from apps.reading import views as reading_views
 
@@ -9,6 +10,7 @@ urlpatterns = [
     path("admin/studies/<int:study_id>/timeline/", pipeline_views.study_timeline, name="study-timeline"),
     path("admin/", admin.site.urls),
     path("dashboard/", pipeline_views.dashboard, name="dashboard"),
+    path("healthz", ops_views.healthz, name="healthz"),
     path("api/v1/", include("apps.api.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("worklist/", reading_views.worklist, name="worklist"),

@@ -5,6 +5,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 from apps.studies.services import received_instance_copy_differs, received_instance_register
@@ -49,8 +50,9 @@ def instance_receive(
 
     1. Inspect the dataset strictly: truncated or unparseable data, or bad UIDs, answer 0xC000.
     2. The dataset's SOP class and instance must be the ones in the command, else 0xA900.
-    3. Write the file atomically (temp, fsync, rename); a disk error answers 0xA700.
-    4. Commit the received-instance row; a database error removes the file and answers 0xA700.
+    3. Below the storage's free-space watermark, answer 0xA700: the sender retries once space is freed.
+    4. Write the file atomically (temp, fsync, rename); a disk error answers 0xA700.
+    5. Commit the received-instance row; a database error removes the file and answers 0xA700.
        A SOP Instance UID already received is kept once: the new copy is removed, the answer is success.
     """
     try:
@@ -60,6 +62,9 @@ def instance_receive(
         return Outcome(CANNOT_UNDERSTAND, str(exc))
     if identity.sop_class_uid != sop_class_uid or identity.sop_instance_uid != sop_instance_uid:
         return Outcome(DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request")
+    if spool.free_bytes() - len(raw) < settings.STORAGE_MIN_FREE_BYTES:
+        logger.error("C-STORE refused: storage below its free-space watermark")
+        return Outcome(OUT_OF_RESOURCES, "storage below its free-space watermark")
     try:
         relative = spool.write(encode_file())
     except OSError as exc:

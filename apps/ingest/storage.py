@@ -4,6 +4,7 @@ Paths come from a uuid and the receive time, never from UIDs or any other text t
 """
 
 import os
+import shutil
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,6 +39,9 @@ class Spool:
             raise
         _fsync_dir(folder)
         return str(relative)
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
 
     def remove(self, relative: str) -> None:
         (self.root / relative).unlink(missing_ok=True)

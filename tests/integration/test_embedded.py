@@ -28,7 +28,14 @@ rules:
 @pytest.fixture
 def embedded_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "STORAGE_ROOT")}
-    env.update({"ROUTER_VAR_DIR": str(tmp_path / "var"), "TCP_NODELAY": "1", "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "ROUTER_VAR_DIR": str(tmp_path / "var"),
+            "TCP_NODELAY": "1",
+            "PYTHONUNBUFFERED": "1",
+            "STORAGE_MIN_FREE_BYTES": "1048576",
+        }
+    )
     return env
 
 

@@ -1,4 +1,5 @@
 import signal
+import socket
 import threading
 
 from django.conf import settings
@@ -6,6 +7,7 @@ from django.core.management.base import BaseCommand
 
 from apps.ingest import scp
 from apps.ingest.storage import Spool
+from apps.ops import heartbeats
 from apps.pipeline.chains import studies_received
 
 
@@ -31,6 +33,7 @@ class Command(BaseCommand):
             max_pdu=settings.SCP_MAX_PDU,
         )
         self.stdout.write(f"SCP {ae_title} listening on {host}:{server.server_address[1]}", ending="\n")
+        heartbeats.start("scp", f"{socket.gethostname()}:{server.server_address[1]}", stop=stopping)
         self.stdout.flush()
         stopping.wait()
         self.stdout.write("SCP stopping: finishing open associations")
