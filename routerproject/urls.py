@@ -11,6 +11,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("dashboard/", pipeline_views.dashboard, name="dashboard"),
     path("healthz", ops_views.healthz, name="healthz"),
+    path("metrics", ops_views.metrics, name="metrics"),
     path("api/v1/", include("apps.api.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("worklist/", reading_views.worklist, name="worklist"),

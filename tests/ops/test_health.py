@@ -45,3 +45,29 @@ def test_below_the_free_space_watermark_the_scp_answers_a700_and_stores_nothing(
     assert result.returncode != 0 or "0xa700" in (result.stdout + result.stderr).lower()
     assert ReceivedInstance.objects.count() == 0
     assert not list((storage / "instances").rglob("*.dcm")) if (storage / "instances").exists() else True
+
+
+def test_metrics_count_a_routed_and_delivered_study(storage, tmp_path, default_mapping):
+    from apps.configuration.services import config_import
+    from apps.routing.services import delivery_send
+
+    from ..support.config import ACHEN_ON_SHIFT
+    from ..support.peers import StatusSCP
+    from ..support.pipeline import receive_study, run_steps
+
+    with StatusSCP() as peer:
+        config_import(
+            f"""
+destinations: [{{name: pacs, ae_title: PEER, host: 127.0.0.1, port: {peer.port}}}]
+rules: [{{name: all CT, priority: 1, match: {{modality: CT}}, destinations: [pacs]}}]
+"""
+            + ACHEN_ON_SHIFT
+        )
+        _, paths = synthetic_study(tmp_path / "in", count=3)
+        [delivery_id] = run_steps(receive_study(storage, paths))
+        delivery_send(delivery_id=delivery_id)
+    text = Client().get("/metrics").content.decode()
+    assert 'router_instances_received_total{state="persisted"} 3.0' in text
+    assert 'router_deliveries{destination="pacs",state="delivered"} 1.0' in text
+    assert "router_receipt_to_assignment_seconds_avg" in text
+    assert 'router_queue_depth{queue="stat"}' in text
