@@ -8,16 +8,41 @@ Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (Redis).
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from .env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ROUTER_VAR_DIR", str(BASE_DIR / "var")))
 
-DEBUG = env_bool("DEBUG", False)
-# The embedded default needs no secret; production must set one (checked by `check --deploy`).
-SECRET_KEY = env_str("SECRET_KEY", "embedded-default-not-for-production-" + "x" * 32)
+# PRODUCTION=true turns on every deployment safeguard and refuses to start without a real secret.
+PRODUCTION = env_bool("PRODUCTION", False)
+DEBUG = env_bool("DEBUG", False) and not PRODUCTION
+
+
+def _secret_key() -> str:
+    if path := env_str("SECRET_KEY_FILE", ""):
+        return Path(path).read_text().strip()
+    if key := env_str("SECRET_KEY", ""):
+        return key
+    if PRODUCTION:
+        raise ImproperlyConfigured("PRODUCTION is set: give SECRET_KEY or SECRET_KEY_FILE (50+ random characters).")
+    return "embedded-default-not-for-production-" + "x" * 32
+
+
+SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (docs/deployment.md).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -3,7 +3,7 @@
 import os
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import Error, Warning, register
 
 
 @register()
@@ -39,3 +39,17 @@ def check_visibility_timeout(app_configs, **kwargs) -> list[Error]:
             )
         ]
     return []
+
+
+@register()
+def check_embedded_default(app_configs, **kwargs) -> list[Warning]:
+    """Say loudly when the router runs on the embedded default: convenient, not for production."""
+    if settings.PRODUCTION:
+        return []
+    return [
+        Warning(
+            "Running on the embedded default (no PRODUCTION=true): development secret key and settings. "
+            "Not for production; see docs/deployment.md.",
+            id="core.W001",
+        )
+    ]
