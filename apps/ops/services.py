@@ -19,8 +19,11 @@ def heartbeat(*, role: str, name: str, now: datetime | None = None) -> None:
     Heartbeat.objects.update_or_create(role=role, name=name, defaults={"last_seen": now or clock.now()})
 
 
-def free_bytes() -> int:
-    return shutil.disk_usage(settings.STORAGE_ROOT).free
+def free_bytes() -> int | None:
+    try:
+        return shutil.disk_usage(settings.STORAGE_ROOT).free
+    except OSError:
+        return None  # missing or unreadable storage: unhealthy, said so, never a server error
 
 
 def health(*, now: datetime | None = None, broker_check=None) -> tuple[bool, dict]:

@@ -30,10 +30,16 @@ def test_healthz_is_ok_with_a_live_scp_and_worker_and_reports_a_stopped_broker(s
     assert down.json()["broker"].startswith("unreachable")
 
 
-def test_healthz_without_processes_is_unhealthy(settings):
+def test_healthz_without_processes_is_unhealthy(settings, storage):
     settings.STORAGE_MIN_FREE_BYTES = 1024
     report = Client().get("/healthz")
     assert report.status_code == 503 and report.json()["processes"] == []
+
+
+def test_healthz_with_missing_storage_says_so(settings, tmp_path):
+    settings.STORAGE_ROOT = tmp_path / "not-there"
+    report = Client().get("/healthz")
+    assert report.status_code == 503 and report.json()["storage"]["status"] == "unavailable"
 
 
 def test_below_the_free_space_watermark_the_scp_answers_a700_and_stores_nothing(
