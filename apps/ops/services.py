@@ -42,7 +42,9 @@ def health(*, now: datetime | None = None, broker_check=None) -> tuple[bool, dic
     report["storage"] = {
         "free_bytes": free,
         "watermark_bytes": settings.STORAGE_MIN_FREE_BYTES,
-        "status": "ok" if free >= settings.STORAGE_MIN_FREE_BYTES else "below watermark",
+        "status": "unavailable"
+        if free is None
+        else ("ok" if free >= settings.STORAGE_MIN_FREE_BYTES else "below watermark"),
     }
     beats = []
     if report["database"] == "ok":
