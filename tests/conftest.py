@@ -11,7 +11,8 @@ from django.db import connection
 
 from apps.studies.defaults import install_defaults
 
-from .support.processes import Process, celery, dcmtk, free_port, python_manage
+from .support import procfile
+from .support.processes import Process, celery, dcmtk, free_port
 
 QUEUES = "ingest,workflow,deliver,notify,stat"
 
@@ -89,7 +90,7 @@ def start_scp(service_env, log_dir):
         port = free_port()
         proc = Process(
             name,
-            python_manage("runscp", "--host", "127.0.0.1", "--port", str(port)),
+            procfile.command("scp", "--host", "127.0.0.1", "--port", str(port)),
             env=env or service_env,
             log_dir=log_dir,
         )
@@ -114,19 +115,7 @@ def start_worker(service_env, log_dir):
             subprocess.run(celery("purge", "-f", "-Q", QUEUES), env=env, capture_output=True, timeout=30)
         proc = Process(
             f"worker{len(started)}",
-            celery(
-                "worker",
-                "-Q",
-                QUEUES,
-                "-c",
-                "2",
-                "--without-gossip",
-                "--without-mingle",
-                "-l",
-                "INFO",
-                "-n",
-                f"test{len(started)}@%h",
-            ),
+            procfile.command("worker", "--without-gossip", "--without-mingle", "-n", f"test{len(started)}@%h"),
             env=env,
             log_dir=log_dir,
         )
@@ -146,7 +135,7 @@ def start_beat(service_env, log_dir, tmp_path):
     def start(env: dict | None = None) -> Process:
         proc = Process(
             f"beat{len(started)}",
-            celery("beat", "-l", "INFO", "-s", str(tmp_path / f"beat{len(started)}-schedule")),
+            procfile.command("beat", "-s", str(tmp_path / f"beat{len(started)}-schedule")),
             env=env or service_env,
             log_dir=log_dir,
         )

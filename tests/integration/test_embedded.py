@@ -8,9 +8,10 @@ import subprocess
 import pytest
 from kombu import Connection
 
+from ..support import procfile
 from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import storescu, synthetic_study
-from ..support.processes import Process, celery, free_port, python_manage, wait_until
+from ..support.processes import Process, free_port, python_manage, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,13 +55,13 @@ def test_a_study_is_routed_and_assigned_on_the_embedded_default(embedded_env, st
     processes = [
         Process(
             "scp",
-            python_manage("runscp", "--host", "127.0.0.1", "--port", str(port)),
+            procfile.command("scp", "--host", "127.0.0.1", "--port", str(port)),
             env=embedded_env,
             log_dir=log_dir,
         ),
         Process(
             "worker",
-            celery("worker", "-Q", "ingest,workflow,deliver,notify,stat", "-c", "2", "-l", "INFO"),
+            procfile.command("worker"),
             env=embedded_env,
             log_dir=log_dir,
         ),
