@@ -1,5 +1,6 @@
 """Every API error in one shape: {"error": {"code", "message", "details"}}."""
 
+from rest_framework.exceptions import APIException
 from rest_framework.views import exception_handler
 
 
@@ -13,3 +14,9 @@ def handler(exc, context):
     details = None if isinstance(data, dict) and set(data) == {"detail"} else data
     response.data = {"error": {"code": code, "message": str(message), "details": details}}
     return response
+
+
+class Conflict(APIException):
+    status_code = 409
+    default_code = "conflict"
+    default_detail = "Not possible in the current state."

@@ -6,8 +6,9 @@ from datetime import timedelta
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import mixins, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -22,6 +23,7 @@ from apps.routing.models import Delivery, DeliveryItem
 from apps.studies.models import Study
 
 from . import serializers
+from .errors import Conflict
 from .permissions import Audits, HasRole, SeesEverything, Supervises, radiologist_of, sees_everything, supervises
 
 ASSIGNMENT_FILTERS = {
@@ -66,15 +68,9 @@ class AssignmentViewSet(viewsets.ReadOnlyModelViewSet):
         assignment = self.get_object()  # 404 for another reader's assignment
         mine = assignment.radiologist_id == getattr(radiologist_of(request.user), "pk", None)
         if not (mine or supervises(request.user)):
-            return Response(
-                {"error": {"code": "permission_denied", "message": "Not your assignment.", "details": None}},
-                status=status.HTTP_403_FORBIDDEN,
-            )
+            raise PermissionDenied("Not your assignment.")
         if not change(assignment_id=assignment.pk):
-            return Response(
-                {"error": {"code": "conflict", "message": f"Not possible from {assignment.status}.", "details": None}},
-                status=status.HTTP_409_CONFLICT,
-            )
+            raise Conflict(f"Not possible from {assignment.status}.")
         assignment.refresh_from_db()
         return Response(self.get_serializer(assignment).data)
 
@@ -99,10 +95,7 @@ class AssignmentViewSet(viewsets.ReadOnlyModelViewSet):
         assignment = self.get_object()
         replacement = reading.assignment_reassign(assignment_id=assignment.pk)
         if replacement is None:
-            return Response(
-                {"error": {"code": "conflict", "message": "No other eligible reader.", "details": None}},
-                status=status.HTTP_409_CONFLICT,
-            )
+            raise Conflict("No other eligible reader.")
         return Response(self.get_serializer(replacement).data)
 
 
@@ -167,10 +160,7 @@ class RadiologistViewSet(viewsets.ReadOnlyModelViewSet):
     def status(self, request, pk=None):
         radiologist = get_object_or_404(self.get_queryset(), pk=pk)
         if radiologist.user_id != request.user.pk and not supervises(request.user):
-            return Response(
-                {"error": {"code": "permission_denied", "message": "Not your status.", "details": None}},
-                status=status.HTTP_403_FORBIDDEN,
-            )
+            raise PermissionDenied("Not your status.")
         serializer = self.get_serializer(radiologist, data=request.data)
         serializer.is_valid(raise_exception=True)
         reading.radiologist_status_set(
@@ -190,10 +180,7 @@ class RoutingReportView(APIView):
         try:
             days = max(1, min(int(request.query_params.get("days", 7)), 366))
         except ValueError:
-            return Response(
-                {"error": {"code": "invalid", "message": "days must be a whole number", "details": None}},
-                status=status.HTTP_400_BAD_REQUEST,
-            )
+            raise ValidationError({"days": "must be a whole number"}) from None
         end = clock.now()
         return Response(routing_report(start=end - timedelta(days=days), end=end))
 

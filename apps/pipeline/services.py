@@ -103,18 +103,9 @@ def delivery_failed_notify(*, delivery_id: int) -> list[int]:
         f"Instances failed: {failed}; not sent: {pending}.\nLast error: {delivery.last_error or '-'}\n"
         f"Retry it from the admin (Deliveries, action 'Retry failed deliveries'): only what is missing is sent."
     )
-    ids = []
-    for operator in get_user_model().objects.filter(is_staff=True, is_active=True):
-        channels = [Notification.Channel.IN_APP] + ([Notification.Channel.EMAIL] if operator.email else [])
-        ids += notification_create(
-            event=DELIVERY_FAILED_EVENT,
-            subject_key=f"delivery:{delivery.pk}:{delivery.attempts}",
-            recipient_id=operator.pk,
-            channels=channels,
-            title=title,
-            body=body,
-        )
-    return ids
+    key = f"delivery:{delivery.pk}:{delivery.attempts}"
+    hooks = _webhooks(DELIVERY_FAILED_EVENT, key, delivery.study, destination=delivery.destination.name)
+    return hooks + _notify_users(_staff(), event=DELIVERY_FAILED_EVENT, subject_key=key, title=title, body=body)
 
 
 def reconcile_targets(*, now: datetime | None = None, older_than: float | None = None) -> list[tuple[int, str]]:
@@ -167,6 +158,10 @@ def _webhooks(event: str, subject_key: str, study: Study, assignment: Assignment
     return notification_webhooks(
         event=event, subject_key=subject_key, payload=payload, phi={"patient_name": study.patient_name}
     )
+
+
+def _staff():
+    return get_user_model().objects.filter(is_staff=True, is_active=True)
 
 
 def _supervisors():
@@ -243,10 +238,9 @@ def sla_notify(*, event: SlaEvent) -> list[int]:
 def privileges_expiring_notify(*, within_days: int = 14) -> list[int]:
     """Warn the admins (staff users), once per privilege, of reading privileges about to expire."""
     ids = []
-    staff = get_user_model().objects.filter(is_staff=True, is_active=True)
     for privilege in privileges_expiring(within_days=within_days):
         ids += _notify_users(
-            staff,
+            _staff(),
             event="privilege_expiring",
             subject_key=f"privilege:{privilege.pk}:{privilege.expires_on}",
             title=f"Privilege of {privilege.radiologist.display_name} for {privilege.institution} expires soon",

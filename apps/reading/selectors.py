@@ -36,6 +36,14 @@ def sla_compliance(*, start: datetime, end: datetime, by: str) -> list[dict]:
     ]
 
 
+def _sla_mark(assignment: Assignment, due: datetime | None, now: datetime) -> str:
+    """Breached once the due time passed; at risk once the SLA sweeper recorded it (the policy's fraction)."""
+    if due is not None and due <= now:
+        return "breached"
+    stage = "ack" if assignment.acknowledged_at is None else "report"
+    return "at risk" if any(e.kind == f"{stage}_at_risk" for e in assignment.sla_events.all()) else ""
+
+
 def worklist(*, user, sees_everything: bool, now: datetime) -> dict:
     """The rows of a worklist: a reader's own open assignments, or every open one for a supervisor, STAT
     first then by acknowledge due time; plus, for supervisors, the unassigned and held studies."""
@@ -43,8 +51,10 @@ def worklist(*, user, sees_everything: bool, now: datetime) -> dict:
 
     from apps.studies.models import Stage, Study
 
-    open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN).select_related(
-        "study__quality", "radiologist"
+    open_assignments = (
+        Assignment.objects.filter(status__in=Assignment.OPEN)
+        .select_related("study__quality", "radiologist")
+        .prefetch_related("sla_events")
     )
     if not sees_everything:
         open_assignments = open_assignments.filter(radiologist__user=user)
@@ -64,9 +74,7 @@ def worklist(*, user, sees_everything: bool, now: datetime) -> dict:
                 "study": assignment.study,
                 "due": due,
                 "seconds_left": int((due - now).total_seconds()) if due else None,
-                "sla": "breached"
-                if due and due <= now
-                else ("at risk" if due and (due - now).total_seconds() < 300 else ""),
+                "sla": _sla_mark(assignment, due, now),
                 "qc_flags": [c["check"] for c in quality.failed] if quality else [],
             }
         )

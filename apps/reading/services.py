@@ -218,7 +218,8 @@ def sla_sweep(*, now: datetime | None = None) -> list[SlaEvent]:
     fractions = {(p.priority, p.institution): p.at_risk_fraction for p in SlaPolicy.objects.all()}
     created = []
     open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN).select_related("study")
-    for assignment in open_assignments.exclude(acknowledge_due_at=None):
+    for assignment in open_assignments.exclude(acknowledge_due_at=None).prefetch_related("sla_events"):
+        recorded = {event.kind for event in assignment.sla_events.all()}  # a sweep only writes what is new
         study = assignment.study
         fraction = fractions.get((study.priority, study.institution_name), fractions.get((study.priority, ""), 0.8))
         targets = []
@@ -228,7 +229,7 @@ def sla_sweep(*, now: datetime | None = None) -> list[SlaEvent]:
         for at_risk, breached, due in targets:
             risk_at = study.received_at + (due - study.received_at) * fraction
             for kind, threshold in ((at_risk, risk_at), (breached, due)):
-                if now >= threshold:
+                if now >= threshold and kind not in recorded:
                     event, new = SlaEvent.objects.get_or_create(
                         assignment=assignment, kind=kind, defaults={"due_at": due, "occurred_at": now}
                     )

@@ -33,25 +33,26 @@ def _rules_version() -> tuple:
     )
 
 
+def _compiled_rule(rule: RoutingRule) -> rules.Rule:
+    """A rule row (with criteria, destinations and windows prefetched) as the engine takes it."""
+    return rules.Rule(
+        id=rule.pk,
+        name=rule.name,
+        priority=rule.priority,
+        exclusive=rule.exclusive,
+        fallback=rule.fallback,
+        criteria=tuple(rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in rule.criteria.all()),
+        destinations=tuple(d.name for d in rule.destinations.all() if d.enabled),
+        windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in rule.windows.all()),
+    )
+
+
+def _rule_rows():
+    return RoutingRule.objects.prefetch_related("criteria", "destinations", "windows")
+
+
 def rules_load() -> list[rules.Rule]:
-    loaded = []
-    queryset = RoutingRule.objects.filter(enabled=True).prefetch_related("criteria", "destinations", "windows")
-    for rule in queryset:
-        loaded.append(
-            rules.Rule(
-                id=rule.pk,
-                name=rule.name,
-                priority=rule.priority,
-                exclusive=rule.exclusive,
-                fallback=rule.fallback,
-                criteria=tuple(
-                    rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in rule.criteria.all()
-                ),
-                destinations=tuple(d.name for d in rule.destinations.all() if d.enabled),
-                windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in rule.windows.all()),
-            )
-        )
-    return loaded
+    return [_compiled_rule(rule) for rule in _rule_rows().filter(enabled=True)]
 
 
 def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
@@ -434,18 +435,7 @@ def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None =
     the last `days` days; returns the studies that would have gone elsewhere, with both answers."""
     now = now or clock.now()
     loaded = {r.id: r for r in rules_load()}
-    drafts = RoutingRule.objects.filter(pk__in=draft_rule_ids).prefetch_related("criteria", "destinations", "windows")
-    for draft in drafts:
-        loaded[draft.pk] = rules.Rule(
-            id=draft.pk,
-            name=draft.name,
-            priority=draft.priority,
-            exclusive=draft.exclusive,
-            fallback=draft.fallback,
-            criteria=tuple(rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in draft.criteria.all()),
-            destinations=tuple(d.name for d in draft.destinations.all() if d.enabled),
-            windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in draft.windows.all()),
-        )
+    loaded |= {draft.pk: _compiled_rule(draft) for draft in _rule_rows().filter(pk__in=draft_rule_ids)}
     engine = rules.Engine(loaded.values())
     keywords = frozenset(c.keyword for r in loaded.values() for c in r.criteria if c.keyword)
     changed = []
