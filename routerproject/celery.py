@@ -22,6 +22,9 @@ app.conf.task_routes = {
     "pipeline.deliver": {"queue": "deliver"},
     "pipeline.notify": {"queue": "notify"},
     "pipeline.notification_send": {"queue": "notify"},
+    # Escalations concern STAT studies: they share the STAT lane (a STAT study's own tasks are sent there
+    # by apps.pipeline.chains when its priority is known).
+    "pipeline.escalations_due": {"queue": "stat"},
 }
 
 

@@ -15,6 +15,7 @@ from .support import procfile
 from .support.processes import Process, celery, dcmtk, free_port
 
 QUEUES = "ingest,workflow,deliver,notify,stat"
+WORKER_ROLES = ("worker", "worker-deliver", "worker-stat")
 
 
 def pytest_configure(config) -> None:
@@ -105,23 +106,28 @@ def start_scp(service_env, log_dir):
 
 @pytest.fixture
 def start_worker(service_env, log_dir):
+    """Start the Procfile's workers, one per queue group (intake, deliver, stat); returns the group's processes."""
     started: list[Process] = []
 
-    def start(env: dict | None = None, purge: bool = True) -> Process:
+    def start(env: dict | None = None, purge: bool = True, roles: tuple[str, ...] = WORKER_ROLES) -> list[Process]:
         env = env or service_env
         if purge:
             import subprocess
 
             subprocess.run(celery("purge", "-f", "-Q", QUEUES), env=env, capture_output=True, timeout=30)
-        proc = Process(
-            f"worker{len(started)}",
-            procfile.command("worker", "--without-gossip", "--without-mingle", "-n", f"test{len(started)}@%h"),
-            env=env,
-            log_dir=log_dir,
-        )
-        started.append(proc)
-        proc.wait_for_log("ready.", timeout=60)
-        return proc
+        group = [
+            Process(
+                f"{role}{len(started)}",
+                procfile.command(role, "--without-gossip", "--without-mingle", "-n", f"{role}{len(started)}@%h"),
+                env=env,
+                log_dir=log_dir,
+            )
+            for role in roles
+        ]
+        started.extend(group)
+        for proc in group:
+            proc.wait_for_log("ready.", timeout=60)
+        return group
 
     yield start
     for proc in started:

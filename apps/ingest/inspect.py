@@ -13,6 +13,8 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.uid import UID
 
+from apps.studies.headers import URGENCY_KEYWORDS, header_from_dataset
+
 UNDEFINED_LENGTH = 0xFFFFFFFF
 # The Sequence Delimitation Item tag (FFFE,E0DD) that must close an undefined-length value.
 DELIMITERS = (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd")
@@ -29,6 +31,9 @@ class Identity:
     sop_instance_uid: str
     study_instance_uid: str
     series_instance_uid: str
+    # What says how urgent the study is (priority attributes, descriptions), read at receipt so a STAT
+    # study takes the STAT lane from its first task. Classification decides the priority of record.
+    urgency: tuple[tuple[str, str], ...] = ()
 
 
 def inspect_dataset(raw: bytes, transfer_syntax: str) -> Identity:
@@ -57,12 +62,18 @@ def inspect_dataset(raw: bytes, transfer_syntax: str) -> Identity:
             sop_instance_uid=_uid(ds, "SOPInstanceUID"),
             study_instance_uid=_uid(ds, "StudyInstanceUID"),
             series_instance_uid=_uid(ds, "SeriesInstanceUID"),
+            urgency=_urgency(ds),
         )
     except Unreadable:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "cannot understand"
         raise Unreadable(f"cannot parse dataset: {type(exc).__name__}") from exc
     return identity
+
+
+def _urgency(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    header = header_from_dataset(ds, URGENCY_KEYWORDS)
+    return tuple((keyword, value) for keyword, value in header.items() if value)
 
 
 def _uid(ds: Dataset, keyword: str) -> str:

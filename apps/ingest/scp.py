@@ -49,7 +49,10 @@ TRANSFER_SYNTAXES = [
 # Put in place of the calling title of a caller refused for its host; never admitted (see below).
 _DENIED = "DENIED BY HOST"
 
-StudiesReceived = Callable[[set[str]], None]
+# Study Instance UID -> the (keyword, value) pairs that say how urgent it is.
+StudiesReceived = Callable[[dict[str, set[tuple[str, str]]]], None]
+# A sender could vary descriptions per instance; a study's urgency needs only a few of them.
+MAX_URGENCY_VALUES = 64
 
 
 def _dataset_status(outcome: services.Outcome) -> Dataset | int:
@@ -66,7 +69,8 @@ class StoreSCP:
         self.ae_title = ae_title
         self.spool = spool
         self.on_studies_received = on_studies_received
-        self._studies: dict[int, set[str]] = {}
+        # Per association: each study received and what its instances said of its urgency.
+        self._studies: dict[int, dict[str, set[tuple[str, str]]]] = {}
         self._lock = threading.Lock()
         self._allow_list: list[tuple[str, str]] = []
 
@@ -130,12 +134,14 @@ class StoreSCP:
         )
         if outcome.status == services.SUCCESS:
             with self._lock:
-                self._studies.setdefault(id(assoc), set()).add(outcome.study_instance_uid)
+                urgency = self._studies.setdefault(id(assoc), {}).setdefault(outcome.study_instance_uid, set())
+                if len(urgency) < MAX_URGENCY_VALUES:
+                    urgency.update(outcome.urgency)
         return _dataset_status(outcome)
 
     def on_end(self, event) -> None:
         with self._lock:
-            studies = self._studies.pop(id(event.assoc), set())
+            studies = self._studies.pop(id(event.assoc), {})
         try:
             if studies:
                 self.on_studies_received(studies)

@@ -34,6 +34,7 @@ class Outcome:
     status: int
     comment: str = ""
     study_instance_uid: str = ""
+    urgency: tuple[tuple[str, str], ...] = ()
 
 
 def instance_receive(
@@ -93,7 +94,7 @@ def instance_receive(
                 "C-STORE %s: received again with different content; first copy kept", identity.sop_instance_uid
             )
         spool.remove(relative)
-    return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid)
+    return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid, urgency=identity.urgency)
 
 
 def _drop_connection() -> None:

@@ -8,9 +8,11 @@ database already holds the work.
 import logging
 
 from celery import chain, signature
+from django.db import DatabaseError
 
-from apps.studies.models import Stage
-from apps.studies.services import study_register
+from apps.routing.models import Delivery
+from apps.studies.models import Priority, Stage, Study
+from apps.studies.services import priority_hint, study_register
 
 logger = logging.getLogger(__name__)
 
@@ -27,9 +29,27 @@ NEXT_STEP = {
 }
 
 
-def study_chain(study_id: int, first: str = "persist"):
+# STAT work runs on its own queue, served by its own workers: a routine backlog never delays it.
+STAT_LANE = "stat"
+
+
+def lane(priority: str) -> str | None:
+    """The queue a study's work takes: the STAT lane, or None for each task's own queue (task_routes)."""
+    return STAT_LANE if priority == Priority.STAT else None
+
+
+def study_lane(study_id: int) -> str | None:
+    return lane(Study.objects.filter(pk=study_id).values_list("priority", flat=True).first() or "")
+
+
+def delivery_lane(delivery_id: int) -> str | None:
+    return lane(Delivery.objects.filter(pk=delivery_id).values_list("study__priority", flat=True).first() or "")
+
+
+def study_chain(study_id: int, first: str = "persist", queue: str | None = None):
     steps = STEPS[STEPS.index(first) :]
-    return chain(*(signature(f"pipeline.{step}", args=(study_id,), immutable=True) for step in steps))
+    options = {"queue": queue} if queue else {}
+    return chain(*(signature(f"pipeline.{step}", args=(study_id,), immutable=True, **options) for step in steps))
 
 
 def _publish(description: str, sig) -> bool:
@@ -41,20 +61,28 @@ def _publish(description: str, sig) -> bool:
     return True
 
 
-def chain_start(study_id: int, first: str = "persist") -> bool:
-    return _publish(f"study {study_id} from {first}", study_chain(study_id, first))
+def chain_start(study_id: int, first: str = "persist", queue: str | None = None) -> bool:
+    """Start the study's chain from `first`, on `queue` or else on the lane its priority of record earns."""
+    try:
+        queue = queue or study_lane(study_id)
+    except DatabaseError as exc:  # database away: the task's own queue will do
+        logger.warning("could not read study %s's priority (%s)", study_id, type(exc).__name__)
+    return _publish(f"study {study_id} from {first}", study_chain(study_id, first, queue))
 
 
-def task_start(name: str, object_id: int) -> bool:
-    return _publish(f"{name} {object_id}", signature(f"pipeline.{name}", args=(object_id,)))
+def task_start(name: str, object_id: int, queue: str | None = None) -> bool:
+    options = {"queue": queue} if queue else {}
+    return _publish(f"{name} {object_id}", signature(f"pipeline.{name}", args=(object_id,), **options))
 
 
-def studies_received(study_instance_uids: set[str]) -> None:
-    """The SCP's hand-over at association end: one chain per study received in the association."""
-    for uid in sorted(study_instance_uids):
+def studies_received(studies: dict[str, set[tuple[str, str]]]) -> None:
+    """The SCP's hand-over at association end: one chain per study received in the association, on the
+    STAT lane from its first task when its instances said STAT (classification has not run yet)."""
+    for uid in sorted(studies):
         try:
             study = study_register(study_instance_uid=uid)
-        except Exception as exc:  # noqa: BLE001 - database away: the received rows are committed, reconcile later
+            queue = lane(priority_hint(studies[uid]))
+        except DatabaseError as exc:  # database away: the received rows are committed, reconcile later
             logger.warning("could not register a study at association end (%s)", type(exc).__name__)
             continue
-        chain_start(study.pk)
+        chain_start(study.pk, queue=queue)

@@ -15,7 +15,7 @@ from apps.routing.services import destinations_check as _destinations_check
 from apps.studies.services import study_check, study_classify, study_persist
 
 from . import services
-from .chains import chain_start, task_start
+from .chains import STAT_LANE, chain_start, delivery_lane, lane, task_start
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +25,14 @@ def persist(study_id: int) -> None:
     study_persist(study_id=study_id)
 
 
-@shared_task(name="pipeline.classify")
-def classify(study_id: int) -> None:
-    study_classify(study_id=study_id)
+@shared_task(name="pipeline.classify", bind=True)
+def classify(self, study_id: int) -> None:
+    priority = study_classify(study_id=study_id)
+    moved = priority is not None and lane(priority) == STAT_LANE
+    moved = moved and (self.request.delivery_info or {}).get("routing_key") != STAT_LANE
+    # STAT only now (nothing at receipt said so): the rest of the chain moves to the STAT lane.
+    if moved and chain_start(study_id, "check", queue=STAT_LANE):
+        self.request.chain = None
 
 
 @shared_task(name="pipeline.check")
@@ -38,7 +43,7 @@ def check(study_id: int) -> None:
 @shared_task(name="pipeline.route")
 def route(study_id: int) -> None:
     for delivery_id in study_route(study_id=study_id):
-        task_start("deliver", delivery_id)
+        deliver_start(delivery_id)
 
 
 @shared_task(name="pipeline.assign")
@@ -52,6 +57,11 @@ def notify(study_id: int) -> None:
         _notification_send(notification_id=notification_id)
 
 
+def deliver_start(delivery_id: int) -> bool:
+    """A STAT study's deliveries take the STAT lane: a routine backlog at the deliver queue never delays them."""
+    return task_start("deliver", delivery_id, queue=delivery_lane(delivery_id))
+
+
 @shared_task(name="pipeline.deliver")
 def deliver(delivery_id: int) -> None:
     state = delivery_send(delivery_id=delivery_id)
@@ -62,7 +72,7 @@ def deliver(delivery_id: int) -> None:
         # A slot at this destination is free again: start what waits for it rather than the next sweep.
         destination_id = Delivery.objects.values_list("destination_id", flat=True).get(pk=delivery_id)
         for next_id in _deliveries_due(destination_id=destination_id, limit=1):
-            task_start("deliver", next_id)
+            deliver_start(next_id)
 
 
 @shared_task(name="pipeline.notification_send")
@@ -81,14 +91,14 @@ def reconcile() -> None:
 @shared_task(name="pipeline.deliveries_due")
 def deliveries_due() -> None:
     for delivery_id in _deliveries_due(lease=settings.RECONCILE_AFTER):
-        task_start("deliver", delivery_id)
+        deliver_start(delivery_id)
 
 
 @shared_task(name="pipeline.destinations_check")
 def destinations_check() -> None:
     for destination_id in _destinations_check():
         for delivery_id in _deliveries_due(destination_id=destination_id):
-            task_start("deliver", delivery_id)
+            deliver_start(delivery_id)
 
 
 @shared_task(name="pipeline.assign_unassigned")
@@ -102,7 +112,7 @@ def assign_unassigned() -> None:
 def escalations_due() -> None:
     for action in escalation_sweep():
         for notification_id in services.escalation_notify(action=action):
-            task_start("notification_send", notification_id)
+            task_start("notification_send", notification_id, queue=STAT_LANE)
 
 
 @shared_task(name="pipeline.sla_check")

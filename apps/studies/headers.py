@@ -39,12 +39,17 @@ def _text(value) -> str:
     return str(value).strip()
 
 
-def header_from_dataset(ds: Dataset) -> dict:
-    header = {keyword: _text(ds.get(keyword)) for keyword in HEADER_KEYWORDS}
+# The fields classification reads a study's priority from.
+PRIORITY_ATTRIBUTES = ("RequestedProcedurePriority", "StudyPriorityID")
+URGENCY_KEYWORDS = (*PRIORITY_ATTRIBUTES, "StudyDescription", "SeriesDescription", "RequestedProcedureDescription")
+
+
+def header_from_dataset(ds: Dataset, keywords: tuple[str, ...] = HEADER_KEYWORDS) -> dict:
+    header = {keyword: _text(ds.get(keyword)) for keyword in keywords}
     # Often only inside the Request Attributes Sequence.
     for item in ds.get("RequestAttributesSequence", []) or []:
         for keyword in ("RequestedProcedurePriority", "RequestedProcedureDescription"):
-            if not header[keyword]:
+            if keyword in header and not header[keyword]:
                 header[keyword] = _text(item.get(keyword))
     return header
 

@@ -1,6 +1,7 @@
 """Writes on studies: register, persist, classify, check. Each is idempotent and guarded by the stage."""
 
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from apps.core import clock
 
 from . import classify as classify_rules
 from . import pixels, qc
-from .headers import read_header
+from .headers import PRIORITY_ATTRIBUTES, read_header
 from .models import (
     Instance,
     PriorityKeyword,
@@ -79,6 +80,20 @@ def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool
     if not same:
         ReceivedInstance.objects.filter(pk=kept.pk).update(conflicting_copies=F("conflicting_copies") + 1)
     return not same
+
+
+def priority_hint(urgency: Iterable[tuple[str, str]]) -> str:
+    """The priority a study's received instances suggest, before classification: the same rules, read from
+    the (keyword, value) pairs the SCP kept (priority attributes and descriptions)."""
+    pairs = sorted(set(urgency))
+    attributes = {f"{k} {i}": v for i, (k, v) in enumerate(pairs) if k in PRIORITY_ATTRIBUTES}
+    descriptions = [v for k, v in pairs if k not in PRIORITY_ATTRIBUTES]
+    priority, _ = classify_rules.priority_from(
+        attributes=attributes,
+        descriptions=descriptions,
+        keywords=list(PriorityKeyword.objects.values_list("keyword", "priority")),
+    )
+    return priority
 
 
 def study_register(*, study_instance_uid: str) -> Study:
@@ -243,14 +258,16 @@ def _apply(study: Study, result: classify_rules.Classification) -> None:
     study.save(update_fields=["specialty", "subspecialty", "priority", "workload", "classification"])
 
 
-def study_classify(*, study_id: int, now: datetime | None = None) -> None:
-    """Specialty (and subspecialty), priority and workload from data tables, each with its reason."""
+def study_classify(*, study_id: int, now: datetime | None = None) -> str | None:
+    """Specialty (and subspecialty), priority and workload from data tables, each with its reason.
+    Returns the priority, or None when the study was not waiting for classification."""
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
         if study is None or study.stage != Stage.PERSISTED:
-            return
+            return None
         _apply(study, _classification(study))
         study.advance(Stage.CLASSIFIED, now=now or clock.now())
+    return study.priority
 
 
 def study_reclassify(*, study_id: int) -> Study:
