@@ -7,18 +7,29 @@ from pathlib import Path
 
 from .processes import BIN, ROOT
 
-DEFAULT = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+# ${VAR}, ${VAR:-default} and ${VAR:?message} (required), as sh expands them.
+VARIABLE = re.compile(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}")
+
+
+def _expand(match: re.Match, env: dict) -> str:
+    name, kind, text = match.groups()
+    if name in env:
+        return env[name]
+    if kind == ":?":
+        return match.group(0)  # required and not given: command() refuses to start it
+    return text or ""
 
 
 def commands(path: Path = ROOT / "Procfile", env: dict | None = None) -> dict[str, list[str]]:
-    """Each role's command, split, with ${VAR:-default} expanded from `env` (else the default)."""
+    """Each role's command, split, with ${VAR:-default} expanded from `env` (else the default); a required
+    ${VAR:?message} not in `env` is left as written."""
     env = env or {}
     roles = {}
     for line in path.read_text().splitlines():
         if ":" not in line or line.startswith("#"):
             continue
         role, command = line.split(":", 1)
-        expanded = DEFAULT.sub(lambda m: env.get(m.group(1), m.group(2) or ""), command.strip())
+        expanded = VARIABLE.sub(lambda m: _expand(m, env), command.strip())
         roles[role.strip()] = shlex.split(expanded)
     return roles
 
@@ -26,6 +37,9 @@ def commands(path: Path = ROOT / "Procfile", env: dict | None = None) -> dict[st
 def command(role: str, *extra: str, env: dict | None = None) -> list[str]:
     """The role's Procfile command with this interpreter's tools, plus test-only options."""
     args = commands(env=env)[role]
+    missing = [arg for arg in args if "${" in arg]
+    if missing:
+        raise KeyError(f"{role}: set the variables in {missing}")
     tool = {"python": sys.executable, "celery": str(BIN / "celery")}.get(args[0], args[0])
     if args[0] == "python":
         args = [args[0], str(ROOT / args[1]), *args[2:]]
