@@ -1,9 +1,10 @@
 """The Celery app: queues, routes and the Beat schedule. Other settings are CELERY_* in settings."""
 
+import logging.config
 import os
 from pathlib import Path
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Queue
 
 from . import broker  # noqa: F401  (registers the embedded routerfs:// transport)
@@ -48,6 +49,14 @@ def _beat_schedule() -> dict:
         # Studies nobody could read when they arrived: try again, someone may have come on shift.
         "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
     }
+
+
+@signals.setup_logging.connect
+def _logging(**kwargs) -> None:
+    """The worker and Beat log as Django is configured to (settings.LOGGING: plain or JSON)."""
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
 
 
 @app.on_after_configure.connect

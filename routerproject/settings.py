@@ -242,11 +242,23 @@ HEALTH_CHECK_INTERVAL = env_float("HEALTH_CHECK_INTERVAL", 30.0)
 
 # --- Logging: ids and UIDs only, never names or birth dates ------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# plain: one line of text per record; json: one JSON object per record (time, level, logger, message,
+# process and thread), for a log shipper. Celery's worker and Beat use the same configuration.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(process)d %(threadName)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # pynetdicom logs identifiers and PDU dumps at DEBUG/INFO: keep it to warnings.
