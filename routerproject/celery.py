@@ -40,6 +40,8 @@ def _beat_schedule() -> dict:
         "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
         # C-ECHO every destination: an unreachable one pauses its queue, a recovered one resumes it.
         "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
+        # Storage below its free-space watermark (the SCP answers 0xA700): the admins are told, once a day.
+        "storage-check": {"task": "pipeline.storage_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
         # STAT studies nobody acknowledged: remind, reassign, tell the supervisors (each step once, by key).
         "escalations-due": {"task": "pipeline.escalations_due", "schedule": 15.0},
         # SLA thresholds crossed (at risk, breached), recorded and notified once each.

@@ -10,6 +10,7 @@ from django.db import transaction
 from apps.core import clock
 from apps.notifications.models import Notification
 from apps.notifications.services import notification_create, notification_webhooks
+from apps.ops import services as ops_services
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
 from apps.reading.services import EscalationAction, privileges_expiring
@@ -248,3 +249,27 @@ def privileges_expiring_notify(*, within_days: int = 14) -> list[int]:
             f"{privilege.expires_on:%Y-%m-%d}; renew it in the admin (Radiologists, privileges).",
         )
     return ids
+
+
+STORAGE_LOW_EVENT = "storage_low"
+
+
+def storage_low_notify(*, now: datetime | None = None) -> list[int]:
+    """Below the free-space watermark the SCP answers C-STORE with 0xA700 (senders retry later): tell the
+    admins (staff users) and webhook endpoints, once a day while it lasts. Healthz and /metrics show it live."""
+    free = ops_services.free_bytes()
+    if free is None or free >= settings.STORAGE_MIN_FREE_BYTES:
+        return []
+    key = f"storage:{(now or clock.now()):%Y-%m-%d}"
+    title = "Storage below its free-space watermark: the SCP is refusing new instances"
+    body = (
+        f"{free // 2**20} MiB free, watermark {settings.STORAGE_MIN_FREE_BYTES // 2**20} MiB. Senders get 0xA700 "
+        "(out of resources) and retry; free space or grow the volume."
+    )
+    hooks = notification_webhooks(
+        event=STORAGE_LOW_EVENT,
+        subject_key=key,
+        payload={"free_bytes": free, "watermark_bytes": settings.STORAGE_MIN_FREE_BYTES},
+    )
+    logger.error("storage below its free-space watermark: %d bytes free", free)
+    return hooks + _notify_users(_staff(), event=STORAGE_LOW_EVENT, subject_key=key, title=title, body=body)

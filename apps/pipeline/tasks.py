@@ -126,3 +126,9 @@ def sla_check() -> None:
 def privileges_expiring() -> None:
     for notification_id in services.privileges_expiring_notify():
         task_start("notification_send", notification_id)
+
+
+@shared_task(name="pipeline.storage_check")
+def storage_check() -> None:
+    for notification_id in services.storage_low_notify():
+        task_start("notification_send", notification_id)
