@@ -27,18 +27,28 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # The embedded default: SQLite and kombu's filesystem transport under ./var, nothing else to install.
+# It loads the demo (docs/examples/demo.yaml, demo logins) and starts a demo PACS (pynetdicom's storescp on
+# port $(DEMO_PACS_PORT), into var/demo-pacs) beside the Procfile's processes; `senddemo` sends studies.
+DEMO_PACS_PORT ?= 11113
+ROLES := web worker worker-deliver worker-stat beat scp
+
 run: venv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	$(BIN)/python manage.py loaddemo
 	@echo
 	@echo "  DICOM SCP   $(SCP_AE_TITLE) on 0.0.0.0:$(SCP_PORT)   (storescu -aec $(SCP_AE_TITLE) 127.0.0.1 $(SCP_PORT) FILE...)"
-	@echo "  Web/admin   http://127.0.0.1:$(WEB_PORT)/admin/   (create a login: $(BIN)/python manage.py createsuperuser)"
-	@echo "  Worker+Beat Celery on the filesystem broker in var/broker (no server needed)"
-	@echo "  Configure   $(BIN)/python manage.py importconfig docs/examples/demo.yaml"
+	@echo "  Demo        $(BIN)/python manage.py senddemo   (in another terminal: demo studies, routed and assigned)"
+	@echo "  Worklist    http://127.0.0.1:$(WEB_PORT)/worklist/   (achen, bbaker or cdiaz; password demo)"
+	@echo "  Admin       http://127.0.0.1:$(WEB_PORT)/admin/   (admin / demo)"
+	@echo "  Demo PACS   DEMO on 127.0.0.1:$(DEMO_PACS_PORT), files in var/demo-pacs"
 	@echo "  Follow      $(BIN)/python manage.py studystatus STUDY_INSTANCE_UID"
 	@echo
+	@mkdir -p var/demo-pacs
+	@$(BIN)/python -m pynetdicom storescp $(DEMO_PACS_PORT) -aet DEMO -od var/demo-pacs & pacs=$$!; \
+	trap 'kill $$pacs 2>/dev/null' EXIT INT TERM; \
 	WEB_PORT=$(WEB_PORT) SCP_PORT=$(SCP_PORT) SCP_AE_TITLE=$(SCP_AE_TITLE) PATH="$(abspath $(BIN)):$$PATH" \
-		$(BIN)/honcho start -f Procfile web worker beat scp
+		$(BIN)/honcho start -f Procfile $(ROLES)
 
 # dcmtk (echoscu, storescu, storescp) and Orthanc are the tests' DICOM peers, Chromium their browser;
 # PostgreSQL and Redis their services.

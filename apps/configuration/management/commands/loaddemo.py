@@ -1,0 +1,35 @@
+"""The demo of `make run`: the demo configuration, and logins to try the worklist with (embedded default only)."""
+
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from apps.configuration.services import ConfigError, config_import
+from apps.reading.models import Radiologist
+
+DEMO_CONFIG = Path(settings.BASE_DIR) / "docs" / "examples" / "demo.yaml"
+DEMO_PASSWORD = "demo"
+
+
+class Command(BaseCommand):
+    help = "Load the demo configuration (docs/examples/demo.yaml) and demo logins. Refused in production."
+
+    def handle(self, *args, **options) -> None:
+        if settings.PRODUCTION:
+            raise CommandError("loaddemo sets known passwords: it is for the embedded default, not production")
+        try:
+            report = config_import(DEMO_CONFIG.read_text())
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"demo configuration: {report}")
+        # Known passwords, set only where nobody chose one: the admin, and each demo radiologist.
+        User = get_user_model()
+        admin, _ = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
+        usernames = ["admin", *Radiologist.objects.values_list("user__username", flat=True)]
+        for user in User.objects.filter(username__in=usernames):
+            if not user.has_usable_password():
+                user.set_password(DEMO_PASSWORD)
+                user.save(update_fields=["password"])
+        self.stdout.write(f"demo logins: {', '.join(sorted(usernames))} (password {DEMO_PASSWORD!r})")

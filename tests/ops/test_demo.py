@@ -1,0 +1,58 @@
+"""The first minute: `loaddemo` and `senddemo` on real processes show studies routed, delivered and assigned."""
+
+import subprocess
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from apps.reading.models import Radiologist
+from apps.routing.models import Destination
+from apps.studies.models import Study
+
+from ..support.processes import python_manage
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_senddemo_shows_every_demo_study_routed_delivered_and_assigned(
+    start_scp, start_worker, storescp, service_env
+):
+    call_command("loaddemo")
+    _, pacs_port, pacs_folder = storescp("DEMO")
+    Destination.objects.update(port=pacs_port)  # the demo's PACS port, 11113, may be taken here
+    _, port = start_scp()
+    start_worker()
+
+    result = subprocess.run(
+        python_manage("senddemo", "--port", str(port), "--wait", "90", "--web", "http://router.test"),
+        env=service_env,
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "sending    [##############################] 13/13" in out
+    assert "routing    [##############################] 4/4" in out
+    lines = {line.split()[0] + " " + line.split()[1]: line for line in out.splitlines() if line.startswith("  CT ")}
+    assert "neuro-pacs delivered" in lines["CT HEAD"] and "A. Chen" in lines["CT HEAD"]
+    assert "body-pacs delivered" in lines["CT CHEST"] and "B. Baker" in lines["CT CHEST"]
+    assert "body-pacs delivered" in lines["CT ABDOMEN"] and "C. Diaz" in lines["CT ABDOMEN"]
+    assert "http://router.test/worklist/" in out
+    assert "Demo^" not in out  # names stay out of what is printed
+    assert Study.objects.get(study_description="CT HEAD STROKE PROTOCOL").priority == "STAT"
+    assert len(list(pacs_folder.iterdir())) == 13
+
+
+def test_loaddemo_is_idempotent_and_gives_the_demo_logins():
+    call_command("loaddemo")
+    call_command("loaddemo")
+    assert Radiologist.objects.count() == 3
+    assert Radiologist.objects.get(user__username="achen").user.check_password("demo")
+
+
+def test_loaddemo_is_refused_in_production(settings):
+    settings.PRODUCTION = True
+    with pytest.raises(CommandError, match="not production"):
+        call_command("loaddemo")
