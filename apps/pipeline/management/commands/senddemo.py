@@ -155,9 +155,10 @@ class Command(BaseCommand):
 
     @staticmethod
     def describe(study: DemoStudy, status: dict | None) -> str:
-        head = f"  {study.description:<24} {study.priority:<8}"
         if not status:
-            return f"{head} not registered yet"
+            return f"  {study.description:<24} {'':<8} not registered yet"
+        # The priority the router gave it (HIGH, as requested, is classified URGENT).
+        head = f"  {study.description:<24} {status.get('priority') or '-':<8}"
         deliveries = ", ".join(f"{d['destination']} {d['state']}" for d in status.get("deliveries", [])) or "no route"
         reader = (status.get("assignment") or {}).get("radiologist") or "nobody yet"
         return f"{head} {status['stage']:<11} {deliveries:<28} -> {reader}"
