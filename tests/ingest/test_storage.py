@@ -24,3 +24,29 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
         spool.write(b"x" * 1000)
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not list((tmp_path).glob("instances/**/*.dcm"))
+
+
+def test_sweep_removes_only_the_temp_files_of_processes_that_are_gone(tmp_path):
+    import socket
+    import subprocess
+    import time
+
+    spool = Spool(tmp_path)
+    host = socket.gethostname()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    files = {
+        "killed": f"{host}.{dead.pid}.a.part",
+        "ours": f"{host}.{os.getpid()}.b.part",
+        "alive": f"{host}.1.c.part",
+        "other host, fresh": "elsewhere.4242.d.part",
+        "other host, old": "elsewhere.4243.e.part",
+    }
+    for name in files.values():
+        (spool.tmp / name).write_bytes(b"partial")
+    day_ago = time.time() - 25 * 3600
+    os.utime(spool.tmp / files["other host, old"], (day_ago, day_ago))
+
+    assert spool.sweep() == 2
+    left = {p.name for p in spool.tmp.iterdir()}
+    assert left == {files["ours"], files["alive"], files["other host, fresh"]}
