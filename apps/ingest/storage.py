@@ -5,6 +5,7 @@ Temp files are named by host and process, so the temp file a killed SCP left beh
 another SCP on the same shared storage is still writing, and swept.
 """
 
+import contextlib
 import logging
 import os
 import shutil
@@ -71,6 +72,21 @@ class Spool:
             raise
         _fsync_dir(folder)
         return str(relative)
+
+    def recent_files(self, *, hours: int, older_than: float, now: float | None = None) -> list[str]:
+        """Relative paths of the instance files written in the last `hours` hours (by folder) and not
+        touched for `older_than` seconds: the candidates when looking for files nobody recorded."""
+        now = now or time.time()
+        found = []
+        for hour in range(hours + 1):
+            folder = self.root / "instances" / datetime.fromtimestamp(now - hour * 3600, UTC).strftime("%Y/%m/%d/%H")
+            if not folder.is_dir():
+                continue
+            for path in folder.glob("*.dcm"):
+                with contextlib.suppress(FileNotFoundError):
+                    if now - path.stat().st_mtime >= older_than:
+                        found.append(str(path.relative_to(self.root)))
+        return found
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

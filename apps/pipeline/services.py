@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from apps.core import clock
+from apps.ingest.storage import Spool
 from apps.notifications.models import Notification
 from apps.notifications.services import notification_create, notification_webhooks
 from apps.ops import services as ops_services
@@ -273,3 +274,24 @@ def storage_low_notify(*, now: datetime | None = None) -> list[int]:
     )
     logger.error("storage below its free-space watermark: %d bytes free", free)
     return hooks + _notify_users(_staff(), event=STORAGE_LOW_EVENT, subject_key=key, title=title, body=body)
+
+
+# A file renamed into place is recorded within milliseconds; one unrecorded for this long never will be.
+ORPHAN_AFTER = 600.0
+
+
+def storage_sweep(*, hours: int = 48, older_than: float = ORPHAN_AFTER) -> int:
+    """Remove instance files no received-instance row names: an SCP killed between putting the file in
+    place and committing its row (the sender got no success and sends again). Returns how many."""
+    spool = Spool(settings.STORAGE_ROOT)
+    candidates = spool.recent_files(hours=hours, older_than=older_than)
+    removed = 0
+    for start in range(0, len(candidates), 500):
+        batch = candidates[start : start + 500]
+        known = set(ReceivedInstance.objects.filter(path__in=batch).values_list("path", flat=True))
+        for relative in set(batch) - known:
+            spool.remove(relative)
+            removed += 1
+    if removed:
+        logger.warning("storage sweep: removed %d instance files no row names", removed)
+    return removed

@@ -132,3 +132,8 @@ def privileges_expiring() -> None:
 def storage_check() -> None:
     for notification_id in services.storage_low_notify():
         task_start("notification_send", notification_id)
+
+
+@shared_task(name="pipeline.storage_sweep")
+def storage_sweep() -> None:
+    services.storage_sweep()

@@ -8,6 +8,7 @@ is classified, never guessed: delivered, warning (delivered, kept), transient (r
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,18 +90,21 @@ def _association_failure(assoc) -> Result:
     return Result(TRANSIENT, error="association aborted by the destination", unreachable=True)
 
 
-def send(target: Target, files: list[File]) -> list[Result]:
-    """Send `files`; one Result per file, in order. Never raises for network or peer trouble."""
+def send(target: Target, files: list[File], on_sent: Callable[[int, Result], None] | None = None) -> list[Result]:
+    """Send `files`; one Result per file, in order. Never raises for network or peer trouble.
+
+    `on_sent(index, result)` is called as each file's answer arrives, so a caller can record progress
+    before the association ends (a worker killed half way then re-sends only what was not answered)."""
     results: list[Result | None] = [None] * len(files)
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
     for start in range(0, len(contexts), MAX_CONTEXTS):
         group = set(contexts[start : start + MAX_CONTEXTS])
         indexes = [i for i, f in enumerate(files) if (f.sop_class_uid, f.transfer_syntax_uid) in group]
-        _send_group(target, files, indexes, group, results)
+        _send_group(target, files, indexes, group, results, on_sent)
     return [r or Result(TRANSIENT, error="not attempted") for r in results]
 
 
-def _send_group(target: Target, files: list[File], indexes: list[int], group: set, results: list) -> None:
+def _send_group(target: Target, files: list[File], indexes: list[int], group: set, results: list, on_sent=None) -> None:
     ae = _ae(target)
     for sop_class, syntax in sorted(group):
         ae.add_requested_context(sop_class, [syntax])
@@ -123,6 +127,8 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
                 results[i] = Result(TRANSIENT, error="association ended before this instance was sent")
                 continue
             results[i] = _send_one(assoc, files[i])
+            if on_sent is not None:
+                on_sent(i, results[i])
     finally:
         if assoc.is_established:
             assoc.release()

@@ -177,7 +177,8 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
        message does nothing and no destination gets more associations than its limit, across workers.
        An unreachable destination pauses (or its alternate takes over after `alternate_after`); outside
        the destination's delivery windows a routine study waits, a STAT study goes at once.
-    2. Send the pending items over one association, outside any transaction.
+    2. Send the pending items over one association, outside any transaction; each item the destination
+       accepts is recorded as its answer arrives, so a worker killed half way re-sends only the rest.
     3. Record each item's outcome, then the delivery's: delivered when every item is, retried later
        while a transient failure is within budget, failed otherwise (kept for an operator).
     """
@@ -192,7 +193,9 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
         )
         for i in items
     ]
-    results = dicom_send.send(_target(delivery.target), files)
+    results = dicom_send.send(
+        _target(delivery.target), files, on_sent=lambda index, result: _item_accepted(items[index], result)
+    )
     _health_record(delivery.target, results, clock.now())
     return _record(delivery, items, results, clock.now())
 
@@ -329,6 +332,13 @@ ITEM_STATE = {
     dicom_send.TRANSIENT: DeliveryItem.State.PENDING,
     dicom_send.PERMANENT: DeliveryItem.State.FAILED,
 }
+
+
+def _item_accepted(item: DeliveryItem, result: dicom_send.Result) -> None:
+    if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
+        DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
+            state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=clock.now()
+        )
 
 
 def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime) -> str:

@@ -50,3 +50,24 @@ def test_sweep_removes_only_the_temp_files_of_processes_that_are_gone(tmp_path):
     assert spool.sweep() == 2
     left = {p.name for p in spool.tmp.iterdir()}
     assert left == {files["ours"], files["alive"], files["other host, fresh"]}
+
+
+@pytest.mark.django_db
+def test_the_storage_sweep_removes_only_old_files_no_row_names(storage):
+    import time
+
+    from apps.pipeline.services import storage_sweep
+    from apps.studies.models import ReceivedInstance
+
+    spool = Spool(storage)
+    recorded, orphan, fresh_orphan = spool.write(b"a"), spool.write(b"b"), spool.write(b"c")
+    ReceivedInstance.objects.create(
+        sop_instance_uid="1.2.3", sop_class_uid="1.2", study_instance_uid="1.2.4", path=recorded, size=1
+    )
+    old = time.time() - 3600
+    for relative in (recorded, orphan):
+        os.utime(storage / relative, (old, old))
+
+    assert storage_sweep() == 1
+    assert (storage / recorded).exists() and (storage / fresh_orphan).exists()
+    assert not (storage / orphan).exists()

@@ -1,6 +1,7 @@
 """A pynetdicom storage SCP for the tests: answers each C-STORE with the next status of a script."""
 
 import threading
+import time
 from pathlib import Path
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -12,8 +13,16 @@ from .processes import free_port
 
 
 class StatusSCP:
-    def __init__(self, statuses: list[int] | None = None, *, ae_title: str = "PEER", folder: Path | None = None):
+    def __init__(
+        self,
+        statuses: list[int] | None = None,
+        *,
+        ae_title: str = "PEER",
+        folder: Path | None = None,
+        delay: float = 0.0,
+    ):
         self.statuses = list(statuses or [])
+        self.delay = delay  # seconds before each answer: a slow destination
         self.default = 0x0000
         self.received: list[str] = []
         self.folder = folder
@@ -26,6 +35,8 @@ class StatusSCP:
             self.ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
 
     def _store(self, event) -> int:
+        if self.delay:
+            time.sleep(self.delay)
         with self._lock:
             status = self.statuses.pop(0) if self.statuses else self.default
             if status in (0x0000, 0xB000, 0xB006, 0xB007):

@@ -1,5 +1,6 @@
 """Real processes for the tests: start, wait until they listen, stop by pid. Every wait is bounded."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -81,6 +82,27 @@ class Process:
                 self.popen.wait(5)
         self._log.close()
         return self.popen.returncode
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (a Celery worker's pool), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def kill_hard(proc: "Process") -> None:
+    """SIGKILL a process and its children at once, as the OOM killer or a power cut would."""
+    for pid in [*children(proc.pid), proc.pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    proc.popen.wait(10)
 
 
 def python_manage(*args: str) -> list[str]:
