@@ -76,9 +76,13 @@ test: venv services lint
 	DATABASE_URL=$(TEST_DATABASE_URL) CELERY_BROKER_URL=$(TEST_BROKER_URL) $(BIN)/pytest
 
 # Benchmarks run on demand and report ratios against a peer measured in the same run (bench/README.md).
-bench: venv
+bench: venv services
 	$(BIN)/python bench/rules_bench.py
 	$(BIN)/python bench/assign_bench.py
+	status=0; \
+	$(BIN)/python bench/ingest_bench.py || status=1; \
+	$(BIN)/python bench/route_bench.py || status=1; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) var

@@ -1,0 +1,252 @@
+"""Ingest benchmark: dcmtk's storescu sending to our SCP, to Orthanc and to dcmtk's storescp.
+
+Run: .venv/bin/python bench/ingest_bench.py [--runs 3] [--quick]
+
+One storescu association per run sends every file of a data set: 1,000 small CT instances in 50 studies
+(instances/s), then one 200-slice 512x512 16-bit CT study of ~105 MB (MB/s). Each receiver is started
+fresh on empty storage for every run and checked to hold every instance afterwards:
+
+- router: `manage.py runscp` (the Procfile's scp command) on a fresh copy of a migrated PostgreSQL
+  database and Redis; it fsyncs each file and commits its row before answering success. No worker:
+  only receipt is measured (the chains it publishes at association end are part of the time).
+- orthanc: Orthanc with its own configuration (SyncStorageArea true, its default: fsync per file).
+- storescp: dcmtk's `storescp +xa -od DIR`, which writes files without fsync: a ceiling, not a peer.
+
+Goal (issue 8): at least 1.2x Orthanc's throughput and 0.5x storescp's, on both data sets.
+Results go to bench/results/ingest.json (ingest-quick.json with --quick).
+"""
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import (
+    RESULTS,
+    DataSet,
+    Orthanc,
+    Receiver,
+    Router,
+    RouterDatabase,
+    Series,
+    StoreSCP,
+    common_arguments,
+    machine_info,
+    make_datasets,
+    redis_flush,
+    router_env,
+    scratch,
+    settle,
+    storescu_checked,
+    wipe,
+    write_results,
+)
+
+GOAL_OVER_ORTHANC = 1.2
+GOAL_OVER_STORESCP = 0.5
+RECEIVERS = ("router", "orthanc", "storescp")
+
+
+def start(name: str, folder: Path, logs: Path, *, db: RouterDatabase, broker: str) -> Receiver:
+    if name == "router":
+        db.fresh()
+        redis_flush(broker)
+        return Router(router_env(database_url_=db.url, broker_url=broker, folder=folder), logs, db=db)
+    if name == "orthanc":
+        return Orthanc(folder, logs)
+    return StoreSCP(folder / "out", logs)
+
+
+def one_run(
+    name: str, data: DataSet, work: Path, *, db: RouterDatabase, broker: str, py_spy: str | None = None
+) -> tuple[float, float]:
+    """Start `name` fresh, send the data set over one association, check it holds it all.
+
+    Returns (seconds storescu took, the CPUs' idle fraction just before sending). With `py_spy`, the
+    SCP is sampled while it receives, into work/profile-<data set>.txt (py-spy's raw format)."""
+    folder = work / f"{name}-{data.name}"
+    logs = work / "logs"
+    receiver = start(name, folder, logs, db=db, broker=broker)
+    spy = None
+    try:
+        if py_spy and isinstance(receiver, Router) and receiver.scp is not None:
+            args = [py_spy, "record", "--pid", str(receiver.scp.pid), "--rate", str(PROFILE_RATE), "--threads"]
+            args += ["--idle", "--format", "raw", "-o", str(work / f"profile-{data.name}.txt")]
+            spy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1)  # py-spy attaches
+        quiet = settle()
+        elapsed = storescu_checked(receiver.port, data, called=receiver.ae_title)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(60)
+        held = receiver.count()
+        if held != data.count:
+            raise RuntimeError(f"{name} holds {held} of the {data.count} instances sent")
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait(10)
+        receiver.stop()
+        wipe(folder)
+    return elapsed, quiet
+
+
+# Where the SCP's association thread spends its time, by the first of these frames found in a sample.
+PROFILE_RATE = 200
+PROFILE_PARTS = [
+    ("store the file (write, fsync, rename, fsync of the folder)", ("Spool.write", "_fsync_dir")),
+    ("commit the row (PostgreSQL insert and commit)", ("received_instance_register",)),
+    ("parse and re-encode (inspect_dataset, encoded_dataset)", ("inspect_dataset", "encoded_dataset")),
+    ("answer and the rest of the C-STORE handling", ("StorageServiceClass.SCP",)),
+    ("wait for the next message (pynetdicom's reactors poll with 1 ms sleeps)", ("",)),
+]
+
+
+def profile_summary(path: Path, data: DataSet, seconds: float) -> dict:
+    """The association thread's samples by part, and how busy the DUL thread (PDU reading) was."""
+    threads: dict[str, list[tuple[list[str], int]]] = {}  # by thread id: py-spy may drop a thread's name
+    names: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        tid = frames[0].split(")")[0]
+        names[tid] = names.get(tid, "") + frames[0]
+        threads.setdefault(tid, []).append((frames[1:], int(count)))
+
+    def storing(tid: str) -> int:
+        return sum(n for frames, n in threads[tid] if any(f.startswith("StoreSCP.on_store") for f in frames))
+
+    association = max(threads, key=storing)
+    reactor = max((t for t in threads if "run_reactor" in names[t]), key=lambda t: sum(n for _, n in threads[t]))
+    parts = dict.fromkeys((name for name, _ in PROFILE_PARTS), 0)
+    for frames, n in threads[association]:
+        joined = ";".join(frames)
+        parts[next(name for name, marks in PROFILE_PARTS if any(m in joined for m in marks))] += n
+    total = sum(parts.values())
+    dul = threads[reactor]
+    dul_total = sum(n for _, n in dul)
+    # Samples whose innermost Python frame is the DUL loop itself: its time.sleep(0.001) when nothing came.
+    dul_sleeping = sum(n for frames, n in dul if frames and frames[-1].startswith("DULServiceProvider.run_reactor"))
+    return {
+        "profiled_run_seconds": round(seconds, 3),
+        "sampling": f"py-spy {PROFILE_RATE} Hz (slows the SCP down: shares matter, not absolute times)",
+        "association_thread_share": {name: round(n / total, 3) for name, n in parts.items()},
+        "association_thread_ms_per_instance": {
+            name: round(n / PROFILE_RATE / data.count * 1000, 2) for name, n in parts.items()
+        },
+        "dul_thread_busy_share": round(1 - dul_sleeping / max(dul_total, 1), 3),
+    }
+
+
+def find_py_spy(given: str | None) -> str:
+    for candidate in (given, shutil.which("py-spy"), "/tmp/pyspy/bin/py-spy"):
+        if candidate and Path(candidate).exists():
+            return candidate
+    sys.exit("py-spy not found: pip install --target /tmp/pyspy py-spy, or give --py-spy PATH")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    parser.add_argument("--profile", action="store_true", help="also profile one more router run with py-spy")
+    parser.add_argument("--py-spy", default=None, help="py-spy's path (else PATH, then /tmp/pyspy/bin/py-spy)")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    py_spy = find_py_spy(args.py_spy) if args.profile else None
+    output = args.output or RESULTS / ("ingest-quick.json" if args.quick else "ingest.json")
+
+    work = scratch("ingest-bench-")
+    (work / "logs").mkdir()
+    db = RouterDatabase(args.postgres, work / "logs")
+    print(f"scratch folder {work}; building data sets", flush=True)
+    datasets = make_datasets(work / "data", quick=args.quick)
+    result: dict = {
+        "benchmark": "ingest",
+        "machine": machine_info(args.postgres),
+        "parameters": {"runs": runs, "quick": args.quick, "broker": args.broker, "sender": "storescu, 1 association"},
+        "datasets": {d.name: {**d.describe(), "unit": d.unit} for d in datasets},
+    }
+    seconds = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
+    idle = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
+    profiles: dict[str, dict] = {}
+    try:
+        db.create_template(router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl"))
+        for data in datasets:
+            for run in range(runs):
+                # Rotate the order each run, so no receiver always goes first (cold) or last.
+                order = RECEIVERS[run % 3 :] + RECEIVERS[: run % 3]
+                for name in order:
+                    elapsed, quiet = one_run(name, data, work, db=db, broker=args.broker)
+                    seconds[data.name, name].values.append(elapsed)
+                    idle[data.name, name].values.append(quiet)
+                    print(
+                        f"{data.name:5} run {run + 1}/{runs} {name:8} {elapsed:7.2f} s  "
+                        f"{data.throughput(elapsed):8.1f} {data.unit}   (CPUs {quiet:.0%} idle before)",
+                        flush=True,
+                    )
+            if py_spy:  # one more router run, sampled, not counted in the figures
+                elapsed, _ = one_run("router", data, work, db=db, broker=args.broker, py_spy=py_spy)
+                profiles[data.name] = profile_summary(work / f"profile-{data.name}.txt", data, elapsed)
+                print(f"{data.name:5} profiled router run {elapsed:7.2f} s: {profiles[data.name]}", flush=True)
+    except BaseException:
+        print(f"failed: the processes' logs are kept in {work / 'logs'}*", file=sys.stderr)
+        args.keep = True
+        raise
+    finally:
+        db.drop()
+        redis_flush(args.broker)
+        if not args.keep:
+            wipe(work)
+
+    figures: dict = {}
+    all_met = True
+    print()
+    print(f"{'data':6}{'receiver':10}{'median s':>10}{'throughput':>14}")
+    for data in datasets:
+        per = {}
+        for name in RECEIVERS:
+            series = seconds[data.name, name]
+            per[name] = {
+                "seconds": [round(s, 3) for s in series.values],
+                "median_seconds": round(series.median, 3),
+                "cpu_idle_before": [round(q, 2) for q in idle[data.name, name].values],
+                f"median_{data.unit.replace('/', '_per_')}": round(data.throughput(series.median), 2),
+            }
+            print(f"{data.name:6}{name:10}{series.median:10.2f}{data.throughput(series.median):10.1f} {data.unit}")
+        ours = data.throughput(seconds[data.name, "router"].median)
+        over_orthanc = ours / data.throughput(seconds[data.name, "orthanc"].median)
+        over_storescp = ours / data.throughput(seconds[data.name, "storescp"].median)
+        met = over_orthanc >= GOAL_OVER_ORTHANC and over_storescp >= GOAL_OVER_STORESCP
+        all_met &= met
+        figures[data.name] = {
+            "unit": data.unit,
+            "receivers": per,
+            "ratio_router_over_orthanc": round(over_orthanc, 3),
+            "ratio_router_over_storescp": round(over_storescp, 3),
+            "goal_met": met,
+        }
+        print(
+            f"{data.name}: router/orthanc {over_orthanc:.2f}x (goal >= {GOAL_OVER_ORTHANC}x: "
+            f"{'met' if over_orthanc >= GOAL_OVER_ORTHANC else 'NOT met'}), router/storescp {over_storescp:.2f}x "
+            f"(goal >= {GOAL_OVER_STORESCP}x: {'met' if over_storescp >= GOAL_OVER_STORESCP else 'NOT met'})"
+        )
+    result["results"] = figures
+    if profiles:
+        result["router_profile"] = profiles
+    result["goal"] = {
+        "router_over_orthanc_at_least": GOAL_OVER_ORTHANC,
+        "router_over_storescp_at_least": GOAL_OVER_STORESCP,
+        "met": all_met,
+    }
+    write_results(output, result)
+    return 0 if all_met else 1
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"took {time.perf_counter() - started:.0f} s")
+    sys.exit(code)

@@ -1,0 +1,226 @@
+"""Routing benchmark, end to end: storescu -> router -> destination, against an auto-forwarding Orthanc.
+
+Run: .venv/bin/python bench/route_bench.py [--runs 3] [--quick]
+
+The destination is dcmtk's storescp (`storescp +xa -od DIR`), the same for both. Timed from the start of
+storescu's send (one association, every file) until the last instance has arrived at the destination,
+counting the files in its folder every 20 ms. Data: 1,000 small CT instances in 50 studies, then one
+200-slice 512x512 16-bit CT study (~105 MB). Every run starts everything fresh, on empty storage:
+
+- router: the Procfile's `scp`, `worker`, `worker-deliver` and `worker-stat` on a fresh copy of a
+  migrated PostgreSQL database and Redis, configured by `importconfig` with the destination and one rule
+  without criteria (it matches every study). Each study goes through persist, classify, QC, route and
+  delivery once its association has ended, with production's concurrency defaults (2 per worker role).
+- orthanc: Orthanc with its own configuration and a Lua script forwarding every stored instance
+  (OnStoredInstance + SendToModality), Orthanc's usual way of auto-routing.
+
+Goal (issue 8): the router at least as fast as Orthanc (Orthanc's time / the router's >= 1).
+Results go to bench/results/route.json (route-quick.json with --quick).
+"""
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import (
+    DESTINATION_AE,
+    RESULTS,
+    ROOT,
+    DataSet,
+    Orthanc,
+    Receiver,
+    Router,
+    RouterDatabase,
+    Series,
+    StoreSCP,
+    common_arguments,
+    free_port,
+    machine_info,
+    make_datasets,
+    python_manage,
+    redis_flush,
+    router_env,
+    scratch,
+    settle,
+    storescu_checked,
+    wait_for_count,
+    wipe,
+    write_results,
+)
+
+GOAL_OVER_ORTHANC = 1.0
+SYSTEMS = ("router", "orthanc")
+WORKER_ROLES = ("worker", "worker-deliver", "worker-stat")
+POLL = 0.02  # seconds between two counts of the destination's files
+
+CONFIG = """
+destinations:
+  - {name: destination, ae_title: %(ae)s, host: 127.0.0.1, port: %(port)d}
+rules:
+  - {name: everything, priority: 100, destinations: [destination]}
+"""
+
+
+def configure(env: dict, *, port: int, folder: Path) -> None:
+    """Import the destination and the catch-all rule into the template database, as an operator would."""
+    path = folder / "route.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(CONFIG % {"ae": DESTINATION_AE, "port": port})
+    command = python_manage("importconfig", str(path))
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+
+
+@dataclass
+class Run:
+    arrived: float  # seconds from the start of the send until the last instance is at the destination
+    sent: float  # seconds storescu took
+    idle: float  # the CPUs' idle fraction just before sending
+    incidents: list[str]  # the router's warnings and errors on the way (stalls, retries), if any
+
+
+def incidents(logs: Path) -> list[str]:
+    """The WARNING and ERROR lines the router's processes logged during the run (each run has its logs)."""
+    found = []
+    for role in ("scp", *WORKER_ROLES, "beat"):
+        path = logs / f"{role}.log"
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()
+            found += [f"{role}: {line[:300]}" for line in lines if re.search(r" (WARNING|ERROR) ", line)]
+    return found
+
+
+def one_run(
+    name: str, data: DataSet, work: Path, *, db: RouterDatabase, broker: str, dest_port: int, timeout: float
+) -> Run:
+    """Start the destination and `name` fresh, send, wait until everything arrived at the destination."""
+    folder = work / f"{name}-{data.name}"
+    logs = work / f"logs-{name}-{data.name}-{time.monotonic_ns()}"
+    logs.mkdir()
+    destination = StoreSCP(folder / "destination", logs, ae_title=DESTINATION_AE, port=dest_port, fork=True)
+    system: Receiver | None = None
+    try:
+        if name == "router":
+            db.fresh()
+            redis_flush(broker)
+            env = router_env(database_url_=db.url, broker_url=broker, folder=folder)
+            system = Router(env, logs, db=db, workers=WORKER_ROLES, beat=True)
+        else:
+            system = Orthanc(folder / "orthanc", logs, forward_to=(DESTINATION_AE, dest_port))
+        quiet = settle()
+        started = time.perf_counter()
+        sent = storescu_checked(system.port, data, called=system.ae_title)
+        arrived = wait_for_count(destination, data.count, timeout=timeout, interval=POLL) - started
+        time.sleep(0.5)
+        if destination.count() != data.count:
+            raise RuntimeError(f"{destination.count()} files at the destination, {data.count} sent")
+        return Run(arrived, sent, quiet, incidents(logs) if name == "router" else [])
+    finally:
+        if system is not None:
+            system.stop()
+        destination.stop()
+        wipe(folder)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    common_arguments(parser)
+    parser.add_argument("--timeout", type=float, default=600, help="longest wait for the last instance, seconds")
+    args = parser.parse_args()
+    runs = args.runs or (1 if args.quick else 3)
+    output = args.output or RESULTS / ("route-quick.json" if args.quick else "route.json")
+
+    work = scratch("route-bench-")
+    (work / "logs").mkdir()
+    db = RouterDatabase(args.postgres, work / "logs")
+    dest_port = free_port()  # one destination port for the whole benchmark: it is in the router's config
+    print(f"scratch folder {work}; building data sets", flush=True)
+    datasets = make_datasets(work / "data", quick=args.quick)
+    result: dict = {
+        "benchmark": "route",
+        "machine": machine_info(args.postgres),
+        "parameters": {
+            "runs": runs,
+            "quick": args.quick,
+            "broker": args.broker,
+            "sender": "storescu, 1 association",
+            "destination": "dcmtk storescp +xa",
+            "router_processes": ["scp", *WORKER_ROLES],
+            "poll_seconds": POLL,
+        },
+        "datasets": {d.name: d.describe() for d in datasets},
+    }
+    runs_of: dict[tuple[str, str], list[Run]] = {(d.name, s): [] for d in datasets for s in SYSTEMS}
+    try:
+        env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
+        db.create_template(env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
+        for data in datasets:
+            for run in range(runs):
+                order = SYSTEMS if run % 2 == 0 else SYSTEMS[::-1]  # alternate who goes first
+                for name in order:
+                    done = one_run(
+                        name, data, work, db=db, broker=args.broker, dest_port=dest_port, timeout=args.timeout
+                    )
+                    runs_of[data.name, name].append(done)
+                    print(
+                        f"{data.name:5} run {run + 1}/{runs} {name:8} all arrived after {done.arrived:7.2f} s "
+                        f"(storescu done after {done.sent:6.2f} s; CPUs {done.idle:.0%} idle before)"
+                        + (f"; {len(done.incidents)} warnings/errors logged" if done.incidents else ""),
+                        flush=True,
+                    )
+    except BaseException:
+        print(f"failed: the processes' logs are kept in {work / 'logs'}*", file=sys.stderr)
+        args.keep = True
+        raise
+    finally:
+        db.drop()
+        redis_flush(args.broker)
+        if not args.keep:
+            wipe(work)
+
+    figures: dict = {}
+    all_met = True
+    print()
+    print(f"{'data':6}{'system':10}{'all arrived s':>15}{'storescu s':>12}")
+    for data in datasets:
+        per = {}
+        for name in SYSTEMS:
+            done = runs_of[data.name, name]
+            total, send = Series([r.arrived for r in done]), Series([r.sent for r in done])
+            per[name] = {
+                "seconds_until_all_arrived": [round(s, 3) for s in total.values],
+                "median_seconds_until_all_arrived": round(total.median, 3),
+                "seconds_storescu": [round(s, 3) for s in send.values],
+                "median_seconds_storescu": round(send.median, 3),
+                "median_instances_per_second": round(data.count / total.median, 2),
+                "median_mb_per_second": round(data.megabytes / total.median, 2),
+                "cpu_idle_before": [round(r.idle, 2) for r in done],
+            }
+            if name == "router":
+                per[name]["warnings_and_errors_per_run"] = [r.incidents for r in done]
+            print(f"{data.name:6}{name:10}{total.median:15.2f}{send.median:12.2f}")
+        ratio = (
+            Series([r.arrived for r in runs_of[data.name, "orthanc"]]).median
+            / Series([r.arrived for r in runs_of[data.name, "router"]]).median
+        )
+        met = ratio >= GOAL_OVER_ORTHANC
+        all_met &= met
+        figures[data.name] = {"systems": per, "ratio_orthanc_time_over_router_time": round(ratio, 3), "goal_met": met}
+        print(
+            f"{data.name}: router {ratio:.2f}x Orthanc's speed (Orthanc's time / ours; goal >= {GOAL_OVER_ORTHANC:g}: "
+            f"{'met' if met else 'NOT met'})"
+        )
+    result["results"] = figures
+    result["goal"] = {"orthanc_time_over_router_time_at_least": GOAL_OVER_ORTHANC, "met": all_met}
+    write_results(output, result)
+    return 0 if all_met else 1
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    code = main()
+    print(f"took {time.perf_counter() - started:.0f} s")
+    sys.exit(code)
