@@ -94,7 +94,8 @@ DELIVERY_FAILED_EVENT = "delivery_failed"
 
 
 def delivery_failed_notify(*, delivery_id: int) -> list[int]:
-    """Tell the operators (active staff users) that a delivery failed for good; once per delivery."""
+    """Tell the operators (active staff users) that a delivery failed for good; once per failure (a retry
+    that fails again is told again)."""
     delivery = Delivery.objects.select_related("destination", "study").get(pk=delivery_id)
     failed = delivery.items.filter(state=DeliveryItem.State.FAILED).count()
     pending = delivery.items.filter(state=DeliveryItem.State.PENDING).count()
@@ -105,7 +106,7 @@ def delivery_failed_notify(*, delivery_id: int) -> list[int]:
         f"Instances failed: {failed}; not sent: {pending}.\nLast error: {delivery.last_error or '-'}\n"
         f"Retry it from the admin (Deliveries, action 'Retry failed deliveries'): only what is missing is sent."
     )
-    key = f"delivery:{delivery.pk}:{delivery.attempts}"
+    key = f"delivery:{delivery.pk}:failure:{delivery.failures}"
     hooks = _webhooks(DELIVERY_FAILED_EVENT, key, delivery.study, destination=delivery.destination.name)
     return hooks + _notify_users(_staff(), event=DELIVERY_FAILED_EVENT, subject_key=key, title=title, body=body)
 

@@ -169,6 +169,8 @@ class Delivery(models.Model):
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="deliveries")
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # Times it ended in `failed` (an operator's retry can fail again: each failure is told once).
+    failures = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

@@ -194,7 +194,7 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
         for i in items
     ]
     results = dicom_send.send(
-        _target(delivery.target), files, on_sent=lambda index, result: _item_accepted(items[index], result)
+        _target(delivery.target), files, on_sent=lambda index, result: _item_answered(items[index], result)
     )
     _health_record(delivery.target, results, clock.now())
     return _record(delivery, items, results, clock.now())
@@ -242,9 +242,10 @@ def _paused_attempt(delivery: Delivery, now: datetime) -> str:
         delivery.last_error = f"destination unreachable since {destination.down_since:%Y-%m-%d %H:%M:%S} UTC"
         if delivery.attempts >= destination.max_attempts:
             delivery.state = Delivery.State.FAILED
+            delivery.failures += 1
         else:
             delivery.next_attempt_at = now + timedelta(seconds=retry_delay(destination, delivery.attempts))
-        delivery.save(update_fields=["attempts", "last_error", "state", "next_attempt_at"])
+        delivery.save(update_fields=["attempts", "last_error", "state", "next_attempt_at", "failures"])
     return delivery.state
 
 
@@ -334,11 +335,15 @@ ITEM_STATE = {
 }
 
 
-def _item_accepted(item: DeliveryItem, result: dicom_send.Result) -> None:
+def _item_answered(item: DeliveryItem, result: dicom_send.Result) -> None:
+    """As each answer arrives: an accepted item is recorded at once, and the delivery's claim is renewed, so
+    only a sender that went silent (killed, hung) loses its lease to another worker."""
+    now = clock.now()
     if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
         DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
-            state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=clock.now()
+            state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=now
         )
+    Delivery.objects.filter(pk=item.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
 
 
 def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime) -> str:
@@ -365,8 +370,11 @@ def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_s
             delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.destination, delivery.attempts))
         else:
             delivery.state = Delivery.State.FAILED
+            delivery.failures += 1
         delivery.claimed_at = None
-        delivery.save(update_fields=["state", "delivered_at", "next_attempt_at", "last_error", "claimed_at"])
+        delivery.save(
+            update_fields=["state", "delivered_at", "next_attempt_at", "last_error", "claimed_at", "failures"]
+        )
     log = logger.info if delivery.state == Delivery.State.DELIVERED else logger.warning
     log("deliver: delivery %s (%d items) -> %s %s", delivery.pk, len(items), delivery.state, delivery.last_error)
     return delivery.state
