@@ -54,7 +54,9 @@ def test_a_destination_stopped_while_a_50_instance_study_arrives_gets_every_inst
 
     wait_until(delivered, timeout=90, interval=0.5, what="the delivery to complete after the PACS came back")
     received = sorted(pacs_folder.iterdir())
-    assert len(received) == 50  # storescp -uf gives every received copy its own file: a duplicate would show
+    assert len(received) == 50
+    # storescp -uf names files by SOP Instance UID and overwrites a second copy, saying so in its log
+    assert "already exists, overwriting" not in "".join(p.read_text() for p in (tmp_path / "logs").glob("storescp*"))
     assert {dataset_bytes(p) for p in received} == {dataset_bytes(p) for p in paths}
     assert DeliveryItem.objects.filter(state="delivered").count() == 50
     assert Study.objects.get(study_instance_uid=uid).num_instances == 50
