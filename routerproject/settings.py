@@ -185,6 +185,13 @@ SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)
+# Before association a peer has this long to send its A-ASSOCIATE-RQ; after it, an association silent for
+# SCP_IDLE_TIMEOUT is aborted. Any one PDU must arrive in full within the same time.
+SCP_ACSE_TIMEOUT = env_float("SCP_ACSE_TIMEOUT", 30.0)
+SCP_IDLE_TIMEOUT = env_float("SCP_IDLE_TIMEOUT", 120.0)
+# A PDU other than P-DATA-TF (in practice the A-ASSOCIATE-RQ) declaring more is refused unread; a P-DATA-TF
+# may declare SCP_MAX_PDU (plus 1 KB).
+SCP_MAX_ASSOCIATE_PDU = env_int("SCP_MAX_ASSOCIATE_PDU", 65536)
 # Below this much free space the SCP answers 0xA700 (senders retry later) instead of filling the disk.
 STORAGE_MIN_FREE_BYTES = env_int("STORAGE_MIN_FREE_BYTES", 1024 * 1024 * 1024)
 WEB_PORT = env_int("WEB_PORT", 8000)

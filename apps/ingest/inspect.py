@@ -1,24 +1,45 @@
 """A strict first look at a received dataset: can we understand it, and what are its UIDs.
 
-pydicom's read_dataset() is lenient on purpose (a truncated file yields a shorter value and a
-warning). At the network edge we want the opposite: a dataset that ends early is refused, so the
-sender knows. Pixel data is never decoded here.
+pydicom's reader is lenient on purpose (a truncated file yields a shorter value and a warning; a nested
+element running past its item is read anyway). At the network edge we want the opposite: the structure
+of the whole dataset is walked first, every element at every level of nesting, and a dataset that ends
+early, has a length that does not fit its container, an unknown VR, a sequence nested deeper than we
+accept or a delimiter out of place is refused, so the sender knows. Pixel data is never decoded here.
 """
 
 import re
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.filereader import data_element_generator
+from pydicom.filereader import read_dataset
 from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, STANDARD_VR
 
 from apps.studies.headers import URGENCY_KEYWORDS, header_from_dataset
 
 UNDEFINED_LENGTH = 0xFFFFFFFF
-# The Sequence Delimitation Item tag (FFFE,E0DD) that must close an undefined-length value.
-DELIMITERS = (b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\xdd")
-UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
+# Real objects nest a few levels (structured reports a dozen or so); pydicom reads sequences recursively.
+MAX_DEPTH = 32
+
+ITEM = 0xFFFEE000
+ITEM_DELIMITER = 0xFFFEE00D
+SEQUENCE_DELIMITER = 0xFFFEE0DD
+PIXEL_DATA = 0x7FE00010
+NOT_IN_A_DATASET = (0x0000, 0x0002)  # command and file meta groups
+SHORT_VRS = frozenset(str(vr) for vr in EXPLICIT_VR_LENGTH_16)
+LONG_VRS = frozenset(str(vr) for vr in STANDARD_VR) - SHORT_VRS
+
+
+IDENTITY_UIDS = {
+    "sop_class_uid": "SOPClassUID",
+    "sop_instance_uid": "SOPInstanceUID",
+    "study_instance_uid": "StudyInstanceUID",
+    "series_instance_uid": "SeriesInstanceUID",
+}
 
 
 class Unreadable(Exception):
@@ -38,48 +59,160 @@ class Identity:
 
 def inspect_dataset(raw: bytes, transfer_syntax: str) -> Identity:
     ts = UID(transfer_syntax)
-    elements = {}
-    fp = BytesIO(raw)
-    end = 0
+    check_structure(raw, implicit=ts.is_implicit_VR, little=ts.is_little_endian, encapsulated=ts.is_encapsulated)
     try:
-        for elem in data_element_generator(fp, ts.is_implicit_VR, ts.is_little_endian):
-            # Sequences come back parsed (DataElement); raw elements carry their declared length.
-            length = getattr(elem, "length", UNDEFINED_LENGTH)
-            if length != UNDEFINED_LENGTH and len(elem.value or b"") != length:
-                raise Unreadable(f"dataset ends inside element {elem.tag}")
-            if length == UNDEFINED_LENGTH and hasattr(elem, "value_tell"):
-                value_end = elem.value_tell + len(elem.value or b"")
-                if raw[value_end : value_end + 4] not in DELIMITERS:
-                    raise Unreadable(f"element {elem.tag} has no closing delimiter")
-            elements[elem.tag] = elem
-            end = fp.tell()
-        if end != len(raw):
-            # The generator stops quietly on a partial element header.
-            raise Unreadable("dataset ends inside an element header")
-        ds = Dataset(elements)
-        identity = Identity(
-            sop_class_uid=_uid(ds, "SOPClassUID"),
-            sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-            study_instance_uid=_uid(ds, "StudyInstanceUID"),
-            series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-            urgency=_urgency(ds),
-        )
+        ds = read_dataset(BytesIO(raw), ts.is_implicit_VR, ts.is_little_endian)
+        # The UIDs from their bytes as received, before anything reads (and tidies) them.
+        uids = {field: _uid(ds, keyword) for field, keyword in IDENTITY_UIDS.items()}
+        # What the persist step will read of the stored file: if pydicom cannot, the sender hears it now
+        # (a Specific Character Set that is not text, say, makes pydicom fail on the whole file).
+        header = header_from_dataset(ds)
     except Unreadable:
         raise
     except Exception as exc:  # noqa: BLE001 - any parser failure on untrusted bytes means "cannot understand"
         raise Unreadable(f"cannot parse dataset: {type(exc).__name__}") from exc
-    return identity
+    return Identity(
+        **uids, urgency=tuple((keyword, header[keyword]) for keyword in URGENCY_KEYWORDS if header[keyword])
+    )
 
 
-def _urgency(ds: Dataset) -> tuple[tuple[str, str], ...]:
-    header = header_from_dataset(ds, URGENCY_KEYWORDS)
-    return tuple((keyword, value) for keyword, value in header.items() if value)
+@dataclass
+class _Container:
+    kind: str  # "dataset", "sequence" (of items) or "fragments" (encapsulated pixel data)
+    end: int | None  # None: undefined length, closed by a delimiter
+    limit: int  # where the nearest enclosing defined length ends
+    implicit: bool
+    little: bool
+    depth: int
+
+
+def check_structure(raw: bytes, *, implicit: bool, little: bool, encapsulated: bool = False) -> None:
+    """Walk every element, item and fragment; raise Unreadable at the first thing out of place.
+
+    Iterative (a stack of open containers), so a hostile nesting costs no recursion. It checks structure
+    only: tags, VRs, lengths, items and delimiters. Values are not converted.
+    """
+    stack = [_Container("dataset", len(raw), len(raw), implicit, little, 0)]
+    pos = 0
+    while stack:
+        box = stack[-1]
+        if box.end is not None and pos == box.end:
+            stack.pop()
+            continue
+        if box.kind == "dataset":
+            pos = _dataset_element(raw, pos, box, stack, top_level=len(stack) == 1, encapsulated=encapsulated)
+        else:
+            pos = _item(raw, pos, box, stack)
+
+
+def _header(raw: bytes, pos: int, size: int, box: _Container, where: str) -> bytes:
+    if pos + size > box.limit:
+        raise Unreadable(f"dataset ends inside {where}")
+    return raw[pos : pos + size]
+
+
+def _tag(data: bytes, little: bool) -> int:
+    group, element = struct.unpack("<HH" if little else ">HH", data[:4])
+    return group << 16 | element
+
+
+def _length(data: bytes, little: bool) -> int:
+    return struct.unpack("<L" if little else ">L", data)[0]
+
+
+def _dataset_element(
+    raw: bytes, pos: int, box: _Container, stack: list[_Container], *, top_level: bool, encapsulated: bool
+) -> int:
+    e = "<" if box.little else ">"
+    head = _header(raw, pos, 8, box, "an element header")
+    tag = _tag(head, box.little)
+    name = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    if tag >> 16 == 0xFFFE:
+        if tag == ITEM_DELIMITER and box.end is None and _length(head[4:8], box.little) == 0:
+            stack.pop()  # the end of an undefined-length item
+            return pos + 8
+        raise Unreadable(f"unexpected delimiter or item tag {name}")
+    if top_level and tag >> 16 in NOT_IN_A_DATASET:
+        # Stored after our file meta, a (0002,xxxx) element would be read as part of it: a sender could
+        # change the stored file's transfer syntax (pydicom reads group 0002 until another group starts).
+        raise Unreadable(f"element {name} does not belong in a dataset")
+    if box.implicit:
+        vr, length, start = _dictionary_vr(tag), _length(head[4:8], box.little), pos + 8
+    else:
+        vr = head[4:6].decode("latin-1")
+        if vr in SHORT_VRS:
+            length, start = struct.unpack(e + "H", head[6:8])[0], pos + 8
+        elif vr in LONG_VRS:
+            length, start = _length(_header(raw, pos + 8, 4, box, "an element header"), box.little), pos + 12
+        else:
+            raise Unreadable(f"element {name} has an unknown VR")
+    if length == UNDEFINED_LENGTH:
+        if vr == "SQ" or (box.implicit and vr in ("", "UN")):
+            # A sequence; one of an unknown VR in implicit VR is read as one (PS3.5 7.5.1).
+            stack.append(_sequence(box, None, box.implicit, box.little))
+        elif vr == "UN":
+            # Explicit UN of undefined length: a sequence encoded in Implicit VR Little Endian (PS3.5 6.2.2).
+            stack.append(_sequence(box, None, True, True))
+        elif encapsulated and tag == PIXEL_DATA and vr in ("OB", "OW"):
+            stack.append(_Container("fragments", None, box.limit, box.implicit, box.little, box.depth))
+        else:
+            raise Unreadable(f"element {name} has an undefined length")
+        return start
+    if start + length > box.limit:
+        raise Unreadable(f"dataset ends inside element {name}")
+    if top_level and encapsulated and tag == PIXEL_DATA:
+        raise Unreadable("pixel data is not encapsulated")  # as the transfer syntax says it is
+    if vr == "SQ":
+        stack.append(_sequence(box, start + length, box.implicit, box.little))
+        return start
+    return start + length
+
+
+def _sequence(parent: _Container, end: int | None, implicit: bool, little: bool) -> _Container:
+    depth = parent.depth + 1
+    if depth > MAX_DEPTH:
+        raise Unreadable(f"sequences nested deeper than {MAX_DEPTH}")
+    limit = parent.limit if end is None else end
+    return _Container("sequence", end, limit, implicit, little, depth)
+
+
+def _item(raw: bytes, pos: int, box: _Container, stack: list[_Container]) -> int:
+    """The next item of a sequence (a dataset) or of encapsulated pixel data (a fragment)."""
+    head = _header(raw, pos, 8, box, "an item header")
+    tag, length = _tag(head, box.little), _length(head[4:8], box.little)
+    if tag == SEQUENCE_DELIMITER and box.end is None and length == 0:
+        stack.pop()
+        return pos + 8
+    if tag != ITEM:
+        raise Unreadable("a sequence holds something other than items")
+    start = pos + 8
+    if length == UNDEFINED_LENGTH and box.kind == "sequence":
+        stack.append(_Container("dataset", None, box.limit, box.implicit, box.little, box.depth))
+        return start
+    if length == UNDEFINED_LENGTH or start + length > box.limit:
+        raise Unreadable("dataset ends inside an item")
+    if box.kind == "sequence":
+        stack.append(_Container("dataset", start + length, start + length, box.implicit, box.little, box.depth))
+        return start
+    return start + length  # a fragment: bytes we do not look into
+
+
+def _dictionary_vr(tag: int) -> str:
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return ""  # private or unknown: its VR is not known in implicit VR
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
-    value = str(ds.get(keyword, "") or "").strip("\0 ")
+    # The bytes as received, not pydicom's reading of them (which also strips "\n" and other whitespace):
+    # we record this UID, and destinations will read the same bytes their own way.
+    element = ds.get_item(keyword)
+    raw = element.value if element is not None else b""
+    # Not bytes: a value pydicom has already read (a sequence, for one), so not a UID either.
+    value = raw.decode("latin-1").rstrip("\0 ") if isinstance(raw, bytes) else str(raw or "")
     if not value:
         raise Unreadable(f"{keyword} missing")
-    if len(value) > 64 or not UID_PATTERN.match(value):
+    if len(value) > 64 or not UID_PATTERN.fullmatch(value):
         raise Unreadable(f"{keyword} is not a valid UID")
     return value

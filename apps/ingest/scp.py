@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from django.db import DatabaseError, close_old_connections, connection
 from pydicom import uid
@@ -21,7 +22,7 @@ from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import services
+from . import guard, services
 from .storage import Spool
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,17 @@ StudiesReceived = Callable[[dict[str, set[tuple[str, str]]]], None]
 MAX_URGENCY_VALUES = 64
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What peers may take of the SCP (settings.SCP_*; see docs/configuration.md)."""
+
+    max_associations: int = 16  # connections, in fact: pynetdicom counts every acceptor thread
+    max_pdu: int = 131072  # advertised; a P-DATA-TF declaring more is refused before it is read
+    max_associate_pdu: int = 65536  # any other PDU
+    acse_timeout: float = 30  # to negotiate, and to send any one PDU before the association
+    idle_timeout: float = 120  # silence, and time to send any one PDU, once associated
+
+
 def _dataset_status(outcome: services.Outcome) -> Dataset | int:
     if not outcome.comment:
         return outcome.status
@@ -65,10 +77,18 @@ def _dataset_status(outcome: services.Outcome) -> Dataset | int:
 
 
 class StoreSCP:
-    def __init__(self, *, ae_title: str, spool: Spool, on_studies_received: StudiesReceived) -> None:
+    def __init__(
+        self,
+        *,
+        ae_title: str,
+        spool: Spool,
+        on_studies_received: StudiesReceived,
+        pdu_limits: guard.PduLimits,
+    ) -> None:
         self.ae_title = ae_title
         self.spool = spool
         self.on_studies_received = on_studies_received
+        self.pdu_limits = pdu_limits
         # Per association: each study received and what its instances said of its urgency.
         self._studies: dict[int, dict[str, set[tuple[str, str]]]] = {}
         self._lock = threading.Lock()
@@ -77,6 +97,7 @@ class StoreSCP:
     def handlers(self) -> list:
         return [
             (evt.EVT_CONN_OPEN, self.on_conn_open),
+            (evt.EVT_DIMSE_RECV, guard.refuse_invalid_request),
             (evt.EVT_ACSE_RECV, self.on_acse_recv),
             (evt.EVT_C_ECHO, self.on_echo),
             (evt.EVT_C_STORE, self.on_store),
@@ -88,6 +109,7 @@ class StoreSCP:
         # Without TCP_NODELAY every response waits ~40 ms on Nagle and delayed ACKs.
         with contextlib.suppress(OSError, AttributeError):
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        guard.install(event.assoc, self.pdu_limits)
 
     def on_acse_recv(self, event) -> None:
         """Admission: the calling AE title must be allowed from this host.
@@ -149,13 +171,16 @@ class StoreSCP:
             connection.close()
 
 
-def build_ae(*, ae_title: str, max_associations: int, max_pdu: int) -> AE:
+def build_ae(*, ae_title: str, limits: Limits) -> AE:
     ae = AE(ae_title=ae_title)
-    ae.maximum_associations = max_associations
-    ae.maximum_pdu_size = max_pdu
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
-    ae.network_timeout = 120
+    # Beyond it pynetdicom rejects the association as transient, local limit exceeded (2, 3, 2).
+    ae.maximum_associations = limits.max_associations
+    ae.maximum_pdu_size = limits.max_pdu
+    # Before association: time to send the A-ASSOCIATE-RQ (pynetdicom's ARTIM and its wait for the request).
+    ae.acse_timeout = limits.acse_timeout
+    # After: an association silent this long is aborted.
+    ae.network_timeout = limits.idle_timeout
+    ae.dimse_timeout = 60  # only for requests of our own: a storage SCP sends none
     ae.require_called_aet = False
     ae.add_supported_context(Verification)
     for context in StoragePresentationContexts:
@@ -170,12 +195,12 @@ def serve(
     ae_title: str,
     spool: Spool,
     on_studies_received: StudiesReceived,
-    max_associations: int = 16,
-    max_pdu: int = 131072,
+    limits: Limits = Limits(),
 ) -> ThreadedAssociationServer:
     """Start listening and return the server (non-blocking); `stop()` ends it."""
-    ae = build_ae(ae_title=ae_title, max_associations=max_associations, max_pdu=max_pdu)
-    scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received)
+    pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
+    ae = build_ae(ae_title=ae_title, limits=limits)
+    scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
     server = ae.start_server((host, port), block=False, evt_handlers=scp.handlers())
     logger.info("SCP %s listening on %s:%s", ae_title, host, server.server_address[1])
     return server

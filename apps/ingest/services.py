@@ -53,8 +53,9 @@ def instance_receive(
     2. The dataset's SOP class and instance must be the ones in the command, else 0xA900.
     3. Below the storage's free-space watermark, answer 0xA700: the sender retries once space is freed.
     4. Write the file atomically (temp, fsync, rename); a disk error answers 0xA700.
-    5. Commit the received-instance row; a database error removes the file and answers 0xA700.
-       A SOP Instance UID already received is kept once: the new copy is removed, the answer is success.
+    5. Commit the received-instance row; a database error removes the file and answers 0xA700 (any other
+       error removes it too). A SOP Instance UID already received is kept once: the new copy is removed,
+       the answer is success.
     """
     try:
         identity = inspect_dataset(raw, transfer_syntax)
@@ -63,10 +64,10 @@ def instance_receive(
         return Outcome(CANNOT_UNDERSTAND, str(exc))
     if identity.sop_class_uid != sop_class_uid or identity.sop_instance_uid != sop_instance_uid:
         return Outcome(DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request")
-    if spool.free_bytes() - len(raw) < settings.STORAGE_MIN_FREE_BYTES:
-        logger.error("C-STORE refused: storage below its free-space watermark")
-        return Outcome(OUT_OF_RESOURCES, "storage below its free-space watermark")
     try:
+        if spool.free_bytes() - len(raw) < settings.STORAGE_MIN_FREE_BYTES:
+            logger.error("C-STORE refused: storage below its free-space watermark")
+            return Outcome(OUT_OF_RESOURCES, "storage below its free-space watermark")
         relative = spool.write(encode_file())
     except OSError as exc:
         logger.error("C-STORE %s: cannot write to storage: %s", identity.sop_instance_uid, exc)
@@ -83,16 +84,21 @@ def instance_receive(
             called_ae_title=origin.called_ae_title,
             peer_address=origin.peer_address,
         )
+        if not new and received_instance_copy_differs(
+            sop_instance_uid=identity.sop_instance_uid, path=spool.root / relative
+        ):
+            logger.warning(
+                "C-STORE %s: received again with different content; first copy kept", identity.sop_instance_uid
+            )
     except DatabaseError as exc:
         spool.remove(relative)
         _drop_connection()
         logger.error("C-STORE %s: database unavailable: %s", identity.sop_instance_uid, type(exc).__name__)
         return Outcome(OUT_OF_RESOURCES, "database unavailable")
+    except BaseException:
+        spool.remove(relative)  # whatever went wrong, no file stays without its row
+        raise
     if not new:
-        if received_instance_copy_differs(sop_instance_uid=identity.sop_instance_uid, path=spool.root / relative):
-            logger.warning(
-                "C-STORE %s: received again with different content; first copy kept", identity.sop_instance_uid
-            )
         spool.remove(relative)
     return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid, urgency=identity.urgency)
 

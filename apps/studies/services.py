@@ -133,7 +133,7 @@ def _persist_one(study: Study, received: ReceivedInstance) -> bool:
             raise ValueError("SOP Instance UID in the file differs from the one received")
         if not header["SeriesInstanceUID"]:
             raise ValueError("no Series Instance UID")
-    except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError, EOFError) as exc:
+    except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError, EOFError, TypeError) as exc:
         _quarantine(received, f"{type(exc).__name__}: {exc}")
         return False
     try:

@@ -11,6 +11,7 @@ from apps.pipeline.chains import studies_received
 from apps.studies.models import PriorityKeyword, Stage, Study
 from apps.studies.services import priority_hint
 
+from ..conftest import QUEUES
 from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import storescu, synthetic_study
 from ..support.processes import wait_until
@@ -33,6 +34,7 @@ def queue_length(name: str) -> int:
 def test_a_stat_study_sent_behind_a_routine_backlog_is_handled_before_it(
     start_scp, start_worker, storescp, service_env, tmp_path
 ):
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(*QUEUES.split(","))  # what earlier tests left
     _, pacs_port, pacs_folder = storescp("PACS")
     config_import(CONFIG % {"port": pacs_port} + ACHEN_ON_SHIFT)
     _, port = start_scp()

@@ -23,14 +23,21 @@ class Command(BaseCommand):
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
+        spool = Spool(settings.STORAGE_ROOT)
+        spool.sweep()  # temp files an SCP killed mid-write left behind (never acknowledged to a sender)
         server = scp.serve(
             host=host,
             port=port,
             ae_title=ae_title,
-            spool=Spool(settings.STORAGE_ROOT),
+            spool=spool,
             on_studies_received=studies_received,
-            max_associations=settings.SCP_MAX_ASSOCIATIONS,
-            max_pdu=settings.SCP_MAX_PDU,
+            limits=scp.Limits(
+                max_associations=settings.SCP_MAX_ASSOCIATIONS,
+                max_pdu=settings.SCP_MAX_PDU,
+                max_associate_pdu=settings.SCP_MAX_ASSOCIATE_PDU,
+                acse_timeout=settings.SCP_ACSE_TIMEOUT,
+                idle_timeout=settings.SCP_IDLE_TIMEOUT,
+            ),
         )
         self.stdout.write(f"SCP {ae_title} listening on {host}:{server.server_address[1]}", ending="\n")
         heartbeats.start("scp", f"{socket.gethostname()}:{server.server_address[1]}", stop=stopping)

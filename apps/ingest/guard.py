@@ -1,0 +1,211 @@
+"""Bounds on what a peer can make the SCP read, and on how long it may hold a connection doing it.
+
+pynetdicom 3.0.4 reads each PDU in `DULServiceProvider._read_pdu_data`: the 6-byte header, then as many
+bytes as the header declares, up to 4 GiB, before looking at them, on a socket without a timeout. So a
+peer can make the SCP allocate gigabytes before any admission check (one A-ASSOCIATE-RQ header is
+enough), or stop in the middle of a PDU and hold the connection, its two threads and its place in the
+association count for ever: pynetdicom checks its ARTIM and idle timers only between PDUs. And a
+connection closed before it sent an A-ASSOCIATE-RQ (a load balancer's port check) keeps its place in
+the count for the whole ACSE timeout, because the acceptor thread waits that long for a request that
+can no longer come.
+
+`install()` runs in the EVT_CONN_OPEN handler, when the association and its DUL exist but neither of
+their threads has started, and replaces that one DUL's `_read_pdu_data` with `PduGuard.read`. The guard
+reads and decodes a PDU as pynetdicom does (same decoder, same state-machine events), except that:
+
+- the declared length is checked before the body is read: a P-DATA-TF may be as long as the maximum PDU
+  we advertised (plus a small allowance for senders that count it loosely), any other PDU as long as
+  `max_associate_pdu`; the first PDU must be an A-ASSOCIATE-RQ (PS3.8: anything else aborts);
+- the whole PDU must arrive within a deadline: the ACSE timeout before the association is established,
+  the network (idle) timeout after;
+- a connection that ends, or is ended, before the association was requested also ends its acceptor
+  thread at once, so it gives its place back.
+
+A PDU over its bound, unexpected or late ends the connection: an A-ABORT (source: service provider) is
+sent and the socket closed, which the state machine sees as the transport connection closing (Evt17),
+as if the peer had dropped it. Nothing else of pynetdicom changes, and only our SCP's associations are
+guarded.
+"""
+
+import contextlib
+import logging
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from pynetdicom.dimse_primitives import C_CANCEL
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import A_P_ABORT
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+logger = logging.getLogger(__name__)
+
+A_ASSOCIATE_RQ = 0x01
+P_DATA_TF = 0x04
+PDU_TYPES = range(0x01, 0x08)
+# The Maximum Length we advertise bounds a P-DATA-TF's variable field; some senders add the PDV item
+# headers on top of it. More than this above the maximum is refused.
+HEADER_ALLOWANCE = 1024
+READ_CHUNK = 1 << 20
+# A-ABORT reasons when the source is the service provider (PS3.8 table 9-26).
+REASON_NOT_SPECIFIED = 0x00
+UNEXPECTED_PDU = 0x02
+INVALID_PDU_PARAMETER_VALUE = 0x06
+
+
+@dataclass(frozen=True)
+class PduLimits:
+    max_pdu: int  # the maximum length of a P-DATA-TF, as we advertise it
+    max_associate_pdu: int  # any other PDU (in practice the A-ASSOCIATE-RQ)
+
+    def __post_init__(self) -> None:
+        if self.max_pdu <= 0:
+            # pynetdicom reads 0 as "unlimited": we would advertise no bound, and have none to enforce.
+            raise ValueError("the maximum PDU must be a positive number of bytes")
+
+    def bound(self, pdu_type: int) -> int:
+        return self.max_pdu + HEADER_ALLOWANCE if pdu_type == P_DATA_TF else self.max_associate_pdu
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, reason: int) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class PduGuard:
+    def __init__(self, dul: "DULServiceProvider", limits: PduLimits) -> None:
+        self.dul = dul
+        self.limits = limits
+        # Our own record, not the state machine's: the DUL may read before it has processed the
+        # connection's own event (Sta1 -> Sta2).
+        self.requested = False
+
+    def read(self) -> None:
+        """Read one PDU from the peer and queue its event, as `DULServiceProvider._read_pdu_data` does."""
+        dul = self.dul
+        raw = dul.socket.socket if dul.socket else None
+        if raw is None:
+            return
+        timeout = self._timeout()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            header = self._receive(raw, 6, deadline)
+            pdu_type, _, length = struct.unpack(">BBL", header)
+            if not self.requested and pdu_type != A_ASSOCIATE_RQ:
+                raise _Refused(f"PDU type 0x{pdu_type:02X} before an A-ASSOCIATE-RQ", UNEXPECTED_PDU)
+            if pdu_type not in PDU_TYPES:
+                logger.error("unknown PDU type 0x%02X from %s", pdu_type, self._peer())
+                dul.event_queue.put("Evt19")  # unrecognised PDU: the state machine aborts
+                return
+            bound = self.limits.bound(pdu_type)
+            if length > bound:
+                raise _Refused(
+                    f"PDU type 0x{pdu_type:02X} declares {length} bytes, over {bound}", INVALID_PDU_PARAMETER_VALUE
+                )
+            body = self._receive(raw, length, deadline)
+        except _Refused as refused:
+            logger.warning("connection from %s aborted: %s", self._peer(), refused)
+            self._end(raw, abort_reason=refused.reason)
+            return
+        except (OSError, EOFError):
+            self._end(raw, abort_reason=None)  # the peer closed or reset the connection
+            return
+        with contextlib.suppress(OSError):
+            raw.settimeout(timeout)  # back from the deadline to the plain timeout, for sends
+        try:
+            pdu, event = dul._decode_pdu(header + body)
+        except Exception:  # noqa: BLE001 - as pynetdicom: any decoding failure is an invalid PDU
+            logger.exception("invalid PDU from %s", self._peer())
+            if self.requested:
+                dul.event_queue.put("Evt19")  # the state machine aborts
+            else:
+                self._end(raw, abort_reason=INVALID_PDU_PARAMETER_VALUE)
+            return
+        self.requested = True
+        dul.event_queue.put(event)
+        dul._recv_pdu.put(pdu)
+
+    def _timeout(self) -> float | None:
+        assoc = self.dul.assoc
+        return assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+
+    def _receive(self, raw: socket.socket, size: int, deadline: float | None) -> bytearray:
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        received = 0
+        while received < size:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _Refused(f"{received} of {size} bytes arrived in time", REASON_NOT_SPECIFIED)
+                raw.settimeout(left)
+            try:
+                count = raw.recv_into(view[received:], min(size - received, READ_CHUNK))
+            except TimeoutError:
+                continue  # the deadline check above decides
+            if count == 0:
+                raise EOFError
+            received += count
+        return buffer
+
+    def _end(self, raw: socket.socket, *, abort_reason: int | None) -> None:
+        if abort_reason is not None:
+            abort = A_ABORT_RQ()
+            abort.source = 0x02
+            abort.reason_diagnostic = abort_reason
+            with contextlib.suppress(OSError):
+                raw.settimeout(1)
+                raw.sendall(abort.encode())
+        # Shuts the socket down, closes it and queues Evt17: the state machine ends the association (or
+        # the wait for one) from any state, as when a peer drops the connection.
+        self.dul.socket.close()
+        if not self.requested:
+            # pynetdicom's acceptor thread is waiting (ACSE timeout) for the A-ASSOCIATE-RQ, and counts
+            # as an association meanwhile. Hand it an abort, marked so it negotiates nothing: it returns,
+            # and this DUL thread stops with it.
+            self.dul.assoc.is_aborted = True
+            self.dul.to_user_queue.put(A_P_ABORT())
+            self.dul.kill_dul()
+
+    def _peer(self) -> str:
+        return str(self.dul.assoc.requestor.address)
+
+
+def install(assoc: "Association", limits: PduLimits) -> None:
+    """Guard the PDU reads of `assoc`, an acceptor whose threads have not started yet (EVT_CONN_OPEN)."""
+    assoc.dul._read_pdu_data = PduGuard(assoc.dul, limits).read
+    raw = assoc.dul.socket.socket if assoc.dul.socket else None
+    if raw is not None:
+        # Sends get a bound too: a peer that stops reading cannot hold a thread in send() for ever.
+        raw.settimeout(assoc.acse_timeout)
+
+
+def refuse_invalid_request(event) -> None:
+    """EVT_DIMSE_RECV: abort on a request that lacks a mandatory command element.
+
+    pynetdicom drops such a request (an empty Affected SOP Instance UID, say) without answering: the
+    sender waits for its DIMSE timeout, and the association holds its place until the idle timeout.
+    We end it the way pynetdicom ends one whose command it cannot decode: Evt19, an invalid PDU, on
+    which the state machine sends an A-ABORT and the association ends (EVT_ABORTED).
+    """
+    message = event.message
+    if not type(message).__name__.endswith("_RQ"):
+        return  # a response, or nothing pynetdicom could decode (which it aborts itself)
+    try:
+        primitive = message.message_to_primitive()
+    except Exception:  # noqa: BLE001 - pynetdicom fails the same conversion next, and aborts
+        return
+    if isinstance(primitive, C_CANCEL) or primitive.is_valid_request:
+        return
+    logger.warning(
+        "%s from %s lacks a mandatory command element: association aborted",
+        type(message).__name__,
+        event.assoc.requestor.address,
+    )
+    event.assoc.dul.event_queue.put("Evt19")
