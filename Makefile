@@ -82,6 +82,9 @@ bench: venv services
 	status=0; \
 	$(BIN)/python bench/ingest_bench.py || status=1; \
 	$(BIN)/python bench/route_bench.py || status=1; \
+	$(BIN)/python bench/latency_bench.py || status=1; \
+	$(BIN)/python bench/backlog_bench.py || status=1; \
+	$(BIN)/python bench/memory_bench.py || status=1; \
 	exit $$status
 
 clean:

@@ -1,4 +1,6 @@
-"""What the ingest and routing benchmarks share: data sets, the three receivers, timing and results.
+"""What the benchmarks share: data sets, the three receivers, timing and results (ingest and routing),
+plus what latency, backlog and memory add: studies by the thousand, a study's progress read from the
+router's database, the router's worker roles started apart from its SCP, and peak memory from /proc.
 
 Every receiver is a real process started fresh for each run on empty storage (and, for the router, an
 empty database), so no run sees what an earlier one left. The router is started with the Procfile's
@@ -6,6 +8,7 @@ commands, as the tests start it; Orthanc with its own configuration; dcmtk's sto
 """
 
 import json
+import math
 import os
 import platform
 import re
@@ -252,14 +255,26 @@ class StoreSCP(Receiver):
     name = "storescp"
 
     def __init__(
-        self, folder: Path, log_dir: Path, *, ae_title: str = "STORESCP", port: int | None = None, fork: bool = False
+        self,
+        folder: Path,
+        log_dir: Path,
+        *,
+        ae_title: str = "STORESCP",
+        port: int | None = None,
+        fork: bool = False,
+        options: tuple[str, ...] = (),
+        name: str | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.folder = folder
+        if name:
+            self.name = name
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
         # --fork: one process per association, so concurrent associations are served as a PACS serves them.
-        args = [dcmtk("storescp"), "+xa", *(["--fork"] if fork else []), "-aet", ae_title, "-od", str(folder)]
+        # `options`: more of storescp's own (memory_bench adds +B, bit-preserving: written as it arrives).
+        args = [dcmtk("storescp"), "+xa", *(["--fork"] if fork else []), *options, "-aet", ae_title]
+        args += ["-od", str(folder)]
         args.append(str(self.port))
         self.process = Process(f"storescp-{ae_title}", args, env={**os.environ, **NODELAY}, log_dir=log_dir)
         self.process.wait_for_port(self.port)
@@ -491,3 +506,221 @@ def common_arguments(parser) -> None:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/9", help="Redis for the router (flushed)")
     parser.add_argument("--output", type=Path, default=None, help="the results file")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, data) after the run")
+
+
+# --- latency, backlog and memory: studies by the thousand, the pipeline's progress, peak memory -------
+
+
+@dataclass
+class BenchStudy:
+    """One study made for a run: its UID, its files and their SOP Instance UIDs."""
+
+    uid: str
+    paths: list[Path]
+    sop_uids: list[str]
+
+    def dataset(self, name: str = "study") -> DataSet:
+        return DataSet(name, "instances/s", self.paths, 1)
+
+
+def ct_small_studies(
+    folder: Path, *, studies: int, per_study: int, priority: str = "", body_parts: tuple[str, ...] = ("HEAD",)
+) -> list[BenchStudy]:
+    """`studies` studies of `per_study` CT_small instances (~39 KB), new UIDs, as `synthetic_study` makes
+    them (tests/support/dicom.py), but CT_small is read once: 20,000 instances take a minute, not three.
+    With `priority`, every instance says it (RequestedProcedurePriority); body parts rotate."""
+    ds = dcmread(shipped("ct"))
+    del ds[0xFFFCFFFC]  # storescu drops trailing padding; without it the file is what travels
+    made = []
+    for n in range(studies):
+        study_uid, series_uid = generate_uid(), generate_uid()
+        place = folder / f"study{n:04d}"
+        place.mkdir(parents=True, exist_ok=True)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+        ds.BodyPartExamined = body_parts[n % len(body_parts)]
+        ds.Modality = "CT"
+        ds.PatientName = "Doe^Jane"
+        ds.AccessionNumber = f"ACC{study_uid[-6:]}"
+        if priority:
+            ds.RequestedProcedurePriority = priority
+        paths, uids = [], []
+        for number in range(1, per_study + 1):
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = number
+            path = place / f"{ds.SOPInstanceUID}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+            uids.append(str(ds.SOPInstanceUID))
+        made.append(BenchStudy(study_uid, paths, uids))
+    return made
+
+
+# The neuroradiologist of tests/support/config.py (ACHEN_ON_SHIFT), on shift around the clock, whose capacity
+# (20 units of open work by default) is raised so that every study of a benchmark can be assigned to her:
+# nobody reports in a benchmark, and a reader at capacity would leave studies unassigned, not slower.
+READER_ON_SHIFT = """
+radiologists:
+  - username: achen
+    name: A. Chen
+    email: achen@example.org
+    specialty: neuroradiology
+    capacity: 1000000
+    shifts: [{days: [mon, tue, wed, thu, fri, sat, sun], start: "00:00", end: "23:59", timezone: UTC}]
+"""
+
+
+def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile: the smallest value at least p % of the values are not above
+    (p95 of 30 runs is the 29th smallest, the second largest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def router_roles(env: dict, log_dir: Path, roles: tuple[str, ...], *, beat: bool, wait: bool = True) -> list[Process]:
+    """Start the Procfile's worker roles (and Beat) as Router does, without the SCP; with `wait`, until
+    each is ready. For a router whose SCP runs alone first (backlog_bench: the workers start later)."""
+    started: list[Process] = []
+    try:
+        for role in (*roles, *(("beat",) if beat else ())):
+            started.append(Process(role, procfile.command(role), env=env, log_dir=log_dir))
+        if wait:
+            roles_ready(started)
+    except BaseException:
+        for process in started:
+            process.stop(timeout=60)
+        raise
+    return started
+
+
+def roles_ready(processes: list[Process], timeout: float = 120) -> None:
+    for process in processes:
+        process.wait_for_log("beat: Starting" if process.name == "beat" else "ready.", timeout=timeout)
+
+
+def router_incidents(logs: Path, roles: tuple[str, ...] = ("scp", "worker", "worker-deliver", "worker-stat", "beat")):
+    """The WARNING and ERROR lines the router's processes logged (route_bench keeps its own copy)."""
+    found = []
+    for role in roles:
+        path = logs / f"{role}.log"
+        if path.exists():
+            lines = path.read_text(errors="replace").splitlines()
+            found += [f"{role}: {line[:300]}" for line in lines if re.search(r" (WARNING|ERROR) ", line)]
+    return found
+
+
+# Where a study stands, read straight from the router's tables (the columns study_status reads).
+_STUDY_STATE = """
+SELECT s.stage,
+       EXISTS (SELECT 1 FROM notifications_notification n JOIN reading_assignment a
+                 ON n.subject_key = 'assignment:' || a.id
+               WHERE a.study_id = s.id AND n.channel = 'in_app')
+FROM studies_study s WHERE s.study_instance_uid = %s
+"""
+_STUDY_TIMELINE = """
+SELECT s.id, s.priority, s.stage, s.received_at,
+       (SELECT min(r.received_at) FROM studies_receivedinstance r WHERE r.study_instance_uid = s.study_instance_uid),
+       (SELECT max(r.received_at) FROM studies_receivedinstance r WHERE r.study_instance_uid = s.study_instance_uid),
+       (SELECT q.assessed_at FROM studies_qualityassessment q WHERE q.study_id = s.id),
+       (SELECT d.decided_at FROM routing_routingdecision d WHERE d.study_id = s.id),
+       (SELECT min(d.created_at) FROM routing_delivery d WHERE d.study_id = s.id),
+       (SELECT max(d.delivered_at) FROM routing_delivery d WHERE d.study_id = s.id),
+       (SELECT min(a.assigned_at) FROM reading_assignment a WHERE a.study_id = s.id),
+       (SELECT min(n.created_at) FROM notifications_notification n JOIN reading_assignment a
+          ON n.subject_key = 'assignment:' || a.id WHERE a.study_id = s.id AND n.channel = 'in_app'),
+       s.stage_changed_at
+FROM studies_study s WHERE s.study_instance_uid = %s
+"""
+TIMELINE_EVENTS = (
+    "first_instance_received",
+    "last_instance_received",
+    "study_registered",  # the Study row: the SCP's hand-over at association end
+    "qc_assessed",  # persist, classify and check done
+    "routed",  # the routing decision
+    "delivery_queued",  # the delivery row
+    "delivered",  # the delivery marked delivered, after its association
+    "assigned",
+    "notified_in_app",
+    "stage_changed",  # the last stage change (notified, when the study is done)
+)
+
+
+class StudyWatch:
+    """Reads a study's progress from the router's database over one connection (autocommit)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.conn = psycopg.connect(url, autocommit=True)
+
+    def done(self, study_uid: str) -> bool:
+        """Assigned and notified: stage `notified` and the reader's in-app notification row exists."""
+        row = self.conn.execute(_STUDY_STATE, (study_uid,)).fetchone()
+        return bool(row) and row[0] == "notified" and bool(row[1])
+
+    def stage(self, study_uid: str) -> str | None:
+        row = self.conn.execute("SELECT stage FROM studies_study WHERE study_instance_uid = %s", (study_uid,))
+        found = row.fetchone()
+        return found[0] if found else None
+
+    def timeline(self, study_uid: str, since: float) -> dict:
+        """The study's recorded times, in seconds after `since` (a time.time() value; the workers' clock)."""
+        row = self.conn.execute(_STUDY_TIMELINE, (study_uid,)).fetchone()
+        if not row:
+            return {}
+        study_id, priority, stage, registered, first, last, *rest = row
+        times = dict(zip(TIMELINE_EVENTS, (first, last, registered, *rest), strict=True))
+        seconds = {k: (round(v.timestamp() - since, 3) if v else None) for k, v in times.items()}
+        return {"study_id": study_id, "priority": priority, "stage": stage, "seconds_after_start": seconds}
+
+    def scalar(self, sql: str, params: tuple = ()):
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def free_bytes(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+def proc_status_kb(pid: int, field_name: str) -> int | None:
+    """A /proc/<pid>/status figure in kB (VmRSS: now; VmHWM: the peak so far), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+class RssSampler:
+    """Samples a process's VmRSS every `interval` seconds in a thread; `peak_kb` is the largest seen."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        import threading
+
+        self.pid = pid
+        self.interval = interval
+        self.peak_kb = 0
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss = proc_status_kb(self.pid, "VmRSS")
+            if rss is not None:
+                self.peak_kb = max(self.peak_kb, rss)
+                self.samples += 1
+            self._stop.wait(self.interval)
