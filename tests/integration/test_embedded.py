@@ -59,16 +59,15 @@ def test_a_study_is_routed_and_assigned_on_the_embedded_default(embedded_env, st
             env=embedded_env,
             log_dir=log_dir,
         ),
-        Process(
-            "worker",
-            procfile.command("worker"),
-            env=embedded_env,
-            log_dir=log_dir,
+        *(
+            Process(role, procfile.command(role), env=embedded_env, log_dir=log_dir)
+            for role in ("worker", "worker-deliver", "worker-stat")
         ),
     ]
     try:
         processes[0].wait_for_port(port)
-        processes[1].wait_for_log("ready.", timeout=60)
+        for worker in processes[1:]:
+            worker.wait_for_log("ready.", timeout=60)
         uid, paths = synthetic_study(tmp_path / "modality", count=3, body_part="HEAD")
         assert storescu(port, paths).returncode == 0
 
