@@ -12,7 +12,7 @@ from django.db import connection
 from apps.studies.defaults import install_defaults
 
 from .support import procfile
-from .support.processes import Process, celery, dcmtk, free_port
+from .support.processes import Process, celery, dcmtk, free_port, stop_all
 
 QUEUES = "ingest,workflow,deliver,notify,stat"
 WORKER_ROLES = ("worker", "worker-deliver", "worker-stat")
@@ -130,8 +130,7 @@ def start_worker(service_env, log_dir):
         return group
 
     yield start
-    for proc in started:
-        proc.stop(timeout=30)
+    stop_all(started, timeout=30)
 
 
 @pytest.fixture

@@ -84,6 +84,16 @@ class Process:
         return self.popen.returncode
 
 
+def stop_all(processes: list["Process"], timeout: float = 30) -> None:
+    """Stop several processes at once: all are signalled first, then each is waited for."""
+    for proc in processes:
+        if proc.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+    for proc in processes:
+        proc.stop(timeout=timeout)
+
+
 def children(pid: int) -> list[int]:
     """The pids of a process's children (a Celery worker's pool), from /proc."""
     found = []
