@@ -55,6 +55,7 @@ from common import (
     settle,
     storescu_checked,
     wipe,
+    workspace,
     write_results,
 )
 
@@ -293,22 +294,13 @@ def main() -> int:
         },
     }
     done: list[Run] = []
-    try:
+    with workspace(work, db, args, logs=f"{work}/logs-run*"):
         template_env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
         db.create_template(template_env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
         for n in range(runs):
             print(f"run {n + 1}/{runs}", flush=True)
             run = one_run(routine, stat, work, n, db=db, broker=args.broker, dest_port=dest_port, timeout=args.timeout)
             done.append(run)
-    except BaseException:
-        print(f"failed: the processes' logs are kept in {work}/logs-run*", file=sys.stderr)
-        args.keep = True
-        raise
-    finally:
-        db.drop()
-        redis_flush(args.broker)
-        if not args.keep:
-            wipe(work)
 
     stat_done = median_or_none([r.stat_done for r in done])
     half = median_or_none([r.half_drained for r in done])

@@ -7,6 +7,7 @@ empty database), so no run sees what an earlier one left. The router is started 
 commands, as the tests start it; Orthanc with its own configuration; dcmtk's storescp as the plain peer.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -724,3 +725,20 @@ class RssSampler:
                 self.peak_kb = max(self.peak_kb, rss)
                 self.samples += 1
             self._stop.wait(self.interval)
+
+
+@contextlib.contextmanager
+def workspace(work: Path, db: "RouterDatabase", args, logs: str) -> Iterator[None]:
+    """Around a benchmark's runs: on failure keep `work` and say where the logs (`logs`) are; always drop
+    the database and flush the broker's Redis database; remove `work` unless --keep."""
+    try:
+        yield
+    except BaseException:
+        print(f"failed: the processes' logs are kept in {logs}", file=sys.stderr)
+        args.keep = True
+        raise
+    finally:
+        db.drop()
+        redis_flush(args.broker)
+        if not args.keep:
+            wipe(work)

@@ -42,6 +42,7 @@ from common import (
     settle,
     storescu_checked,
     wipe,
+    workspace,
     write_results,
 )
 
@@ -172,7 +173,7 @@ def main() -> int:
     seconds = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
     idle = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
     profiles: dict[str, dict] = {}
-    try:
+    with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         db.create_template(router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl"))
         for data in datasets:
             for run in range(runs):
@@ -191,15 +192,6 @@ def main() -> int:
                 elapsed, _ = one_run("router", data, work, db=db, broker=args.broker, py_spy=py_spy)
                 profiles[data.name] = profile_summary(work / f"profile-{data.name}.txt", data, elapsed)
                 print(f"{data.name:5} profiled router run {elapsed:7.2f} s: {profiles[data.name]}", flush=True)
-    except BaseException:
-        print(f"failed: the processes' logs are kept in {work / 'logs'}*", file=sys.stderr)
-        args.keep = True
-        raise
-    finally:
-        db.drop()
-        redis_flush(args.broker)
-        if not args.keep:
-            wipe(work)
 
     figures: dict = {}
     all_met = True

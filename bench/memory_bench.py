@@ -50,6 +50,7 @@ from common import (
     settle,
     storescu_checked,
     wipe,
+    workspace,
     write_results,
 )
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -207,7 +208,7 @@ def main() -> int:
         },
     }
     measured: dict[str, list[Run]] = {name: [] for name in RECEIVERS}
-    try:
+    with workspace(work, db, args, logs=f"{work / 'logs'}"):
         db.create_template(router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl"))
         for n in range(runs):
             order = RECEIVERS[n % len(RECEIVERS) :] + RECEIVERS[: n % len(RECEIVERS)]
@@ -220,15 +221,6 @@ def main() -> int:
                     f"CPUs {done.idle:.0%} idle before",
                     flush=True,
                 )
-    except BaseException:
-        print(f"failed: the processes' logs are kept in {work / 'logs'}", file=sys.stderr)
-        args.keep = True
-        raise
-    finally:
-        db.drop()
-        redis_flush(args.broker)
-        if not args.keep:
-            wipe(work)
 
     figures = {}
     for name in RECEIVERS:

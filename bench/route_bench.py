@@ -49,6 +49,7 @@ from common import (
     storescu_checked,
     wait_for_count,
     wipe,
+    workspace,
     write_results,
 )
 
@@ -154,7 +155,7 @@ def main() -> int:
         "datasets": {d.name: d.describe() for d in datasets},
     }
     runs_of: dict[tuple[str, str], list[Run]] = {(d.name, s): [] for d in datasets for s in SYSTEMS}
-    try:
+    with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
         db.create_template(env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
         for data in datasets:
@@ -171,15 +172,6 @@ def main() -> int:
                         + (f"; {len(done.incidents)} warnings/errors logged" if done.incidents else ""),
                         flush=True,
                     )
-    except BaseException:
-        print(f"failed: the processes' logs are kept in {work / 'logs'}*", file=sys.stderr)
-        args.keep = True
-        raise
-    finally:
-        db.drop()
-        redis_flush(args.broker)
-        if not args.keep:
-            wipe(work)
 
     figures: dict = {}
     all_met = True
