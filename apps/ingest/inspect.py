@@ -20,6 +20,8 @@ from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, STANDARD_VR
 
 from apps.studies.headers import URGENCY_KEYWORDS, header_from_dataset
 
+# bytes, or a memoryview of a mapped file (a dataset streamed to disk)
+Buffer = bytes | memoryview
 UNDEFINED_LENGTH = 0xFFFFFFFF
 UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")
 # Real objects nest a few levels (structured reports a dozen or so); pydicom reads sequences recursively.
@@ -57,11 +59,15 @@ class Identity:
     urgency: tuple[tuple[str, str], ...] = ()
 
 
-def inspect_dataset(raw: bytes, transfer_syntax: str) -> Identity:
+def inspect_dataset(raw: Buffer, transfer_syntax: str) -> Identity:
+    """Only element headers, and the elements before the pixel data, are read: the pixel data (most of a
+    large instance) is never copied. `raw` may also be a memoryview (of a mapped file, say)."""
     ts = UID(transfer_syntax)
-    check_structure(raw, implicit=ts.is_implicit_VR, little=ts.is_little_endian, encapsulated=ts.is_encapsulated)
+    pixels_at = check_structure(
+        raw, implicit=ts.is_implicit_VR, little=ts.is_little_endian, encapsulated=ts.is_encapsulated
+    )
     try:
-        ds = read_dataset(BytesIO(raw), ts.is_implicit_VR, ts.is_little_endian)
+        ds = read_dataset(BytesIO(bytes(raw[:pixels_at])), ts.is_implicit_VR, ts.is_little_endian)
         # The UIDs from their bytes as received, before anything reads (and tidies) them.
         uids = {field: _uid(ds, keyword) for field, keyword in IDENTITY_UIDS.items()}
         # What the persist step will read of the stored file: if pydicom cannot, the sender hears it now
@@ -86,29 +92,36 @@ class _Container:
     depth: int
 
 
-def check_structure(raw: bytes, *, implicit: bool, little: bool, encapsulated: bool = False) -> None:
-    """Walk every element, item and fragment; raise Unreadable at the first thing out of place.
+def check_structure(raw: Buffer, *, implicit: bool, little: bool, encapsulated: bool = False) -> int:
+    """Walk every element, item and fragment; raise Unreadable at the first thing out of place. Returns
+    where the top-level Pixel Data element starts (the length of the dataset when there is none).
 
     Iterative (a stack of open containers), so a hostile nesting costs no recursion. It checks structure
-    only: tags, VRs, lengths, items and delimiters. Values are not converted.
+    only: tags, VRs, lengths, items and delimiters. Values are neither converted nor read.
     """
     stack = [_Container("dataset", len(raw), len(raw), implicit, little, 0)]
     pos = 0
+    pixels_at = len(raw)
     while stack:
         box = stack[-1]
         if box.end is not None and pos == box.end:
             stack.pop()
             continue
         if box.kind == "dataset":
-            pos = _dataset_element(raw, pos, box, stack, top_level=len(stack) == 1, encapsulated=encapsulated)
+            top_level = len(stack) == 1
+            first_pixels = top_level and pixels_at == len(raw) and pos + 4 <= len(raw)
+            if first_pixels and _tag(bytes(raw[pos : pos + 4]), box.little) == PIXEL_DATA:
+                pixels_at = pos
+            pos = _dataset_element(raw, pos, box, stack, top_level=top_level, encapsulated=encapsulated)
         else:
             pos = _item(raw, pos, box, stack)
+    return pixels_at
 
 
-def _header(raw: bytes, pos: int, size: int, box: _Container, where: str) -> bytes:
+def _header(raw: Buffer, pos: int, size: int, box: _Container, where: str) -> bytes:
     if pos + size > box.limit:
         raise Unreadable(f"dataset ends inside {where}")
-    return raw[pos : pos + size]
+    return bytes(raw[pos : pos + size])
 
 
 def _tag(data: bytes, little: bool) -> int:
@@ -121,7 +134,7 @@ def _length(data: bytes, little: bool) -> int:
 
 
 def _dataset_element(
-    raw: bytes, pos: int, box: _Container, stack: list[_Container], *, top_level: bool, encapsulated: bool
+    raw: Buffer, pos: int, box: _Container, stack: list[_Container], *, top_level: bool, encapsulated: bool
 ) -> int:
     e = "<" if box.little else ">"
     head = _header(raw, pos, 8, box, "an element header")
@@ -176,7 +189,7 @@ def _sequence(parent: _Container, end: int | None, implicit: bool, little: bool)
     return _Container("sequence", end, limit, implicit, little, depth)
 
 
-def _item(raw: bytes, pos: int, box: _Container, stack: list[_Container]) -> int:
+def _item(raw: Buffer, pos: int, box: _Container, stack: list[_Container]) -> int:
     """The next item of a sequence (a dataset) or of encapsulated pixel data (a fragment)."""
     head = _header(raw, pos, 8, box, "an item header")
     tag, length = _tag(head, box.little), _length(head[4:8], box.little)

@@ -32,17 +32,21 @@ class Spool:
     def sweep(self) -> int:
         """Remove the temp files of processes that are gone (killed mid-write); returns how many.
 
-        Ours: same host, and the pid no longer runs. Other hosts': older than ORPHAN_AGE.
+        Ours: same host, and the pid no longer runs. Any: older than ORPHAN_AGE.
         A temp file was never acknowledged to a sender, so removing it loses nothing."""
         host = socket.gethostname()
         removed = 0
         for temp in self.tmp.glob("*.part"):
             owner, _, rest = temp.name.partition(".")
             pid = rest.partition(".")[0]
+            try:
+                stale = time.time() - temp.stat().st_mtime > ORPHAN_AGE  # no write takes a day
+            except FileNotFoundError:
+                continue
             if owner == host and pid.isdigit():
-                gone = int(pid) != os.getpid() and not _running(int(pid))
+                gone = stale or (int(pid) != os.getpid() and not _running(int(pid)))
             else:
-                gone = time.time() - temp.stat().st_mtime > ORPHAN_AGE
+                gone = stale
             if gone:
                 temp.unlink(missing_ok=True)
                 removed += 1

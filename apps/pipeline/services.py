@@ -285,6 +285,7 @@ def storage_sweep(*, hours: int = 48, older_than: float = ORPHAN_AFTER) -> int:
     """Remove instance files no received-instance row names: an SCP killed between putting the file in
     place and committing its row (the sender got no success and sends again). Returns how many."""
     spool = Spool(settings.STORAGE_ROOT)
+    spool.sweep()  # and temp files nobody will finish
     candidates = spool.recent_files(hours=hours, older_than=older_than)
     removed = 0
     for start in range(0, len(candidates), 500):
