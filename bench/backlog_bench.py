@@ -24,7 +24,6 @@ order. Results go to bench/results/backlog.json (backlog-quick.json with --quick
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,6 @@ from common import (
     DESTINATION_AE,
     READER_ON_SHIFT,
     RESULTS,
-    ROOT,
     BenchStudy,
     DataSet,
     Router,
@@ -45,12 +43,13 @@ from common import (
     ct_small_studies,
     free_bytes,
     free_port,
+    import_config,
     machine_info,
-    python_manage,
     redis_flush,
     router_env,
     router_incidents,
     router_roles,
+    run_main,
     scratch,
     settle,
     storescu_checked,
@@ -88,11 +87,7 @@ WHERE s.study_instance_uid <> %s AND s.stage = 'notified'
 
 
 def configure(env: dict, *, port: int, folder: Path) -> None:
-    path = folder / "backlog.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CONFIG % {"ae": DESTINATION_AE, "port": port})
-    command = python_manage("importconfig", str(path))
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    import_config(env, CONFIG % {"ae": DESTINATION_AE, "port": port}, folder / "backlog.yaml")
 
 
 def queue_lengths(broker: str) -> dict[str, int]:
@@ -346,7 +341,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"took {time.perf_counter() - started:.0f} s")
-    sys.exit(code)
+    run_main(main)

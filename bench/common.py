@@ -7,6 +7,7 @@ empty database), so no run sees what an earlier one left. The router is started 
 commands, as the tests start it; Orthanc with its own configuration; dcmtk's storescp as the plain peer.
 """
 
+import abc
 import contextlib
 import json
 import math
@@ -38,7 +39,7 @@ from tests.support.processes import (  # noqa: E402
     Process,
     dcmtk,
     free_port,
-    python_manage,  # noqa: F401 - route_bench imports it from here
+    python_manage,
     wait_until,
 )
 
@@ -236,18 +237,18 @@ def router_env(*, database_url_: str, broker_url: str, folder: Path) -> dict:
 # --- receivers ---------------------------------------------------------------------------------------
 
 
-class Receiver:
+class Receiver(abc.ABC):
     """A DICOM receiver started for one run; `count()` says how many instances it holds."""
 
     name = ""
     ae_title = ""
     port = 0
 
-    def count(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def count(self) -> int: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def stop(self) -> None: ...
 
 
 class StoreSCP(Receiver):
@@ -742,3 +743,19 @@ def workspace(work: Path, db: "RouterDatabase", args, logs: str) -> Iterator[Non
         redis_flush(args.broker)
         if not args.keep:
             wipe(work)
+
+
+def import_config(env: dict, text: str, path: Path) -> None:
+    """Import a configuration document into the database `env` names, as an operator would (importconfig)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    command = python_manage("importconfig", str(path))
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """A benchmark script's entry point: run it, say how long it took, exit with its status."""
+    started = time.perf_counter()
+    code = main()
+    print(f"took {time.perf_counter() - started:.0f} s")
+    sys.exit(code)

@@ -38,6 +38,7 @@ from common import (
     make_datasets,
     redis_flush,
     router_env,
+    run_main,
     scratch,
     settle,
     storescu_checked,
@@ -238,7 +239,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"took {time.perf_counter() - started:.0f} s")
-    sys.exit(code)
+    run_main(main)

@@ -25,7 +25,6 @@ alone, ours over Orthanc's. Results go to bench/results/latency.json (latency-qu
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,6 @@ from common import (
     DESTINATION_AE,
     READER_ON_SHIFT,
     RESULTS,
-    ROOT,
     TIMELINE_EVENTS,
     BenchStudy,
     Orthanc,
@@ -46,12 +44,13 @@ from common import (
     common_arguments,
     ct_small_studies,
     free_port,
+    import_config,
     machine_info,
     percentile,
-    python_manage,
     redis_flush,
     router_env,
     router_incidents,
+    run_main,
     scratch,
     settle,
     storescu_checked,
@@ -82,11 +81,7 @@ rules:
 
 def configure(env: dict, *, port: int, folder: Path) -> None:
     """Import the destination, the CT HEAD rule and the neuroradiologist into the template database."""
-    path = folder / "latency.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CONFIG % {"ae": DESTINATION_AE, "port": port})
-    command = python_manage("importconfig", str(path))
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    import_config(env, CONFIG % {"ae": DESTINATION_AE, "port": port}, folder / "latency.yaml")
 
 
 @dataclass
@@ -327,7 +322,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"took {time.perf_counter() - started:.0f} s")
-    sys.exit(code)
+    run_main(main)

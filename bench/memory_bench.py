@@ -46,6 +46,7 @@ from common import (
     proc_status_kb,
     redis_flush,
     router_env,
+    run_main,
     scratch,
     settle,
     storescu_checked,
@@ -255,7 +256,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"took {time.perf_counter() - started:.0f} s")
-    sys.exit(code)
+    run_main(main)

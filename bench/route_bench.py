@@ -20,8 +20,6 @@ Results go to bench/results/route.json (route-quick.json with --quick).
 
 import argparse
 import re
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,6 @@ from pathlib import Path
 from common import (
     DESTINATION_AE,
     RESULTS,
-    ROOT,
     DataSet,
     Orthanc,
     Receiver,
@@ -39,11 +36,12 @@ from common import (
     StoreSCP,
     common_arguments,
     free_port,
+    import_config,
     machine_info,
     make_datasets,
-    python_manage,
     redis_flush,
     router_env,
+    run_main,
     scratch,
     settle,
     storescu_checked,
@@ -68,11 +66,7 @@ rules:
 
 def configure(env: dict, *, port: int, folder: Path) -> None:
     """Import the destination and the catch-all rule into the template database, as an operator would."""
-    path = folder / "route.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(CONFIG % {"ae": DESTINATION_AE, "port": port})
-    command = python_manage("importconfig", str(path))
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    import_config(env, CONFIG % {"ae": DESTINATION_AE, "port": port}, folder / "route.yaml")
 
 
 @dataclass
@@ -212,7 +206,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    started = time.perf_counter()
-    code = main()
-    print(f"took {time.perf_counter() - started:.0f} s")
-    sys.exit(code)
+    run_main(main)
