@@ -7,6 +7,9 @@ early, has a length that does not fit its container, an unknown VR, a sequence n
 accept or a delimiter out of place is refused, so the sender knows. Pixel data is never decoded here.
 """
 
+import contextlib
+import mmap
+import os
 import re
 import struct
 from dataclasses import dataclass
@@ -80,6 +83,28 @@ def inspect_dataset(raw: Buffer, transfer_syntax: str) -> Identity:
     return Identity(
         **uids, urgency=tuple((keyword, header[keyword]) for keyword in URGENCY_KEYWORDS if header[keyword])
     )
+
+
+def inspect_file(path: str, transfer_syntax: str) -> tuple[Identity, int]:
+    """`inspect_dataset` on the dataset of a Part-10 file as the SCP receives it (preamble and file meta
+    written by pynetdicom, then the dataset as it arrived), through a memory map: only the pages holding
+    element headers are read. Returns the identity and the dataset's length."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        head = fh.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+            raise Unreadable("no file meta before the dataset")
+        start = 144 + struct.unpack("<L", head[140:144])[0]
+        if size <= start:
+            raise Unreadable("no dataset")
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        with memoryview(mapped) as view:
+            return inspect_dataset(view[start:], transfer_syntax), size - start
+    finally:
+        # A view kept alive by an exception's traceback keeps the map too, until it is collected.
+        with contextlib.suppress(BufferError):
+            mapped.close()
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Handlers do the minimum: parse the event, call one service, return a status. Each association runs
 in its own thread; the studies it brought are handed to the pipeline when it ends (released or aborted:
-instances already answered with success are ours either way).
+instances already answered with success are ours either way). Datasets arrive straight into temp files
+of the spool (streaming.py): the C-STORE handler inspects the file and renames it into place.
 """
 
 import contextlib
@@ -22,7 +23,7 @@ from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import guard, services
+from . import guard, services, streaming
 from .storage import Spool
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class StoreSCP:
         self.spool = spool
         self.on_studies_received = on_studies_received
         self.pdu_limits = pdu_limits
+        self.streams = streaming.Streams(spool)
         # Per association: each study received and what its instances said of its urgency.
         self._studies: dict[int, dict[str, set[tuple[str, str]]]] = {}
         self._lock = threading.Lock()
@@ -110,6 +112,7 @@ class StoreSCP:
         with contextlib.suppress(OSError, AttributeError):
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         guard.install(event.assoc, self.pdu_limits)
+        self.streams.watch(event.assoc)
 
     def on_acse_recv(self, event) -> None:
         """Admission: the calling AE title must be allowed from this host.
@@ -141,19 +144,23 @@ class StoreSCP:
     def on_store(self, event) -> Dataset | int:
         request = event.request
         assoc = event.assoc
-        outcome = services.instance_receive(
-            spool=self.spool,
-            raw=request.DataSet.getvalue(),
-            encode_file=event.encoded_dataset,
-            transfer_syntax=event.context.transfer_syntax,
-            sop_class_uid=str(request.AffectedSOPClassUID),
-            sop_instance_uid=str(request.AffectedSOPInstanceUID),
-            origin=services.Origin(
-                calling_ae_title=assoc.requestor.ae_title.strip(),
-                called_ae_title=assoc.acceptor.ae_title.strip(),
-                peer_address=assoc.requestor.address,
-            ),
-        )
+        received = self.streams.take(assoc, event.dataset_path)
+        try:
+            outcome = services.instance_receive(
+                spool=self.spool,
+                received=received,
+                transfer_syntax=event.context.transfer_syntax,
+                sop_class_uid=str(request.AffectedSOPClassUID),
+                sop_instance_uid=str(request.AffectedSOPInstanceUID),
+                origin=services.Origin(
+                    calling_ae_title=assoc.requestor.ae_title.strip(),
+                    called_ae_title=assoc.acceptor.ae_title.strip(),
+                    peer_address=assoc.requestor.address,
+                ),
+            )
+        finally:
+            if received is not None:
+                received.discard()
         if outcome.status == services.SUCCESS:
             with self._lock:
                 urgency = self._studies.setdefault(id(assoc), {}).setdefault(outcome.study_instance_uid, set())
@@ -199,6 +206,7 @@ def serve(
 ) -> ThreadedAssociationServer:
     """Start listening and return the server (non-blocking); `stop()` ends it."""
     pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
+    streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
     scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
     server = ae.start_server((host, port), block=False, evt_handlers=scp.handlers())

@@ -2,17 +2,16 @@
 
 import contextlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from apps.studies.services import received_instance_copy_differs, received_instance_register
+from apps.studies.services import received_instance_register, received_instance_second_copy
 
-from .inspect import Unreadable, inspect_dataset
+from .inspect import Unreadable, inspect_file
 from .models import AllowedCaller
-from .storage import Spool
+from .storage import Spool, TempFile
 
 logger = logging.getLogger(__name__)
 
@@ -40,35 +39,44 @@ class Outcome:
 def instance_receive(
     *,
     spool: Spool,
-    raw: bytes,
-    encode_file: Callable[[], bytes],
+    received: TempFile | None,
     transfer_syntax: str,
     sop_class_uid: str,
     sop_instance_uid: str,
     origin: Origin,
 ) -> Outcome:
-    """Store one instance and record it, or say why not.
+    """Take custody of one instance, received into a temp file of the spool, or say why not.
 
+    0. A dataset that could not be written (disk full, say) answers 0xA700.
     1. Inspect the dataset strictly: truncated or unparseable data, or bad UIDs, answer 0xC000.
     2. The dataset's SOP class and instance must be the ones in the command, else 0xA900.
     3. Below the storage's free-space watermark, answer 0xA700: the sender retries once space is freed.
-    4. Write the file atomically (temp, fsync, rename); a disk error answers 0xA700.
+    4. Put the file in place (fsync, rename, fsync of the folder); a disk error answers 0xA700.
     5. Commit the received-instance row; a database error removes the file and answers 0xA700 (any other
        error removes it too). A SOP Instance UID already received is kept once: the new copy is removed,
-       the answer is success.
+       the answer is success (unless the kept copy's file is missing: the new one then takes its place).
+    The caller discards the temp file afterwards (a no-op once it is in place).
     """
+    if received is None:
+        return Outcome(CANNOT_UNDERSTAND, "no dataset")
+    if received.error is not None:
+        logger.error("C-STORE %s: cannot write to storage: %s", sop_instance_uid[:64], received.error)
+        return Outcome(OUT_OF_RESOURCES, "storage unavailable")
     try:
-        identity = inspect_dataset(raw, transfer_syntax)
+        identity, size = inspect_file(received.name, transfer_syntax)
     except Unreadable as exc:
         logger.warning("C-STORE from %s refused: %s", origin.calling_ae_title, exc)
         return Outcome(CANNOT_UNDERSTAND, str(exc))
+    except OSError as exc:
+        logger.error("C-STORE %s: cannot read the received dataset: %s", sop_instance_uid[:64], exc)
+        return Outcome(OUT_OF_RESOURCES, "storage unavailable")
     if identity.sop_class_uid != sop_class_uid or identity.sop_instance_uid != sop_instance_uid:
         return Outcome(DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request")
     try:
-        if spool.free_bytes() - len(raw) < settings.STORAGE_MIN_FREE_BYTES:
+        if spool.free_bytes() < settings.STORAGE_MIN_FREE_BYTES:
             logger.error("C-STORE refused: storage below its free-space watermark")
             return Outcome(OUT_OF_RESOURCES, "storage below its free-space watermark")
-        relative = spool.write(encode_file())
+        relative = spool.adopt(received)
     except OSError as exc:
         logger.error("C-STORE %s: cannot write to storage: %s", identity.sop_instance_uid, exc)
         return Outcome(OUT_OF_RESOURCES, "storage unavailable")
@@ -79,17 +87,14 @@ def instance_receive(
             study_instance_uid=identity.study_instance_uid,
             transfer_syntax_uid=str(transfer_syntax),
             path=relative,
-            size=len(raw),
+            size=size,
             calling_ae_title=origin.calling_ae_title,
             called_ae_title=origin.called_ae_title,
             peer_address=origin.peer_address,
         )
-        if not new and received_instance_copy_differs(
-            sop_instance_uid=identity.sop_instance_uid, path=spool.root / relative
-        ):
-            logger.warning(
-                "C-STORE %s: received again with different content; first copy kept", identity.sop_instance_uid
-            )
+        kept_new_copy = not new and received_instance_second_copy(
+            sop_instance_uid=identity.sop_instance_uid, path=relative
+        )
     except DatabaseError as exc:
         spool.remove(relative)
         _drop_connection()
@@ -98,7 +103,7 @@ def instance_receive(
     except BaseException:
         spool.remove(relative)  # whatever went wrong, no file stays without its row
         raise
-    if not new:
+    if not new and not kept_new_copy:
         spool.remove(relative)
     return Outcome(SUCCESS, study_instance_uid=identity.study_instance_uid, urgency=identity.urgency)
 

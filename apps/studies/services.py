@@ -1,5 +1,6 @@
 """Writes on studies: register, persist, classify, check. Each is idempotent and guarded by the stage."""
 
+import filecmp
 import logging
 from collections.abc import Iterable
 from datetime import datetime
@@ -67,18 +68,34 @@ def received_instance_register(
     return True
 
 
+def received_instance_second_copy(*, sop_instance_uid: str, path: str) -> bool:
+    """A later copy (stored at `path`, relative) of an instance already received. Returns True when the
+    new copy takes the kept row's place: the kept file is missing, as after a commit whose answer was lost
+    (the SCP answered 0xA700 and removed its file, the row stayed). Otherwise a difference in content is
+    counted on the kept row for QC, and the caller removes the new copy."""
+    kept = ReceivedInstance.objects.filter(sop_instance_uid=sop_instance_uid).first()
+    if kept is None:
+        return False
+    if not (settings.STORAGE_ROOT / kept.path).exists():
+        ReceivedInstance.objects.filter(pk=kept.pk).update(path=path)
+        logger.warning("received instance %s: its file was missing; the new copy takes its place", kept.pk)
+        return True
+    received_instance_copy_differs(sop_instance_uid=sop_instance_uid, path=settings.STORAGE_ROOT / path)
+    return False
+
+
 def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool:
     """Compare a later copy with the kept one; a difference is counted on the kept row for QC."""
     kept = ReceivedInstance.objects.filter(sop_instance_uid=sop_instance_uid).first()
     if kept is None:
         return False
-    kept_path = settings.STORAGE_ROOT / kept.path
     try:
-        same = kept_path.stat().st_size == path.stat().st_size and kept_path.read_bytes() == path.read_bytes()
+        same = filecmp.cmp(settings.STORAGE_ROOT / kept.path, path, shallow=False)  # in blocks, not whole files
     except OSError:
         return False
     if not same:
         ReceivedInstance.objects.filter(pk=kept.pk).update(conflicting_copies=F("conflicting_copies") + 1)
+        logger.warning("received instance %s: received again with different content; first copy kept", kept.pk)
     return not same
 
 

@@ -8,7 +8,7 @@ from apps.ingest import services
 from apps.ingest.storage import Spool
 from apps.studies.models import ReceivedInstance
 
-from ..support.dicom import dataset_bytes, shipped
+from ..support.dicom import dataset_bytes, received_into, shipped
 
 CT_INSTANCE = "1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322"
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
@@ -16,16 +16,24 @@ ORIGIN = services.Origin(calling_ae_title="MODALITY", called_ae_title="ROUTER", 
 
 
 def receive(spool: Spool) -> services.Outcome:
-    raw = dataset_bytes(shipped("ct"))
-    return services.instance_receive(
-        spool=spool,
-        raw=raw,
-        encode_file=lambda: b"\0" * 128 + b"DICM" + raw,
-        transfer_syntax=ExplicitVRLittleEndian,
+    received = received_into(
+        spool,
+        dataset_bytes(shipped("ct")),
         sop_class_uid=CT_CLASS,
         sop_instance_uid=CT_INSTANCE,
-        origin=ORIGIN,
+        transfer_syntax=ExplicitVRLittleEndian,
     )
+    try:
+        return services.instance_receive(
+            spool=spool,
+            received=received,
+            transfer_syntax=ExplicitVRLittleEndian,
+            sop_class_uid=CT_CLASS,
+            sop_instance_uid=CT_INSTANCE,
+            origin=ORIGIN,
+        )
+    finally:
+        received.discard()
 
 
 def files(spool: Spool) -> list:
@@ -53,7 +61,7 @@ def test_a_database_error_comparing_a_second_copy_answers_a700_and_keeps_no_file
     def database_gone(**kwargs):
         raise OperationalError("server closed the connection unexpectedly")
 
-    monkeypatch.setattr(services, "received_instance_copy_differs", database_gone)
+    monkeypatch.setattr(services, "received_instance_second_copy", database_gone)
     assert receive(spool).status == services.OUT_OF_RESOURCES
     assert files(spool) == kept
     assert ReceivedInstance.objects.count() == 1
@@ -69,3 +77,44 @@ def test_an_unexpected_error_while_recording_keeps_no_file(db, storage, monkeypa
     with pytest.raises(ValueError):  # pynetdicom answers 0xC211 for it
         receive(spool)
     assert files(spool) == []
+
+
+def test_a_write_that_failed_while_receiving_answers_a700_and_keeps_no_file(db, storage, monkeypatch):
+    """A disk that fills up in the middle of a dataset: pynetdicom's thread must not see the error."""
+    spool = Spool(storage)
+    temp = spool.open_temp()
+    temp.write(b"\0" * 128 + b"DICM")
+
+    def disk_full(fd, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("apps.ingest.storage.os.write", disk_full)
+    assert temp.write(b"x" * 1000) == 1000  # held, not raised
+    monkeypatch.undo()
+    temp.write(b"more")  # dropped after the failure
+    outcome = services.instance_receive(
+        spool=spool,
+        received=temp,
+        transfer_syntax=ExplicitVRLittleEndian,
+        sop_class_uid=CT_CLASS,
+        sop_instance_uid=CT_INSTANCE,
+        origin=ORIGIN,
+    )
+    temp.discard()
+    assert outcome.status == services.OUT_OF_RESOURCES
+    assert files(spool) == []
+
+
+def test_a_row_whose_file_was_removed_after_a_lost_commit_answer_takes_the_next_copy(db, storage):
+    """The commit reached the server but its answer did not: we answered 0xA700 and removed the file.
+    The sender's retry must not be dropped as a duplicate of a row that has no file."""
+    spool = Spool(storage)
+    assert receive(spool).status == services.SUCCESS
+    row = ReceivedInstance.objects.get()
+    (storage / row.path).unlink()
+
+    assert receive(spool).status == services.SUCCESS
+    row.refresh_from_db()
+    assert (storage / row.path).exists()
+    assert files(spool) == [storage / row.path]
+    assert ReceivedInstance.objects.count() == 1

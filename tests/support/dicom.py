@@ -35,6 +35,22 @@ def dataset_bytes(path: Path) -> bytes:
         return fh.read()
 
 
+def received_into(spool, raw: bytes, *, sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str):
+    """A spool temp file holding `raw` as the SCP receives a dataset: written the way pynetdicom writes it
+    (preamble, its file meta, then the dataset's bytes)."""
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.dsutils import create_file_meta
+
+    temp = spool.open_temp()
+    temp.write(b"\0" * 128 + b"DICM")
+    meta = create_file_meta(
+        sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid, transfer_syntax=transfer_syntax
+    )
+    write_file_meta_info(temp, meta)
+    temp.write(raw)
+    return temp
+
+
 def synthetic_study(
     folder: Path,
     *,
