@@ -15,13 +15,13 @@ import struct
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom.datadict import dictionary_VR
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, STANDARD_VR
 
-from apps.studies.headers import URGENCY_KEYWORDS, header_from_dataset
+from apps.studies.headers import HEADER_KEYWORDS, URGENCY_KEYWORDS, header_from_dataset
 
 # bytes, or a memoryview of a mapped file (a dataset streamed to disk)
 Buffer = bytes | memoryview
@@ -51,6 +51,10 @@ class Unreadable(Exception):
     """The dataset cannot be understood; the message says why (no PHI)."""
 
 
+# Only these are read (pydicom adds Specific Character Set): the persist step reads no others.
+HEADER_TAGS = [tag_for_keyword(k) for k in (*HEADER_KEYWORDS, *IDENTITY_UIDS.values(), "RequestAttributesSequence")]
+
+
 @dataclass(frozen=True)
 class Identity:
     sop_class_uid: str
@@ -70,7 +74,9 @@ def inspect_dataset(raw: Buffer, transfer_syntax: str) -> Identity:
         raw, implicit=ts.is_implicit_VR, little=ts.is_little_endian, encapsulated=ts.is_encapsulated
     )
     try:
-        ds = read_dataset(BytesIO(bytes(raw[:pixels_at])), ts.is_implicit_VR, ts.is_little_endian)
+        ds = read_dataset(
+            BytesIO(bytes(raw[:pixels_at])), ts.is_implicit_VR, ts.is_little_endian, specific_tags=HEADER_TAGS
+        )
         # The UIDs from their bytes as received, before anything reads (and tidies) them.
         uids = {field: _uid(ds, keyword) for field, keyword in IDENTITY_UIDS.items()}
         # What the persist step will read of the stored file: if pydicom cannot, the sender hears it now
@@ -135,12 +141,26 @@ def check_structure(raw: Buffer, *, implicit: bool, little: bool, encapsulated: 
         if box.kind == "dataset":
             top_level = len(stack) == 1
             first_pixels = top_level and pixels_at == len(raw) and pos + 4 <= len(raw)
-            if first_pixels and _tag(bytes(raw[pos : pos + 4]), box.little) == PIXEL_DATA:
+            if first_pixels and _tag_at(raw, pos, box.little) == PIXEL_DATA:
                 pixels_at = pos
             pos = _dataset_element(raw, pos, box, stack, top_level=top_level, encapsulated=encapsulated)
         else:
             pos = _item(raw, pos, box, stack)
     return pixels_at
+
+
+_TAG = {True: struct.Struct("<HH"), False: struct.Struct(">HH")}
+_UL = {True: struct.Struct("<L"), False: struct.Struct(">L")}
+_US = {True: struct.Struct("<H"), False: struct.Struct(">H")}
+
+
+def _tag_at(raw: Buffer, pos: int, little: bool) -> int:
+    group, element = _TAG[little].unpack_from(raw, pos)
+    return group << 16 | element
+
+
+def _name(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
 def _header(raw: Buffer, pos: int, size: int, box: _Container, where: str) -> bytes:
@@ -161,47 +181,49 @@ def _length(data: bytes, little: bool) -> int:
 def _dataset_element(
     raw: Buffer, pos: int, box: _Container, stack: list[_Container], *, top_level: bool, encapsulated: bool
 ) -> int:
-    e = "<" if box.little else ">"
-    head = _header(raw, pos, 8, box, "an element header")
-    tag = _tag(head, box.little)
-    name = f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+    little = box.little
+    if pos + 8 > box.limit:
+        raise Unreadable("dataset ends inside an element header")
+    tag = _tag_at(raw, pos, little)
     if tag >> 16 == 0xFFFE:
-        if tag == ITEM_DELIMITER and box.end is None and _length(head[4:8], box.little) == 0:
+        if tag == ITEM_DELIMITER and box.end is None and _UL[little].unpack_from(raw, pos + 4)[0] == 0:
             stack.pop()  # the end of an undefined-length item
             return pos + 8
-        raise Unreadable(f"unexpected delimiter or item tag {name}")
+        raise Unreadable(f"unexpected delimiter or item tag {_name(tag)}")
     if top_level and tag >> 16 in NOT_IN_A_DATASET:
         # Stored after our file meta, a (0002,xxxx) element would be read as part of it: a sender could
         # change the stored file's transfer syntax (pydicom reads group 0002 until another group starts).
-        raise Unreadable(f"element {name} does not belong in a dataset")
+        raise Unreadable(f"element {_name(tag)} does not belong in a dataset")
     if box.implicit:
-        vr, length, start = _dictionary_vr(tag), _length(head[4:8], box.little), pos + 8
+        vr, length, start = _dictionary_vr(tag), _UL[little].unpack_from(raw, pos + 4)[0], pos + 8
     else:
-        vr = head[4:6].decode("latin-1")
+        vr = bytes(raw[pos + 4 : pos + 6]).decode("latin-1")
         if vr in SHORT_VRS:
-            length, start = struct.unpack(e + "H", head[6:8])[0], pos + 8
+            length, start = _US[little].unpack_from(raw, pos + 6)[0], pos + 8
         elif vr in LONG_VRS:
-            length, start = _length(_header(raw, pos + 8, 4, box, "an element header"), box.little), pos + 12
+            if pos + 12 > box.limit:
+                raise Unreadable("dataset ends inside an element header")
+            length, start = _UL[little].unpack_from(raw, pos + 8)[0], pos + 12
         else:
-            raise Unreadable(f"element {name} has an unknown VR")
+            raise Unreadable(f"element {_name(tag)} has an unknown VR")
     if length == UNDEFINED_LENGTH:
         if vr == "SQ" or (box.implicit and vr in ("", "UN")):
             # A sequence; one of an unknown VR in implicit VR is read as one (PS3.5 7.5.1).
-            stack.append(_sequence(box, None, box.implicit, box.little))
+            stack.append(_sequence(box, None, box.implicit, little))
         elif vr == "UN":
             # Explicit UN of undefined length: a sequence encoded in Implicit VR Little Endian (PS3.5 6.2.2).
             stack.append(_sequence(box, None, True, True))
         elif encapsulated and tag == PIXEL_DATA and vr in ("OB", "OW"):
-            stack.append(_Container("fragments", None, box.limit, box.implicit, box.little, box.depth))
+            stack.append(_Container("fragments", None, box.limit, box.implicit, little, box.depth))
         else:
-            raise Unreadable(f"element {name} has an undefined length")
+            raise Unreadable(f"element {_name(tag)} has an undefined length")
         return start
     if start + length > box.limit:
-        raise Unreadable(f"dataset ends inside element {name}")
+        raise Unreadable(f"dataset ends inside element {_name(tag)}")
     if top_level and encapsulated and tag == PIXEL_DATA:
         raise Unreadable("pixel data is not encapsulated")  # as the transfer syntax says it is
     if vr == "SQ":
-        stack.append(_sequence(box, start + length, box.implicit, box.little))
+        stack.append(_sequence(box, start + length, box.implicit, little))
         return start
     return start + length
 

@@ -23,7 +23,7 @@ from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from . import guard, services, streaming
+from . import guard, reactor, services, streaming
 from .storage import Spool
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,7 @@ class StoreSCP:
         with contextlib.suppress(OSError, AttributeError):
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         guard.install(event.assoc, self.pdu_limits)
+        reactor.install(event.assoc)
         self.streams.watch(event.assoc)
 
     def on_acse_recv(self, event) -> None:
