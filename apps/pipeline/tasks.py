@@ -1,9 +1,12 @@
 """Celery tasks: thin interfaces over services. They take ids, never objects or patient data."""
 
+import contextlib
+import functools
 import logging
 
 from celery import shared_task
 from django.conf import settings
+from django.db import DatabaseError, connection
 
 from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
@@ -18,6 +21,22 @@ from . import services
 from .chains import STAT_LANE, chain_start, delivery_lane, lane, task_start
 
 logger = logging.getLogger(__name__)
+
+
+def sweeper(task):
+    """A Beat sweeper skips its tick while the database is away, with one warning line rather than an error
+    and a traceback each time: the next tick does the work, nothing is lost by skipping."""
+
+    @functools.wraps(task)
+    def run() -> None:
+        try:
+            task()
+        except DatabaseError as exc:
+            logger.warning("%s skipped: database unavailable (%s)", task.__name__, type(exc).__name__)
+            with contextlib.suppress(DatabaseError):
+                connection.close()
+
+    return run
 
 
 @shared_task(name="pipeline.persist")
@@ -81,6 +100,7 @@ def notification_send(notification_id: int) -> None:
 
 
 @shared_task(name="pipeline.reconcile")
+@sweeper
 def reconcile() -> None:
     for study_id, step in services.reconcile_targets():
         chain_start(study_id, step)
@@ -89,12 +109,14 @@ def reconcile() -> None:
 
 
 @shared_task(name="pipeline.deliveries_due")
+@sweeper
 def deliveries_due() -> None:
     for delivery_id in _deliveries_due(lease=settings.RECONCILE_AFTER):
         deliver_start(delivery_id)
 
 
 @shared_task(name="pipeline.destinations_check")
+@sweeper
 def destinations_check() -> None:
     for destination_id in _destinations_check():
         for delivery_id in _deliveries_due(destination_id=destination_id):
@@ -102,6 +124,7 @@ def destinations_check() -> None:
 
 
 @shared_task(name="pipeline.assign_unassigned")
+@sweeper
 def assign_unassigned() -> None:
     for study_id in services.unassigned_studies():
         if study_assign(study_id=study_id) is not None:
@@ -109,6 +132,7 @@ def assign_unassigned() -> None:
 
 
 @shared_task(name="pipeline.escalations_due")
+@sweeper
 def escalations_due() -> None:
     for action in escalation_sweep():
         for notification_id in services.escalation_notify(action=action):
@@ -116,6 +140,7 @@ def escalations_due() -> None:
 
 
 @shared_task(name="pipeline.sla_check")
+@sweeper
 def sla_check() -> None:
     for event in sla_sweep():
         for notification_id in services.sla_notify(event=event):
@@ -123,17 +148,20 @@ def sla_check() -> None:
 
 
 @shared_task(name="pipeline.privileges_expiring")
+@sweeper
 def privileges_expiring() -> None:
     for notification_id in services.privileges_expiring_notify():
         task_start("notification_send", notification_id)
 
 
 @shared_task(name="pipeline.storage_check")
+@sweeper
 def storage_check() -> None:
     for notification_id in services.storage_low_notify():
         task_start("notification_send", notification_id)
 
 
 @shared_task(name="pipeline.storage_sweep")
+@sweeper
 def storage_sweep() -> None:
     services.storage_sweep()
