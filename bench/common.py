@@ -289,6 +289,27 @@ class StoreSCP(Receiver):
         self.process.stop()
 
 
+class PynetdicomSCP(Receiver):
+    """bench/pynetdicom_scp.py: pynetdicom's least storage SCP (fsync per file), the library's own floor."""
+
+    name = "pynetdicom"
+    ae_title = "PYNETDICOM"
+
+    def __init__(self, folder: Path, log_dir: Path) -> None:
+        self.folder = folder
+        self.port = free_port()
+        args = [sys.executable, str(Path(__file__).parent / "pynetdicom_scp.py"), str(self.port), str(folder)]
+        self.process = Process("pynetdicom-scp", args, env=dict(os.environ), log_dir=log_dir)
+        self.process.wait_for_port(self.port)
+
+    def count(self) -> int:
+        with os.scandir(self.folder) as entries:
+            return sum(1 for _ in entries)
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 LUA_FORWARD = """
 -- Forward every instance Orthanc stores to the destination, as an auto-routing Orthanc does.
 function OnStoredInstance(instanceId, tags, metadata, origin)

@@ -11,6 +11,8 @@ fresh on empty storage for every run and checked to hold every instance afterwar
   only receipt is measured (the chains it publishes at association end are part of the time).
 - orthanc: Orthanc with its own configuration (SyncStorageArea true, its default: fsync per file).
 - storescp: dcmtk's `storescp +xa -od DIR`, which writes files without fsync: a ceiling, not a peer.
+- pynetdicom: bench/pynetdicom_scp.py, the least storage SCP pynetdicom allows (encoded dataset to a file,
+  fsync, nothing else): not a goal's peer, the floor of the library the router receives with.
 
 Goal (issue 8): at least 1.2x Orthanc's throughput and 0.5x storescp's, on both data sets.
 Results go to bench/results/ingest.json (ingest-quick.json with --quick).
@@ -28,6 +30,7 @@ from common import (
     RESULTS,
     DataSet,
     Orthanc,
+    PynetdicomSCP,
     Receiver,
     Router,
     RouterDatabase,
@@ -49,7 +52,7 @@ from common import (
 
 GOAL_OVER_ORTHANC = 1.2
 GOAL_OVER_STORESCP = 0.5
-RECEIVERS = ("router", "orthanc", "storescp")
+RECEIVERS = ("router", "orthanc", "storescp", "pynetdicom")
 
 
 def start(name: str, folder: Path, logs: Path, *, db: RouterDatabase, broker: str) -> Receiver:
@@ -59,6 +62,8 @@ def start(name: str, folder: Path, logs: Path, *, db: RouterDatabase, broker: st
         return Router(router_env(database_url_=db.url, broker_url=broker, folder=folder), logs, db=db)
     if name == "orthanc":
         return Orthanc(folder, logs)
+    if name == "pynetdicom":
+        return PynetdicomSCP(folder / "out", logs)
     return StoreSCP(folder / "out", logs)
 
 
@@ -179,7 +184,7 @@ def main() -> int:
         for data in datasets:
             for run in range(runs):
                 # Rotate the order each run, so no receiver always goes first (cold) or last.
-                order = RECEIVERS[run % 3 :] + RECEIVERS[: run % 3]
+                order = RECEIVERS[run % len(RECEIVERS) :] + RECEIVERS[: run % len(RECEIVERS)]
                 for name in order:
                     elapsed, quiet = one_run(name, data, work, db=db, broker=args.broker)
                     seconds[data.name, name].values.append(elapsed)
@@ -212,6 +217,9 @@ def main() -> int:
         ours = data.throughput(seconds[data.name, "router"].median)
         over_orthanc = ours / data.throughput(seconds[data.name, "orthanc"].median)
         over_storescp = ours / data.throughput(seconds[data.name, "storescp"].median)
+        floor_over_orthanc = data.throughput(seconds[data.name, "pynetdicom"].median) / data.throughput(
+            seconds[data.name, "orthanc"].median
+        )
         met = over_orthanc >= GOAL_OVER_ORTHANC and over_storescp >= GOAL_OVER_STORESCP
         all_met &= met
         figures[data.name] = {
@@ -219,12 +227,14 @@ def main() -> int:
             "receivers": per,
             "ratio_router_over_orthanc": round(over_orthanc, 3),
             "ratio_router_over_storescp": round(over_storescp, 3),
+            "ratio_pynetdicom_floor_over_orthanc": round(floor_over_orthanc, 3),
             "goal_met": met,
         }
         print(
             f"{data.name}: router/orthanc {over_orthanc:.2f}x (goal >= {GOAL_OVER_ORTHANC}x: "
             f"{'met' if over_orthanc >= GOAL_OVER_ORTHANC else 'NOT met'}), router/storescp {over_storescp:.2f}x "
-            f"(goal >= {GOAL_OVER_STORESCP}x: {'met' if over_storescp >= GOAL_OVER_STORESCP else 'NOT met'})"
+            f"(goal >= {GOAL_OVER_STORESCP}x: {'met' if over_storescp >= GOAL_OVER_STORESCP else 'NOT met'}); "
+            f"pynetdicom's floor/orthanc {floor_over_orthanc:.2f}x"
         )
     result["results"] = figures
     if profiles:
