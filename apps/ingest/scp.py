@@ -1,8 +1,11 @@
 """The C-STORE SCP: a pynetdicom AE with handlers bound to their dependencies.
 
 Handlers do the minimum: parse the event, call one service, return a status. Each association runs
-in its own thread; the studies it brought are handed to the pipeline when it ends (released or aborted:
-instances already answered with success are ours either way). Datasets arrive straight into temp files
+in its own thread. A study is handed to the pipeline as soon as the association moves on to another
+study, and whatever is left when the association ends (released or aborted: instances already answered
+with success are ours either way). A sender that comes back to a study already handed over in the same
+association is rare; its later instances take the late-instance path (a second chain, the same
+destinations and reader). Datasets arrive straight into temp files
 of the spool (streaming.py): the C-STORE handler inspects the file and renames it into place.
 """
 
@@ -93,6 +96,7 @@ class StoreSCP:
         self.streams = streaming.Streams(spool)
         # Per association: each study received and what its instances said of its urgency.
         self._studies: dict[int, dict[str, set[tuple[str, str]]]] = {}
+        self._current: dict[int, str] = {}  # per association: the study of its last instance
         self._lock = threading.Lock()
         self._allow_list: list[tuple[str, str]] = []
 
@@ -163,20 +167,34 @@ class StoreSCP:
             if received is not None:
                 received.discard()
         if outcome.status == services.SUCCESS:
+            uid = outcome.study_instance_uid
             with self._lock:
-                urgency = self._studies.setdefault(id(assoc), {}).setdefault(outcome.study_instance_uid, set())
+                studies = self._studies.setdefault(id(assoc), {})
+                previous = self._current.get(id(assoc))
+                self._current[id(assoc)] = uid
+                done = {previous: studies.pop(previous)} if previous != uid and previous in studies else {}
+                urgency = studies.setdefault(uid, set())
                 if len(urgency) < MAX_URGENCY_VALUES:
                     urgency.update(outcome.urgency)
+            if done:  # the association moved on: the previous study's pipeline need not wait for its end
+                self._hand_over(done)
         return _dataset_status(outcome)
 
     def on_end(self, event) -> None:
         with self._lock:
             studies = self._studies.pop(id(event.assoc), {})
+            self._current.pop(id(event.assoc), None)
         try:
             if studies:
-                self.on_studies_received(studies)
+                self._hand_over(studies)
         finally:
             connection.close()
+
+    def _hand_over(self, studies: dict[str, set[tuple[str, str]]]) -> None:
+        try:
+            self.on_studies_received(studies)
+        except Exception:  # noqa: BLE001 - never fail a C-STORE for it: the instances are recorded
+            logger.exception("handing %d studies to the pipeline failed; the reconciler will start them", len(studies))
 
 
 def build_ae(*, ae_title: str, limits: Limits) -> AE:

@@ -16,6 +16,7 @@ from apps.studies.models import ReceivedInstance
 
 from ..conftest import require_tool
 from ..support.dicom import SHIPPED, dataset_bytes, shipped, storescu, synthetic_study
+from ..support.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -176,3 +177,28 @@ def test_idle_associations_cost_next_to_no_cpu(start_scp):
         for assoc in held:
             assoc.release()
     assert used < 0.1, f"{used:.2f} CPU seconds for 3 s of four idle associations"
+
+
+def test_a_study_is_handed_over_when_the_association_moves_on_to_the_next(start_scp, tmp_path):
+    """Studies sent one after another in one association: the first study's pipeline starts while the
+    next still arrives, not at the association's end. The study comes to exist (study_register, then its chain) when the
+    sender moves on to the next study; the study still arriving waits for the association's end."""
+    from apps.studies.models import Study
+
+    _, port = start_scp()
+    first, first_files = synthetic_study(tmp_path / "a", count=3)
+    second, second_files = synthetic_study(tmp_path / "b", count=2)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+    try:
+        for path in [*first_files, second_files[0]]:
+            assert assoc.send_c_store(path).Status == 0x0000
+        wait_until(lambda: Study.objects.filter(study_instance_uid=first).exists(), timeout=10)
+        assert not Study.objects.filter(study_instance_uid=second).exists()
+        assert assoc.send_c_store(second_files[1]).Status == 0x0000
+    finally:
+        assoc.release()
+    wait_until(lambda: Study.objects.filter(study_instance_uid=second).exists(), timeout=10)
+    assert ReceivedInstance.objects.filter(study_instance_uid=first).count() == 3
+    assert ReceivedInstance.objects.filter(study_instance_uid=second).count() == 2
