@@ -21,7 +21,7 @@ import select
 import time
 
 # The longest the DUL waits without a wakeup; an idle association wakes 1/IDLE_WAIT times a second.
-IDLE_WAIT = 0.01
+IDLE_WAIT = 0.02
 
 
 class _WakingQueue(queue.Queue):

@@ -162,7 +162,8 @@ def cpu_seconds(pid: int) -> float:
 
 def test_idle_associations_cost_next_to_no_cpu(start_scp):
     """The SCP's reactor waits on its sockets (apps/ingest/reactor.py) rather than spinning: four
-    associations held open and silent for 3 s use well under a tenth of a CPU second between them."""
+    associations held open and silent for 3 s use a small fraction of a CPU second between them (spinning,
+    they used 2.8)."""
     proc, port = start_scp()
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage)
@@ -176,7 +177,7 @@ def test_idle_associations_cost_next_to_no_cpu(start_scp):
     finally:
         for assoc in held:
             assoc.release()
-    assert used < 0.1, f"{used:.2f} CPU seconds for 3 s of four idle associations"
+    assert used < 0.3, f"{used:.2f} CPU seconds for 3 s of four idle associations"
 
 
 def test_a_study_is_handed_over_when_the_association_moves_on_to_the_next(start_scp, tmp_path):
