@@ -14,6 +14,10 @@ counting the files in its folder every 20 ms. Data: 1,000 small CT instances in 
 - orthanc: Orthanc with its own configuration and a Lua script forwarding every stored instance
   (OnStoredInstance + SendToModality), Orthanc's usual way of auto-routing.
 
+Also measured, as a reference: the router's sender alone (apps/routing/dicom_send.py, pynetdicom, one
+association) sending the data set's files from disk to a fresh storescp: the least time the router's
+delivery could take even if it overlapped receipt perfectly and nothing else cost anything.
+
 Goal (issue 8): the router at least as fast as Orthanc (Orthanc's time / the router's >= 1).
 Results go to bench/results/route.json (route-quick.json with --quick).
 """
@@ -120,6 +124,34 @@ def one_run(
         wipe(folder)
 
 
+def sender_alone(data: DataSet, work: Path) -> float:
+    """Seconds the router's sender takes to send the data set's files to a fresh storescp, one association."""
+    from pydicom import dcmread
+
+    from apps.routing import dicom_send
+
+    folder = work / f"sender-{data.name}"
+    logs = work / "logs"
+    files = []
+    for path in data.paths:
+        ds = dcmread(path, stop_before_pixels=True)
+        files.append(dicom_send.File(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path))
+    destination = StoreSCP(folder / "destination", logs, ae_title=DESTINATION_AE, fork=True)
+    try:
+        target = dicom_send.Target(DESTINATION_AE, "127.0.0.1", destination.port, "ROUTER")
+        settle()
+        started = time.perf_counter()
+        results = dicom_send.send(target, files)
+        elapsed = time.perf_counter() - started
+        if any(r.kind != dicom_send.DELIVERED for r in results):
+            raise RuntimeError(f"the sender alone failed: {[r for r in results if r.kind != dicom_send.DELIVERED][:3]}")
+        wait_for_count(destination, data.count, timeout=60, interval=POLL)
+        return elapsed
+    finally:
+        destination.stop()
+        wipe(folder)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser)
@@ -149,6 +181,7 @@ def main() -> int:
         "datasets": {d.name: d.describe() for d in datasets},
     }
     runs_of: dict[tuple[str, str], list[Run]] = {(d.name, s): [] for d in datasets for s in SYSTEMS}
+    alone: dict[str, Series] = {d.name: Series() for d in datasets}
     with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
         db.create_template(env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
@@ -166,6 +199,10 @@ def main() -> int:
                         + (f"; {len(done.incidents)} warnings/errors logged" if done.incidents else ""),
                         flush=True,
                     )
+                alone[data.name].values.append(sender_alone(data, work))
+                print(
+                    f"{data.name:5} run {run + 1}/{runs} the router's sender alone {alone[data.name].values[-1]:7.2f} s"
+                )
 
     figures: dict = {}
     all_met = True
@@ -194,10 +231,19 @@ def main() -> int:
         )
         met = ratio >= GOAL_OVER_ORTHANC
         all_met &= met
-        figures[data.name] = {"systems": per, "ratio_orthanc_time_over_router_time": round(ratio, 3), "goal_met": met}
+        orthanc = Series([r.arrived for r in runs_of[data.name, "orthanc"]]).median
+        figures[data.name] = {
+            "systems": per,
+            "ratio_orthanc_time_over_router_time": round(ratio, 3),
+            "goal_met": met,
+            "router_sender_alone_seconds": [round(s, 3) for s in alone[data.name].values],
+            "median_router_sender_alone_seconds": round(alone[data.name].median, 3),
+            "ratio_orthanc_time_over_router_sender_alone": round(orthanc / alone[data.name].median, 3),
+        }
         print(
             f"{data.name}: router {ratio:.2f}x Orthanc's speed (Orthanc's time / ours; goal >= {GOAL_OVER_ORTHANC:g}: "
-            f"{'met' if met else 'NOT met'})"
+            f"{'met' if met else 'NOT met'}); the router's sender alone {alone[data.name].median:.2f} s "
+            f"({orthanc / alone[data.name].median:.2f}x)"
         )
     result["results"] = figures
     result["goal"] = {"orthanc_time_over_router_time_at_least": GOAL_OVER_ORTHANC, "met": all_met}
