@@ -193,9 +193,7 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
         )
         for i in items
     ]
-    results = dicom_send.send(
-        _target(delivery.target), files, on_sent=lambda index, result: _item_answered(items[index], result)
-    )
+    results = dicom_send.send(_target(delivery.target), files, on_sent=_Answers(delivery.pk, items))
     _health_record(delivery.target, results, clock.now())
     return _record(delivery, items, results, clock.now())
 
@@ -335,15 +333,27 @@ ITEM_STATE = {
 }
 
 
-def _item_answered(item: DeliveryItem, result: dicom_send.Result) -> None:
-    """As each answer arrives: an accepted item is recorded at once, and the delivery's claim is renewed, so
-    only a sender that went silent (killed, hung) loses its lease to another worker."""
-    now = clock.now()
-    if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
-        DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
-            state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=now
-        )
-    Delivery.objects.filter(pk=item.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
+class _Answers:
+    """As each answer arrives: an accepted item is recorded at once, and the delivery's claim is renewed (at
+    most once a second), so only a sender that went silent (killed, hung) loses its lease to another worker."""
+
+    RENEW_EVERY = timedelta(seconds=1)
+
+    def __init__(self, delivery_id: int, items: list[DeliveryItem]) -> None:
+        self.delivery_id = delivery_id
+        self.items = items
+        self.renewed = clock.now()
+
+    def __call__(self, index: int, result: dicom_send.Result) -> None:
+        now = clock.now()
+        item = self.items[index]
+        if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
+            DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
+                state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=now
+            )
+        if now - self.renewed >= self.RENEW_EVERY:
+            Delivery.objects.filter(pk=self.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
+            self.renewed = now
 
 
 def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime) -> str:
