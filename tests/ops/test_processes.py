@@ -14,6 +14,7 @@ COMPOSE_ENV = {
     "WORKER_CONCURRENCY": "${WORKER_CONCURRENCY:-2}",
     "DELIVER_CONCURRENCY": "${DELIVER_CONCURRENCY:-2}",
     "STAT_CONCURRENCY": "${STAT_CONCURRENCY:-2}",
+    "WORKER_NICE": "${WORKER_NICE:-10}",
     "FLOWER_PORT": "5555",
     "FLOWER_BASIC_AUTH": "${FLOWER_BASIC_AUTH:?user:password}",
 }
@@ -29,5 +30,6 @@ def test_docker_compose_runs_the_procfile_s_commands():
 
 def test_the_tests_start_the_procfile_s_commands():
     worker = procfile.command("worker", "--without-gossip")
-    assert worker[1:-1] == procfile.commands()["worker"][1:]
+    assert worker[-1] == "--without-gossip"
+    assert [arg.rpartition("/")[2] for arg in worker[:-1]] == procfile.commands()["worker"]
     assert procfile.command("scp")[2:] == ["runscp"]

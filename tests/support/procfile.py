@@ -40,7 +40,9 @@ def command(role: str, *extra: str, env: dict | None = None) -> list[str]:
     missing = [arg for arg in args if "${" in arg]
     if missing:
         raise KeyError(f"{role}: set the variables in {missing}")
-    tool = {"python": sys.executable, "celery": str(BIN / "celery")}.get(args[0], args[0])
-    if args[0] == "python":
-        args = [args[0], str(ROOT / args[1]), *args[2:]]
-    return [tool, *args[1:], *extra]
+    prefix = args[:3] if args[:2] == ["nice", "-n"] else []  # a lower CPU priority, then the program
+    program = args[len(prefix) :]
+    tool = {"python": sys.executable, "celery": str(BIN / "celery")}.get(program[0], program[0])
+    if program[0] == "python":
+        program = [program[0], str(ROOT / program[1]), *program[2:]]
+    return [*prefix, tool, *program[1:], *extra]
