@@ -240,6 +240,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 540)
 # then the reconciler takes over from the database.
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.3}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+CELERY_BEAT_SCHEDULER = "routerproject.beat:Scheduler"  # survives a schedule file cut short
 
 # --- Pipeline timing ---------------------------------------------------------------------------
 # How often Beat ticks the sweepers, and how long a unit of work may sit still before the
