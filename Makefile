@@ -39,7 +39,7 @@ run: venv
 	@echo
 	@echo "  DICOM SCP   $(SCP_AE_TITLE) on 0.0.0.0:$(SCP_PORT)   (storescu -aec $(SCP_AE_TITLE) 127.0.0.1 $(SCP_PORT) FILE...)"
 	@echo "  Demo        $(BIN)/python manage.py senddemo   (in another terminal: demo studies, routed and assigned)"
-	@echo "  Worklist    http://127.0.0.1:$(WEB_PORT)/worklist/   (achen, bbaker or cdiaz; password demo)"
+	@echo "  Worklist    http://127.0.0.1:$(WEB_PORT)/worklist/   (achen, bbaker, cdiaz or devans; password demo)"
 	@echo "  Admin       http://127.0.0.1:$(WEB_PORT)/admin/   (admin / demo)"
 	@echo "  Demo PACS   DEMO on 127.0.0.1:$(DEMO_PACS_PORT), files in var/demo-pacs"
 	@echo "  Follow      $(BIN)/python manage.py studystatus STUDY_INSTANCE_UID"

@@ -6,10 +6,11 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from apps.reading.models import Radiologist
-from apps.routing.models import Destination
-from apps.studies.models import Study
+from apps.routing.models import Delivery, Destination
+from apps.studies.models import Stage, Study
 
-from ..support.processes import python_manage
+from ..support.dicom import shipped, storescu
+from ..support.processes import python_manage, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -46,7 +47,7 @@ def test_senddemo_shows_every_demo_study_routed_delivered_and_assigned(start_scp
 def test_loaddemo_is_idempotent_and_gives_the_demo_logins():
     call_command("loaddemo")
     call_command("loaddemo")
-    assert Radiologist.objects.count() == 3
+    assert Radiologist.objects.count() == 4
     assert Radiologist.objects.get(user__username="achen").user.check_password("demo")
 
 
@@ -54,3 +55,23 @@ def test_loaddemo_is_refused_in_production(settings):
     settings.PRODUCTION = True
     with pytest.raises(CommandError, match="not production"):
         call_command("loaddemo")
+
+
+def test_pydicoms_own_files_as_shipped_are_routed_and_assigned_by_the_demo(start_scp, start_worker, storescp):
+    """What a new user sends first: pydicom's CT and MR test files, no body part, sent with storescu under
+    its default title. The demo's fallback rule sends them to body-pacs and D. Evans (general radiology)
+    reads them."""
+    call_command("loaddemo")
+    _, pacs_port, pacs_folder = storescp("DEMO")
+    Destination.objects.update(port=pacs_port)
+    _, port = start_scp()
+    start_worker()
+
+    sent = storescu(port, [shipped("ct"), shipped("mr")], calling="STORESCU")
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    wait_until(lambda: Study.objects.filter(stage=Stage.NOTIFIED).count() == 2, timeout=60, what="two studies notified")
+    for study in Study.objects.all():
+        [delivery] = Delivery.objects.filter(study=study)
+        assert (delivery.destination.name, delivery.state) == ("body-pacs", Delivery.State.DELIVERED)
+        assert study.assignments.get().radiologist.user.username == "devans"
+    assert len(list(pacs_folder.iterdir())) == 2

@@ -139,7 +139,7 @@ class Command(BaseCommand):
         for uid, _, study in studies:
             self.stdout.write(self.describe(study, statuses.get(uid)))
         self.stdout.write("")
-        self.stdout.write(f"  Worklist   {web}/worklist/   (log in as achen, bbaker or cdiaz; password demo)")
+        self.stdout.write(f"  Worklist   {web}/worklist/   (log in as achen, bbaker, cdiaz or devans; password demo)")
         self.stdout.write(f"  Dashboard  {web}/dashboard/")
         self.stdout.write(f"  Admin      {web}/admin/   (admin / demo)")
         first = statuses.get(uids[0]) or {}
