@@ -5,8 +5,8 @@ in its own thread. A study is handed to the pipeline as soon as the association 
 study, and whatever is left when the association ends (released or aborted: instances already answered
 with success are ours either way). A sender that comes back to a study already handed over in the same
 association is rare; its later instances take the late-instance path (a second chain, the same
-destinations and reader). Datasets arrive straight into temp files
-of the spool (streaming.py): the C-STORE handler inspects the file and renames it into place.
+destinations and reader). Datasets arrive straight into temp files of the spool (streaming.py): the
+C-STORE handler inspects the file and renames it into place.
 """
 
 import contextlib
