@@ -18,6 +18,7 @@ import contextlib
 import os
 import queue
 import select
+import threading
 import time
 
 # The longest the DUL waits without a wakeup; an idle association wakes 1/IDLE_WAIT times a second.
@@ -40,10 +41,14 @@ def install(assoc) -> None:
     poller = select.poll()
     poller.register(read_end, select.POLLIN)
     registered = []
+    # Once the pipe is closed its descriptor numbers may belong to another file: no write after that.
+    pipe_lock = threading.Lock()
+    pipe_open = [True]
 
     def wake() -> None:
-        with contextlib.suppress(OSError):  # full (a wakeup is pending anyway) or closed (the end)
-            os.write(write_end, b"\0")
+        with pipe_lock, contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
+            if pipe_open[0]:
+                os.write(write_end, b"\0")
 
     dul.to_provider_queue = _WakingQueue(wake)
     dul._run_loop_delay = 0
@@ -62,9 +67,11 @@ def install(assoc) -> None:
             if sock is None or registered[0] is not sock:
                 time.sleep(0.001)  # no socket to wait on: poll as pynetdicom does
                 return False
-            if poller.poll(IDLE_WAIT * 1000):
-                with contextlib.suppress(OSError):
-                    os.read(read_end, 4096)
+            ready = poller.poll(IDLE_WAIT * 1000)
+            if any(fd == read_end for fd, _ in ready):
+                with pipe_lock, contextlib.suppress(OSError):
+                    if pipe_open[0]:  # the DUL may still be here when the association thread closed it
+                        os.read(read_end, 4096)
         except (OSError, ValueError):
             time.sleep(0.001)
         return False
@@ -86,7 +93,9 @@ def install(assoc) -> None:
         try:
             run()
         finally:
-            os.close(write_end)
-            os.close(read_end)
+            with pipe_lock:
+                pipe_open[0] = False
+                os.close(write_end)
+                os.close(read_end)
 
     assoc.run = run_then_close
