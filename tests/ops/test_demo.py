@@ -69,7 +69,12 @@ def test_pydicoms_own_files_as_shipped_are_routed_and_assigned_by_the_demo(start
 
     sent = storescu(port, [shipped("ct"), shipped("mr")], calling="STORESCU")
     assert sent.returncode == 0, sent.stdout + sent.stderr
-    wait_until(lambda: Study.objects.filter(stage=Stage.NOTIFIED).count() == 2, timeout=60, what="two studies notified")
+
+    def settled() -> bool:
+        notified = Study.objects.filter(stage=Stage.NOTIFIED).count() == 2
+        return notified and Delivery.objects.filter(state=Delivery.State.DELIVERED).count() == 2
+
+    wait_until(settled, timeout=60, what="two studies notified and delivered")
     for study in Study.objects.all():
         [delivery] = Delivery.objects.filter(study=study)
         assert (delivery.destination.name, delivery.state) == ("body-pacs", Delivery.State.DELIVERED)
