@@ -123,7 +123,6 @@ class TempFile:
         self.name = str(path)
         self.error: OSError | None = None
         self.adopted = False
-        self.size = 0
         self.file = self
         try:
             self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
@@ -138,7 +137,6 @@ class TempFile:
                 while view:
                     written = os.write(self._fd, view)
                     view = view[written:]
-                    self.size += written
             except OSError as exc:
                 self.error = exc
                 self.close()
