@@ -1,17 +1,22 @@
-"""Wake pynetdicom's DUL thread when there is something to do, instead of letting it poll.
+"""Wake pynetdicom's threads when there is something to do, instead of letting them poll.
 
 pynetdicom 3.0.4's DUL reactor checks its socket and queues in a loop and, when it found nothing, sleeps
-`_run_loop_delay` (1 ms) before looking again. In a strictly request-response exchange (a sender waits
-for each C-STORE's answer) both directions pay it: the next request waits for the DUL to wake, and so
-does our answer, which the association thread hands to the DUL through `to_provider_queue`. Measured
-with a minimal SCP and storescu, 1,000 small instances: 2.97 s polling, 2.07 s with these wakeups (and
-1.84 s with no sleep at all, which spins a core per idle association).
+`_run_loop_delay` (1 ms) before looking again; the association thread looks for a message, then sleeps
+1 ms. In a strictly request-response exchange (a sender waits for each C-STORE's answer) every step pays
+it: the next request waits for the DUL to wake, our answer (handed to the DUL through
+`to_provider_queue`) too, and the association thread for the request. Measured with a minimal SCP and
+storescu, 1,000 small instances: 2.97 s polling, 2.07 s with these wakeups (and 1.84 s with no sleep at
+all, which spins a core per idle association).
 
 `install()` (in the EVT_CONN_OPEN handler, before the association's threads start) changes one
-association's DUL: no sleep in its loop, and when a pass found nothing to read it waits in poll(2) on its
-socket and on a pipe written whenever a primitive is queued for sending, at most IDLE_WAIT, so what
-nothing signals (a timer that expired, a request to stop) is still seen within that time. The pipe is
-closed when the association's thread ends.
+association:
+- its DUL does not sleep; when a pass found nothing to read it waits in poll(2) on its socket and on a
+  pipe written whenever a primitive is queued for sending, up to IDLE_WAIT while the association is
+  established (what nothing signals, a timer that expired, is still seen within that time), 1 ms before
+  and after (negotiation, release: as pynetdicom, and its stop waits for this thread in a busy loop);
+- its association thread waits on the message queue instead of polling it, and is woken as well by what
+  the DUL hands it besides messages (a release request, an abort), so an association ends at once.
+It returns the function that closes the pipe, for when the association's thread ends.
 """
 
 import contextlib
@@ -20,13 +25,18 @@ import queue
 import select
 import threading
 import time
+from collections.abc import Callable
 
-# The longest the DUL waits without a wakeup; an idle association wakes 1/IDLE_WAIT times a second.
+# The longest an established association's DUL waits without a wakeup: an idle one wakes 50 times a second.
 IDLE_WAIT = 0.02
+# pynetdicom's own pause, before the association is established and once it is no longer.
+SHORT_WAIT = 0.001
 
 
 class _WakingQueue(queue.Queue):
-    def __init__(self, wake) -> None:
+    """A queue whose every put also calls `wake`."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
         super().__init__()
         self._wake = wake
 
@@ -35,22 +45,43 @@ class _WakingQueue(queue.Queue):
         self._wake()
 
 
-def install(assoc) -> None:
-    dul = assoc.dul
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+class _Pipe:
+    """A self-pipe. Once closed, its descriptor numbers may belong to another file or connection, so
+    neither `wake` nor `drain` touches them after `close`."""
+
+    def __init__(self) -> None:
+        self.read_end, self._write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._open = True
+
+    def wake(self) -> None:
+        with self._lock, contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
+            if self._open:
+                os.write(self._write_end, b"\0")
+
+    def drain(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            if self._open:
+                os.read(self.read_end, 4096)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self._write_end)
+                os.close(self.read_end)
+
+
+def install(assoc) -> Callable[[], None]:
+    dul, dimse = assoc.dul, assoc.dimse
+    pipe = _Pipe()
+    sock = dul.socket.socket  # set before EVT_CONN_OPEN; None once the connection is closed
     poller = select.poll()
-    poller.register(read_end, select.POLLIN)
-    registered = []
-    # Once the pipe is closed its descriptor numbers may belong to another file: no write after that.
-    pipe_lock = threading.Lock()
-    pipe_open = [True]
-
-    def wake() -> None:
-        with pipe_lock, contextlib.suppress(BlockingIOError):  # full: a wakeup is pending anyway
-            if pipe_open[0]:
-                os.write(write_end, b"\0")
-
-    dul.to_provider_queue = _WakingQueue(wake)
+    poller.register(pipe.read_end, select.POLLIN)
+    poller.register(sock, select.POLLIN)
+    dul.to_provider_queue = _WakingQueue(pipe.wake)
+    # Release and abort indications go to the association thread this way, messages by msg_queue.
+    dul.to_user_queue = _WakingQueue(lambda: dimse.msg_queue.put((None, None)))
     dul._run_loop_delay = 0
     transport_event = dul._is_transport_event
 
@@ -59,43 +90,25 @@ def install(assoc) -> None:
             return True
         if dul._kill_thread or not dul.event_queue.empty() or not dul.to_provider_queue.empty():
             return False
-        sock = dul.socket.socket if dul.socket else None
+        if not assoc.is_established or dul.socket is None or dul.socket.socket is not sock:
+            time.sleep(SHORT_WAIT)
+            return False
         try:
-            if sock is not None and not registered:
-                poller.register(sock, select.POLLIN)
-                registered.append(sock)
-            if sock is None or registered[0] is not sock:
-                time.sleep(0.001)  # no socket to wait on: poll as pynetdicom does
-                return False
             ready = poller.poll(IDLE_WAIT * 1000)
-            if any(fd == read_end for fd, _ in ready):
-                with pipe_lock, contextlib.suppress(OSError):
-                    if pipe_open[0]:  # the DUL may still be here when the association thread closed it
-                        os.read(read_end, 4096)
-        except (OSError, ValueError):
-            time.sleep(0.001)
+        except OSError:
+            time.sleep(SHORT_WAIT)
+            return False
+        if any(fd == pipe.read_end for fd, _ in ready):
+            pipe.drain()
         return False
 
-    dul._is_transport_event = transport_event_or_wait
-    dimse = assoc.dimse
-
     def get_msg_or_wait(block: bool = False):
-        # The association thread asks without blocking, then sleeps 1 ms; wait for the message instead.
+        # Asked without blocking, after a 1 ms sleep; wait instead (a (None, None) only wakes the loop).
         try:
             return dimse.msg_queue.get(block=True, timeout=IDLE_WAIT)
         except queue.Empty:
             return None, None
 
+    dul._is_transport_event = transport_event_or_wait
     dimse.get_msg = get_msg_or_wait
-    run = assoc.run
-
-    def run_then_close() -> None:
-        try:
-            run()
-        finally:
-            with pipe_lock:
-                pipe_open[0] = False
-                os.close(write_end)
-                os.close(read_end)
-
-    assoc.run = run_then_close
+    return pipe.close

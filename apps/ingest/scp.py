@@ -115,9 +115,11 @@ class StoreSCP:
         # Without TCP_NODELAY every response waits ~40 ms on Nagle and delayed ACKs.
         with contextlib.suppress(OSError, AttributeError):
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        guard.install(event.assoc, self.pdu_limits)
-        reactor.install(event.assoc)
-        self.streams.watch(event.assoc)
+        assoc = event.assoc
+        guard.install(assoc, self.pdu_limits)
+        close_wakeups = reactor.install(assoc)
+        self.streams.watch(assoc)
+        _when_thread_ends(assoc, lambda: self.streams.end(assoc), close_wakeups)
 
     def on_acse_recv(self, event) -> None:
         """Admission: the calling AE title must be allowed from this host.
@@ -195,6 +197,21 @@ class StoreSCP:
             self.on_studies_received(studies)
         except Exception:  # noqa: BLE001 - never fail a C-STORE for it: the instances are recorded
             logger.exception("handing %d studies to the pipeline failed; the reconciler will start them", len(studies))
+
+
+def _when_thread_ends(assoc, *callbacks: Callable[[], None]) -> None:
+    """Run `callbacks` in the association's own thread when its `run` returns, however the association
+    ended. Call before the thread starts (EVT_CONN_OPEN)."""
+    run = assoc.run
+
+    def run_then_callbacks() -> None:
+        try:
+            run()
+        finally:
+            for callback in callbacks:
+                callback()
+
+    assoc.run = run_then_callbacks
 
 
 def build_ae(*, ae_title: str, limits: Limits) -> AE:

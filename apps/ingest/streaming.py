@@ -9,10 +9,10 @@ a `Streams`, in the spool's temp folder (`TempFile`: a failed write is held for 
 in pynetdicom's thread).
 
 Each association's temp files are tracked from creation. The handler takes its file (`take`) and
-discards what it did not adopt; whatever is left when the association's thread ends (a dataset cut off
-by an abort, a request queued but never served because the association ended first) is removed then,
+discards what it did not adopt; whatever is left when the association's thread ends (`end`: a dataset cut
+off by an abort, a request queued but never served because the association ended first) is removed then,
 however it ended. The association thread is the right moment: it ends only after its DUL thread, the
-only writer, has stopped.
+only writer, has stopped (pynetdicom's `Association.kill` waits for it).
 """
 
 import logging
@@ -52,19 +52,10 @@ class Streams:
         self._open: dict[int, dict[str, TempFile]] = {}  # id(association) -> its files by name
 
     def watch(self, assoc) -> None:
-        """Receive `assoc`'s datasets into the spool, until its thread ends. Call before it starts."""
+        """Receive `assoc`'s datasets into the spool until `end(assoc)`. Call before its threads start."""
         with self._lock:
             self._open[id(assoc)] = {}
             _owners[id(assoc)] = self
-        run = assoc.run
-
-        def run_then_clean() -> None:
-            try:
-                run()
-            finally:
-                self._end(assoc)
-
-        assoc.run = run_then_clean
 
     def open(self, assoc) -> TempFile:
         temp = self.spool.open_temp()
@@ -81,7 +72,8 @@ class Streams:
         with self._lock:
             return self._open.get(id(assoc), {}).pop(str(path), None)
 
-    def _end(self, assoc) -> None:
+    def end(self, assoc) -> None:
+        """When the association's thread ends: remove the temp files nobody took."""
         with self._lock:
             _owners.pop(id(assoc), None)
             left = self._open.pop(id(assoc), {})

@@ -9,7 +9,7 @@ from apps.ingest.storage import Spool
 
 
 class FakeAssociation:
-    """What Streams.watch needs of a pynetdicom Association: a `run` called by its thread."""
+    """A pynetdicom Association as far as Streams is concerned: a `run` called by its thread."""
 
     def __init__(self, body) -> None:
         self.body = body
@@ -53,6 +53,7 @@ def test_files_are_made_in_the_spool_for_watched_associations_and_left_ones_remo
     thread = threading.Thread(target=assoc.run)
     thread.start()
     thread.join()
+    streams.end(assoc)  # as the SCP calls it when the association's thread ends
 
     assert all(temp.name.startswith(str(spool.tmp)) for temp in made)
     assert list(spool.tmp.iterdir()) == []
