@@ -205,7 +205,8 @@ CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "routerfs://")
 # Redis redelivers a message not acknowledged within the visibility timeout. Every countdown and
 # retry stays far below it (checked by a system check); longer waits are next_attempt_at columns.
 CELERY_VISIBILITY_TIMEOUT = env_int("CELERY_VISIBILITY_TIMEOUT", 900)
-if CELERY_BROKER_URL.startswith(("routerfs", "filesystem")):  # the embedded default
+EMBEDDED_BROKER = CELERY_BROKER_URL.startswith(("routerfs", "filesystem"))
+if EMBEDDED_BROKER:
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(BROKER_DIR / "queue"),
         "data_folder_out": str(BROKER_DIR / "queue"),
@@ -232,7 +233,6 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # embedded filesystem transport Celery's worker loop is synchronous: with every slot taken, it looks for
 # the next message only after its 2 s drain timeout, so each step of a chain waited ~2 s (the demo's four
 # studies took 21-29 s to settle; 1.7 s with 8 per process). One worker per queue group there: nothing to share.
-EMBEDDED_BROKER = CELERY_BROKER_URL.startswith(("routerfs", "filesystem"))
 CELERY_WORKER_PREFETCH_MULTIPLIER = 8 if EMBEDDED_BROKER else 1
 # A task running when the broker drops finishes: every task re-checks its rows, so the redelivered copy
 # does nothing, whereas cancelling a delivery half way sends its last instance twice (tests/faults).

@@ -163,27 +163,16 @@ def _name(tag: int) -> str:
     return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
 
 
-def _header(raw: Buffer, pos: int, size: int, box: _Container, where: str) -> bytes:
+def _need(pos: int, size: int, box: _Container, where: str) -> None:
     if pos + size > box.limit:
         raise Unreadable(f"dataset ends inside {where}")
-    return bytes(raw[pos : pos + size])
-
-
-def _tag(data: bytes, little: bool) -> int:
-    group, element = struct.unpack("<HH" if little else ">HH", data[:4])
-    return group << 16 | element
-
-
-def _length(data: bytes, little: bool) -> int:
-    return struct.unpack("<L" if little else ">L", data)[0]
 
 
 def _dataset_element(
     raw: Buffer, pos: int, box: _Container, stack: list[_Container], *, top_level: bool, encapsulated: bool
 ) -> int:
     little = box.little
-    if pos + 8 > box.limit:
-        raise Unreadable("dataset ends inside an element header")
+    _need(pos, 8, box, "an element header")
     tag = _tag_at(raw, pos, little)
     if tag >> 16 == 0xFFFE:
         if tag == ITEM_DELIMITER and box.end is None and _UL[little].unpack_from(raw, pos + 4)[0] == 0:
@@ -201,8 +190,7 @@ def _dataset_element(
         if vr in SHORT_VRS:
             length, start = _US[little].unpack_from(raw, pos + 6)[0], pos + 8
         elif vr in LONG_VRS:
-            if pos + 12 > box.limit:
-                raise Unreadable("dataset ends inside an element header")
+            _need(pos, 12, box, "an element header")
             length, start = _UL[little].unpack_from(raw, pos + 8)[0], pos + 12
         else:
             raise Unreadable(f"element {_name(tag)} has an unknown VR")
@@ -238,8 +226,8 @@ def _sequence(parent: _Container, end: int | None, implicit: bool, little: bool)
 
 def _item(raw: Buffer, pos: int, box: _Container, stack: list[_Container]) -> int:
     """The next item of a sequence (a dataset) or of encapsulated pixel data (a fragment)."""
-    head = _header(raw, pos, 8, box, "an item header")
-    tag, length = _tag(head, box.little), _length(head[4:8], box.little)
+    _need(pos, 8, box, "an item header")
+    tag, length = _tag_at(raw, pos, box.little), _UL[box.little].unpack_from(raw, pos + 4)[0]
     if tag == SEQUENCE_DELIMITER and box.end is None and length == 0:
         stack.pop()
         return pos + 8
