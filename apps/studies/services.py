@@ -80,15 +80,17 @@ def received_instance_second_copy(*, sop_instance_uid: str, path: str) -> bool:
         ReceivedInstance.objects.filter(pk=kept.pk).update(path=path)
         logger.warning("received instance %s: its file was missing; the new copy takes its place", kept.pk)
         return True
-    received_instance_copy_differs(sop_instance_uid=sop_instance_uid, path=settings.STORAGE_ROOT / path)
+    _count_if_different(kept, settings.STORAGE_ROOT / path)
     return False
 
 
 def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool:
     """Compare a later copy with the kept one; a difference is counted on the kept row for QC."""
     kept = ReceivedInstance.objects.filter(sop_instance_uid=sop_instance_uid).first()
-    if kept is None:
-        return False
+    return kept is not None and _count_if_different(kept, path)
+
+
+def _count_if_different(kept: ReceivedInstance, path: Path) -> bool:
     try:
         same = filecmp.cmp(settings.STORAGE_ROOT / kept.path, path, shallow=False)  # in blocks, not whole files
     except OSError:
