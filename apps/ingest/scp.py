@@ -231,6 +231,15 @@ def build_ae(*, ae_title: str, limits: Limits) -> AE:
     return ae
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """Binds with SO_REUSEPORT: several SCP processes listen on one port and the kernel spreads new
+    connections among them (runscp --processes)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def serve(
     *,
     host: str,
@@ -239,13 +248,19 @@ def serve(
     spool: Spool,
     on_studies_received: StudiesReceived,
     limits: Limits = Limits(),
+    shared_port: bool = False,
 ) -> ThreadedAssociationServer:
-    """Start listening and return the server (non-blocking); `stop()` ends it."""
+    """Start listening and return the server (non-blocking); `stop()` ends it. With `shared_port`,
+    other processes may listen on the same port (each must ask for it too)."""
     pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
     streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
     scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
-    server = ae.start_server((host, port), block=False, evt_handlers=scp.handlers())
+    # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
+    server_class = _SharedPortServer if shared_port else ThreadedAssociationServer
+    server = ae.make_server((host, port), evt_handlers=scp.handlers(), server_class=server_class)
+    threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
+    ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
     logger.info("SCP %s listening on %s:%s", ae_title, host, server.server_address[1])
     return server
 

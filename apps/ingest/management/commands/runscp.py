@@ -1,25 +1,39 @@
+import argparse
 import signal
 import socket
 import threading
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 
-from apps.ingest import scp
+from apps.ingest import scp, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
 from apps.pipeline.chains import studies_received
 
 
 class Command(BaseCommand):
-    help = "Run the DICOM C-STORE SCP. SIGTERM lets open associations finish, then stops."
+    help = (
+        "Run the DICOM C-STORE SCP. SIGTERM lets open associations finish, then stops. With --processes N, "
+        "N SCP processes share the port (each association is served by one), under one supervisor."
+    )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default=settings.SCP_HOST)
         parser.add_argument("--port", type=int, default=settings.SCP_PORT)
         parser.add_argument("--ae-title", default=settings.SCP_AE_TITLE)
+        parser.add_argument("--processes", type=int, default=settings.SCP_PROCESSES)
+        # Given by the supervisor to the processes it starts: which one this is, and that the port is shared.
+        parser.add_argument("--process-number", type=int, default=0, help=argparse.SUPPRESS)
 
-    def handle(self, *args, host: str, port: int, ae_title: str, **options) -> None:
+    def handle(self, *args, host: str, port: int, ae_title: str, processes: int, process_number: int, **options):
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
+        if processes > 1 and not process_number:
+            code = supervisor.run(host=host, port=port, ae_title=ae_title, processes=processes, out=self.stdout)
+            if code:
+                raise CommandError("SCP processes kept failing to start; stopped")
+            return
         stopping = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stopping.set())
@@ -38,11 +52,15 @@ class Command(BaseCommand):
                 acse_timeout=settings.SCP_ACSE_TIMEOUT,
                 idle_timeout=settings.SCP_IDLE_TIMEOUT,
             ),
+            shared_port=bool(process_number),
         )
-        self.stdout.write(f"SCP {ae_title} listening on {host}:{server.server_address[1]}", ending="\n")
-        heartbeats.start("scp", f"{socket.gethostname()}:{server.server_address[1]}", stop=stopping)
+        where = f"{host}:{server.server_address[1]}"
+        which = f" (process {process_number})" if process_number else ""
+        self.stdout.write(f"SCP {ae_title} listening on {where}{which}", ending="\n")
+        name = f"{socket.gethostname()}:{server.server_address[1]}" + (f"/{process_number}" if process_number else "")
+        heartbeats.start("scp", name, stop=stopping)
         self.stdout.flush()
         stopping.wait()
-        self.stdout.write("SCP stopping: finishing open associations")
+        self.stdout.write(f"SCP{which} stopping: finishing open associations")
         aborted = scp.stop(server, grace=settings.SCP_SHUTDOWN_GRACE)
-        self.stdout.write(f"SCP stopped ({aborted} associations aborted)")
+        self.stdout.write(f"SCP{which} stopped ({aborted} associations aborted)")
