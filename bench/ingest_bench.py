@@ -2,19 +2,24 @@
 
 Run: .venv/bin/python bench/ingest_bench.py [--runs 3] [--quick]
 
-One storescu association per run sends every file of a data set: 1,000 small CT instances in 50 studies
-(instances/s), then one 200-slice 512x512 16-bit CT study of ~105 MB (MB/s). Each receiver is started
-fresh on empty storage for every run and checked to hold every instance afterwards:
+Three sends per run, each to every receiver started fresh on empty storage and checked to hold every
+instance afterwards:
+- small: one storescu association sends 1,000 small CT instances in 50 studies (instances/s);
+- ct: one association sends one 200-slice 512x512 16-bit CT study of ~105 MB (MB/s);
+- small, 4 associations: four storescu at once, each sending a quarter of the small set's studies, as
+  several modalities send to one router (instances/s).
 
-- router: `manage.py runscp` (the Procfile's scp command) on a fresh copy of a migrated PostgreSQL
-  database and Redis; it fsyncs each file and commits its row before answering success. No worker:
-  only receipt is measured (the chains it publishes at association end are part of the time).
-- orthanc: Orthanc with its own configuration (SyncStorageArea true, its default: fsync per file).
-- storescp: dcmtk's `storescp +xa -od DIR`, which writes files without fsync: a ceiling, not a peer.
+- router: `manage.py runscp` (the Procfile's scp command) with SCP_PROCESSES=2 (one per core), on a fresh
+  copy of a migrated PostgreSQL database and Redis; it fsyncs each file and commits its row before
+  answering success. No worker: only receipt is measured (the chains it publishes are part of the time).
+- orthanc: Orthanc with its own configuration (SyncStorageArea true, its default: fsync per file; its
+  default 4 DICOM threads).
+- storescp: dcmtk's `storescp +xa -od DIR` (with --fork for concurrent associations: a process each),
+  which writes files without fsync: a ceiling, not a peer.
 - pynetdicom: bench/pynetdicom_scp.py, the least storage SCP pynetdicom allows (encoded dataset to a file,
-  fsync, nothing else): not a goal's peer, the floor of the library the router receives with.
+  fsync, nothing else; one process): not a goal's peer, the floor of the library the router receives with.
 
-Goal (issue 8): at least 1.2x Orthanc's throughput and 0.5x storescp's, on both data sets.
+Goal (issue 8): at least 1.2x Orthanc's throughput and 0.5x storescp's.
 Results go to bench/results/ingest.json (ingest-quick.json with --quick).
 """
 
@@ -24,6 +29,8 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import (
@@ -53,39 +60,73 @@ from common import (
 GOAL_OVER_ORTHANC = 1.2
 GOAL_OVER_STORESCP = 0.5
 RECEIVERS = ("router", "orthanc", "storescp", "pynetdicom")
+ROUTER_SCP_PROCESSES = 2  # one per core of the machine measured
+CONCURRENT = 4  # associations at once in the concurrent send
 
 
-def start(name: str, folder: Path, logs: Path, *, db: RouterDatabase, broker: str) -> Receiver:
+@dataclass(frozen=True)
+class Send:
+    """A data set and how many storescu associations send it at once (each a share of its studies)."""
+
+    data: DataSet
+    associations: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.data.name if self.associations == 1 else f"{self.data.name}_{self.associations}_associations"
+
+    def shares(self) -> list[DataSet]:
+        studies: dict[Path, list[Path]] = {}
+        for path in self.data.paths:
+            studies.setdefault(path.parent, []).append(path)
+        groups = [list(studies.values())[i :: self.associations] for i in range(self.associations)]
+        return [DataSet(f"{self.data.name}-{i}", self.data.unit, sum(g, []), len(g)) for i, g in enumerate(groups)]
+
+
+def start(name: str, folder: Path, logs: Path, *, db: RouterDatabase, broker: str, concurrent: bool) -> Receiver:
     if name == "router":
         db.fresh()
         redis_flush(broker)
-        return Router(router_env(database_url_=db.url, broker_url=broker, folder=folder), logs, db=db)
+        env = router_env(database_url_=db.url, broker_url=broker, folder=folder)
+        return Router({**env, "SCP_PROCESSES": str(ROUTER_SCP_PROCESSES)}, logs, db=db)
     if name == "orthanc":
         return Orthanc(folder, logs)
     if name == "pynetdicom":
         return PynetdicomSCP(folder / "out", logs)
-    return StoreSCP(folder / "out", logs)
+    return StoreSCP(folder / "out", logs, fork=concurrent)
+
+
+def send(receiver: Receiver, what: Send) -> float:
+    """storescu's wall time: one association, or several at once (until the last one ends)."""
+    if what.associations == 1:
+        return storescu_checked(receiver.port, what.data, called=receiver.ae_title)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(what.associations) as pool:
+        list(pool.map(lambda share: storescu_checked(receiver.port, share, called=receiver.ae_title), what.shares()))
+    return time.perf_counter() - started
 
 
 def one_run(
-    name: str, data: DataSet, work: Path, *, db: RouterDatabase, broker: str, py_spy: str | None = None
+    name: str, what: Send, work: Path, *, db: RouterDatabase, broker: str, py_spy: str | None = None
 ) -> tuple[float, float]:
-    """Start `name` fresh, send the data set over one association, check it holds it all.
+    """Start `name` fresh, send the data set, check it holds it all.
 
     Returns (seconds storescu took, the CPUs' idle fraction just before sending). With `py_spy`, the
     SCP is sampled while it receives, into work/profile-<data set>.txt (py-spy's raw format)."""
-    folder = work / f"{name}-{data.name}"
+    data = what.data
+    folder = work / f"{name}-{what.name}"
     logs = work / "logs"
-    receiver = start(name, folder, logs, db=db, broker=broker)
+    receiver = start(name, folder, logs, db=db, broker=broker, concurrent=what.associations > 1)
     spy = None
     try:
         if py_spy and isinstance(receiver, Router) and receiver.scp is not None:
             args = [py_spy, "record", "--pid", str(receiver.scp.pid), "--rate", str(PROFILE_RATE), "--threads"]
-            args += ["--idle", "--format", "raw", "-o", str(work / f"profile-{data.name}.txt")]
+            args += ["--subprocesses"]  # the supervisor's SCP processes
+            args += ["--idle", "--format", "raw", "-o", str(work / f"profile-{what.name}.txt")]
             spy = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1)  # py-spy attaches
         quiet = settle()
-        elapsed = storescu_checked(receiver.port, data, called=receiver.ae_title)
+        elapsed = send(receiver, what)
         if spy is not None:
             spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait(60)
@@ -104,11 +145,11 @@ def one_run(
 # Where the SCP's association thread spends its time, by the first of these frames found in a sample.
 PROFILE_RATE = 200
 PROFILE_PARTS = [
-    ("store the file (write, fsync, rename, fsync of the folder)", ("Spool.write", "_fsync_dir")),
+    ("put the file in place (fsync, rename, fsync of the folder)", ("Spool.adopt", "_fsync_dir")),
     ("commit the row (PostgreSQL insert and commit)", ("received_instance_register",)),
-    ("parse and re-encode (inspect_dataset, encoded_dataset)", ("inspect_dataset", "encoded_dataset")),
+    ("inspect the received file (inspect_file)", ("inspect_file",)),
     ("answer and the rest of the C-STORE handling", ("StorageServiceClass.SCP",)),
-    ("wait for the next message (pynetdicom's reactors poll with 1 ms sleeps)", ("",)),
+    ("wait for the next message", ("",)),
 ]
 
 
@@ -135,8 +176,8 @@ def profile_summary(path: Path, data: DataSet, seconds: float) -> dict:
     total = sum(parts.values())
     dul = threads[reactor]
     dul_total = sum(n for _, n in dul)
-    # Samples whose innermost Python frame is the DUL loop itself: its time.sleep(0.001) when nothing came.
-    dul_sleeping = sum(n for frames, n in dul if frames and frames[-1].startswith("DULServiceProvider.run_reactor"))
+    # Samples whose innermost Python frame is the reactor's wait in poll(2) (apps/ingest/reactor.py).
+    dul_sleeping = sum(n for frames, n in dul if frames and "transport_event_or_wait" in frames[-1])
     return {
         "profiled_run_seconds": round(seconds, 3),
         "sampling": f"py-spy {PROFILE_RATE} Hz (slows the SCP down: shares matter, not absolute times)",
@@ -170,60 +211,71 @@ def main() -> int:
     db = RouterDatabase(args.postgres, work / "logs")
     print(f"scratch folder {work}; building data sets", flush=True)
     datasets = make_datasets(work / "data", quick=args.quick)
+    small = next(d for d in datasets if d.name == "small")
+    sends = [Send(d) for d in datasets] + [Send(small, CONCURRENT)]
     result: dict = {
         "benchmark": "ingest",
         "machine": machine_info(args.postgres),
-        "parameters": {"runs": runs, "quick": args.quick, "broker": args.broker, "sender": "storescu, 1 association"},
+        "parameters": {
+            "runs": runs,
+            "quick": args.quick,
+            "broker": args.broker,
+            "sender": f"storescu: 1 association, or {CONCURRENT} at once each sending a share of the studies",
+            "router_scp_processes": ROUTER_SCP_PROCESSES,
+        },
         "datasets": {d.name: {**d.describe(), "unit": d.unit} for d in datasets},
     }
-    seconds = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
-    idle = {(d.name, r): Series() for d in datasets for r in RECEIVERS}
+    seconds = {(w.name, r): Series() for w in sends for r in RECEIVERS}
+    idle = {(w.name, r): Series() for w in sends for r in RECEIVERS}
     profiles: dict[str, dict] = {}
     with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         db.create_template(router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl"))
-        for data in datasets:
+        for what in sends:
+            data = what.data
             for run in range(runs):
                 # Rotate the order each run, so no receiver always goes first (cold) or last.
                 order = RECEIVERS[run % len(RECEIVERS) :] + RECEIVERS[: run % len(RECEIVERS)]
                 for name in order:
-                    elapsed, quiet = one_run(name, data, work, db=db, broker=args.broker)
-                    seconds[data.name, name].values.append(elapsed)
-                    idle[data.name, name].values.append(quiet)
+                    elapsed, quiet = one_run(name, what, work, db=db, broker=args.broker)
+                    seconds[what.name, name].values.append(elapsed)
+                    idle[what.name, name].values.append(quiet)
                     print(
-                        f"{data.name:5} run {run + 1}/{runs} {name:8} {elapsed:7.2f} s  "
+                        f"{what.name:22} run {run + 1}/{runs} {name:10} {elapsed:7.2f} s  "
                         f"{data.throughput(elapsed):8.1f} {data.unit}   (CPUs {quiet:.0%} idle before)",
                         flush=True,
                     )
             if py_spy:  # one more router run, sampled, not counted in the figures
-                elapsed, _ = one_run("router", data, work, db=db, broker=args.broker, py_spy=py_spy)
-                profiles[data.name] = profile_summary(work / f"profile-{data.name}.txt", data, elapsed)
-                print(f"{data.name:5} profiled router run {elapsed:7.2f} s: {profiles[data.name]}", flush=True)
+                elapsed, _ = one_run("router", what, work, db=db, broker=args.broker, py_spy=py_spy)
+                profiles[what.name] = profile_summary(work / f"profile-{what.name}.txt", data, elapsed)
+                print(f"{what.name} profiled router run {elapsed:7.2f} s: {profiles[what.name]}", flush=True)
 
     figures: dict = {}
     all_met = True
     print()
-    print(f"{'data':6}{'receiver':10}{'median s':>10}{'throughput':>14}")
-    for data in datasets:
+    print(f"{'send':24}{'receiver':12}{'median s':>10}{'throughput':>14}")
+    for what in sends:
+        data = what.data
         per = {}
         for name in RECEIVERS:
-            series = seconds[data.name, name]
+            series = seconds[what.name, name]
             per[name] = {
                 "seconds": [round(s, 3) for s in series.values],
                 "median_seconds": round(series.median, 3),
-                "cpu_idle_before": [round(q, 2) for q in idle[data.name, name].values],
+                "cpu_idle_before": [round(q, 2) for q in idle[what.name, name].values],
                 f"median_{data.unit.replace('/', '_per_')}": round(data.throughput(series.median), 2),
             }
-            print(f"{data.name:6}{name:10}{series.median:10.2f}{data.throughput(series.median):10.1f} {data.unit}")
-        ours = data.throughput(seconds[data.name, "router"].median)
-        over_orthanc = ours / data.throughput(seconds[data.name, "orthanc"].median)
-        over_storescp = ours / data.throughput(seconds[data.name, "storescp"].median)
-        floor_over_orthanc = data.throughput(seconds[data.name, "pynetdicom"].median) / data.throughput(
-            seconds[data.name, "orthanc"].median
+            print(f"{what.name:24}{name:12}{series.median:10.2f}{data.throughput(series.median):10.1f} {data.unit}")
+        ours = data.throughput(seconds[what.name, "router"].median)
+        over_orthanc = ours / data.throughput(seconds[what.name, "orthanc"].median)
+        over_storescp = ours / data.throughput(seconds[what.name, "storescp"].median)
+        floor_over_orthanc = data.throughput(seconds[what.name, "pynetdicom"].median) / data.throughput(
+            seconds[what.name, "orthanc"].median
         )
         met = over_orthanc >= GOAL_OVER_ORTHANC and over_storescp >= GOAL_OVER_STORESCP
         all_met &= met
-        figures[data.name] = {
+        figures[what.name] = {
             "unit": data.unit,
+            "associations": what.associations,
             "receivers": per,
             "ratio_router_over_orthanc": round(over_orthanc, 3),
             "ratio_router_over_storescp": round(over_storescp, 3),
@@ -231,7 +283,7 @@ def main() -> int:
             "goal_met": met,
         }
         print(
-            f"{data.name}: router/orthanc {over_orthanc:.2f}x (goal >= {GOAL_OVER_ORTHANC}x: "
+            f"{what.name}: router/orthanc {over_orthanc:.2f}x (goal >= {GOAL_OVER_ORTHANC}x: "
             f"{'met' if over_orthanc >= GOAL_OVER_ORTHANC else 'NOT met'}), router/storescp {over_storescp:.2f}x "
             f"(goal >= {GOAL_OVER_STORESCP}x: {'met' if over_storescp >= GOAL_OVER_STORESCP else 'NOT met'}); "
             f"pynetdicom's floor/orthanc {floor_over_orthanc:.2f}x"
