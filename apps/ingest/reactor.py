@@ -17,6 +17,10 @@ association:
 - its association thread waits on the message queue instead of polling it, and is woken as well by what
   the DUL hands it besides messages (a release request, an abort), so an association ends at once.
 It returns the function that closes the pipe, for when the association's thread ends.
+
+The association loop's own 1 ms sleep at the top of each pass is left alone: it overlaps the DUL's
+reading of the next request. Skipping it on our associations (tried: pynetdicom.association's `time`
+replaced) took 4.35-4.69 s for 1,000 small instances against 4.07-4.71 s with it, and more CPU.
 """
 
 import contextlib
