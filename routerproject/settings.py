@@ -181,7 +181,7 @@ STORAGE_ROOT = Path(env_str("STORAGE_ROOT", str(VAR_DIR / "storage")))
 SCP_AE_TITLE = env_str("SCP_AE_TITLE", "ROUTER")
 SCP_HOST = env_str("SCP_HOST", "0.0.0.0")
 SCP_PORT = env_int("SCP_PORT", 11112)
-# SCP processes sharing the port (runscp --processes): one receives on one core at most. Each process
+# SCP processes accepting on the port (runscp --processes): one receives on one core at most. Each process
 # takes up to SCP_MAX_ASSOCIATIONS connections.
 SCP_PROCESSES = env_int("SCP_PROCESSES", 1)
 SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)

@@ -231,13 +231,21 @@ def build_ae(*, ae_title: str, limits: Limits) -> AE:
     return ae
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """Binds with SO_REUSEPORT: several SCP processes listen on one port and the kernel spreads new
-    connections among them (runscp --processes)."""
+class _InheritedSocketServer(ThreadedAssociationServer):
+    """Accepts from a listening socket the supervisor made (runscp --processes) and every SCP process
+    shares: whichever process is free first takes a connection. The socket is non-blocking here, so a
+    process that lost the race for a connection goes back to its wait instead of blocking in accept."""
+
+    listen_fd = -1
 
     def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+        self.socket.close()
+        self.socket = socket.socket(fileno=self.listen_fd)
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        pass  # listening already
 
 
 def serve(
@@ -248,18 +256,21 @@ def serve(
     spool: Spool,
     on_studies_received: StudiesReceived,
     limits: Limits = Limits(),
-    shared_port: bool = False,
+    listen_fd: int | None = None,
 ) -> ThreadedAssociationServer:
-    """Start listening and return the server (non-blocking); `stop()` ends it. With `shared_port`,
-    other processes may listen on the same port (each must ask for it too)."""
+    """Start listening and return the server (non-blocking); `stop()` ends it. With `listen_fd`, accept
+    from that listening socket (the supervisor's, shared with other SCP processes) instead."""
     pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
     streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
     scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
     # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
-    server_class = _SharedPortServer if shared_port else ThreadedAssociationServer
+    server_class = ThreadedAssociationServer
+    if listen_fd is not None:
+        server_class = type("InheritedSocketServer", (_InheritedSocketServer,), {"listen_fd": listen_fd})
     server = ae.make_server((host, port), evt_handlers=scp.handlers(), server_class=server_class)
-    threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
+    name = f"AcceptorServer@{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
     ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
     logger.info("SCP %s listening on %s:%s", ae_title, host, server.server_address[1])
     return server

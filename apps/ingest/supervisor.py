@@ -1,23 +1,26 @@
-"""`runscp --processes N`: N SCP processes listening on one port, started, watched and stopped here.
+"""`runscp --processes N`: N SCP processes accepting from one listening socket, started, watched and
+stopped here.
 
 One Python process receives on one core at most (pynetdicom's threads share one interpreter lock), so
-modalities sending at the same time wait on each other. N processes bind the port with SO_REUSEPORT and
-the kernel spreads new connections among them. An association is served by one process from its start to
-its end, and each process keeps custody exactly as one alone does (fsync, commit, then success), so
-nothing else changes.
+modalities sending at the same time wait on each other. The supervisor binds and listens on the port
+itself (a port already in use fails here, at once and clearly) and hands the socket to N processes;
+whichever is free first accepts a new connection, and serves that association to its end. Each process
+keeps custody exactly as one alone does (fsync, commit, then success), so nothing else changes.
 
 A process that stops by itself (killed, crashed) is started again after RESTART_DELAY while the others
-keep serving. One that keeps stopping right after it starts (the port taken by another program, the
-database not migrated) makes the supervisor stop them all and fail, for the process manager to see.
+keep serving; connections that arrive meanwhile wait in the socket's backlog. One that keeps stopping
+right after it starts (storage it cannot write, say) makes the supervisor stop them all and fail, for
+the process manager to see.
 """
 
 import ctypes
+import functools
 import logging
+import os
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,83 +28,120 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+POLL = 0.5  # seconds between looks at the processes
 RESTART_DELAY = 1.0
 EARLY_EXIT = 10.0  # seconds: a process that stops sooner than this after its start failed to start
 MAX_EARLY_EXITS = 3  # in a row, for one process number, and the supervisor gives up
+BACKLOG = 128  # connections waiting for a process to accept them
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_supervisor() -> None:
-    """In the child before exec: be sent SIGTERM when the supervisor dies, even by SIGKILL (a process
-    left behind would keep serving the port with nobody watching it)."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+class StopSignals:
+    """SIGTERM or SIGINT asked this process to stop. The handler only sets a flag: threading.Event.set()
+    in a signal handler can deadlock with the main thread's own Event.wait(), which holds the same lock
+    for a moment on every wake."""
+
+    def __init__(self) -> None:
+        self.received = False
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, *_) -> None:
+        self.received = True
+
+    def wait(self, seconds: float | None = None) -> bool:
+        """Until a stop signal came (True) or `seconds` passed (False)."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not self.received:
+            left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            time.sleep(left)
+        return True
 
 
-def command(*, host: str, port: int, ae_title: str, number: int) -> list[str]:
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket every SCP process accepts from. Raises OSError (the port in use, say)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, proto)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pynetdicom: TIME_WAIT is no obstacle
+        listener.bind(address)
+        listener.listen(BACKLOG)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+def command(*, host: str, port: int, ae_title: str, number: int, listen_fd: int) -> list[str]:
     manage = str(Path(settings.BASE_DIR) / "manage.py")
     where = ["--host", host, "--port", str(port), "--ae-title", ae_title]
-    return [sys.executable, manage, "runscp", *where, "--process-number", str(number)]
+    return [sys.executable, manage, "runscp", *where, "--process-number", str(number), "--listen-fd", str(listen_fd)]
 
 
-def _reserve_port(host: str) -> socket.socket:
-    """For --port 0: a port every process can bind. The socket binds it with SO_REUSEPORT but does not
-    listen, so the kernel never hands it a connection."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    reserved = socket.socket(family, socket.SOCK_STREAM)
-    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    reserved.bind((host, 0))
-    return reserved
+def _die_with_supervisor(libc: ctypes.CDLL, supervisor: int) -> None:
+    """In the child before exec: be sent SIGTERM when the supervisor dies, even by SIGKILL (a process
+    left behind would keep serving the port with nobody watching it); if it already died, stop now."""
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor:
+        os._exit(1)
 
 
-def run(*, host: str, port: int, ae_title: str, processes: int, out) -> int:
+def run(*, listener: socket.socket, host: str, ae_title: str, processes: int, out) -> int:
     """Serve until SIGTERM or SIGINT, then stop every process the way runscp stops (open associations
-    finish). Returns 0, or 1 if a process kept failing to start."""
-    stopping = threading.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stopping.set())
-    reserved = _reserve_port(host) if port == 0 else None
-    if reserved is not None:
-        port = reserved.getsockname()[1]
-    out.write(f"SCP {ae_title}: {processes} processes sharing {host}:{port}")
+    finish). Returns 0; 1 if a process kept failing to start, or had to be killed at the end."""
+    stop = StopSignals()
+    port = listener.getsockname()[1]
+    out.write(f"SCP {ae_title}: {processes} processes on {host}:{port}")
     out.flush()
+    fd = listener.fileno()
+    preexec = functools.partial(_die_with_supervisor, ctypes.CDLL(None, use_errno=True), os.getpid())
     children: dict[int, tuple[subprocess.Popen, float]] = {}
+    restart_at: dict[int, float] = {}
     early_exits = dict.fromkeys(range(1, processes + 1), 0)
 
     def start(number: int) -> None:
-        args = command(host=host, port=port, ae_title=ae_title, number=number)
-        children[number] = (subprocess.Popen(args, preexec_fn=_die_with_supervisor), time.monotonic())
+        args = command(host=host, port=port, ae_title=ae_title, number=number, listen_fd=fd)
+        children[number] = (subprocess.Popen(args, pass_fds=(fd,), preexec_fn=preexec), time.monotonic())
 
     failed = False
     try:
         for number in early_exits:
             start(number)
-        while not failed and not stopping.wait(0.5):
-            for number, (child, started) in list(children.items()):
+        while not failed and not stop.wait(POLL):
+            now = time.monotonic()
+            for number, (child, started) in children.items():
                 code = child.poll()
-                if code is None:
+                if code is None or number in restart_at:
                     continue
-                early_exits[number] = early_exits[number] + 1 if time.monotonic() - started < EARLY_EXIT else 0
+                early_exits[number] = early_exits[number] + 1 if now - started < EARLY_EXIT else 0
                 logger.error("SCP process %d (pid %d) stopped with exit code %s", number, child.pid, code)
                 if early_exits[number] >= MAX_EARLY_EXITS:
                     logger.error("SCP process %d stopped %d times right after starting", number, MAX_EARLY_EXITS)
                     failed = True
-                    break
-                if stopping.wait(RESTART_DELAY):
-                    break
-                start(number)
-                logger.warning("SCP process %d started again (pid %d)", number, children[number][0].pid)
+                restart_at[number] = now + RESTART_DELAY
+            for number, due in list(restart_at.items()):
+                if not failed and due <= now:
+                    del restart_at[number]
+                    start(number)
+                    logger.warning("SCP process %d started again (pid %d)", number, children[number][0].pid)
     finally:
-        _stop_all([child for child, _ in children.values()])
-        if reserved is not None:
-            reserved.close()
-    return 1 if failed else 0
+        killed = _stop_all([child for child, _ in children.values()], listener)
+    return 1 if failed or killed else 0
 
 
-def _stop_all(children: list[subprocess.Popen]) -> None:
+def _stop_all(children: list[subprocess.Popen], listener: socket.socket) -> bool:
+    """SIGTERM to every process, then close our copy of the socket (each process closes its own as it
+    stops accepting, so new connections are refused); wait for each. True if one had to be killed."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + settings.SCP_SHUTDOWN_GRACE + 10  # each finishes within its grace, then aborts
+    listener.close()
+    killed = False
+    deadline = time.monotonic() + settings.SCP_SHUTDOWN_GRACE + 5  # each aborts what is left at its grace
     for child in children:
         try:
             child.wait(max(0.1, deadline - time.monotonic()))
@@ -109,3 +149,5 @@ def _stop_all(children: list[subprocess.Popen]) -> None:
             logger.error("SCP process (pid %d) did not stop: killed", child.pid)
             child.kill()
             child.wait()
+            killed = True
+    return killed

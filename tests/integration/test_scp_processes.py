@@ -1,9 +1,9 @@
 """runscp --processes: several SCP processes on one port, as real processes, with pynetdicom and dcmtk peers."""
 
 import os
+import re
 import signal
 import socket
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,6 @@ from pynetdicom.sop_class import CTImageStorage
 
 from apps.studies.models import ReceivedInstance
 
-from ..conftest import require_tool
 from ..support import procfile
 from ..support.dicom import synthetic_study
 from ..support.processes import Process, children, free_port, wait_until
@@ -52,58 +51,70 @@ def runscp_children(supervisor: Process) -> list[int]:
     return found
 
 
+def serving(supervisor: Process) -> int:
+    """How many times an SCP process said it listens (each says so once, as it starts)."""
+    return len(re.findall(r"listening on \S+ \(process \d+\)", supervisor.log()))
+
+
 def scp_processes(supervisor: Process, expected: int) -> list[int]:
+    """The supervisor's SCP processes, once `expected` of them are serving (each logged that it listens)."""
+
     def found():
         pids = runscp_children(supervisor)
-        return pids if len(pids) == expected else None
+        return pids if len(pids) == expected and serving(supervisor) == expected else None
 
-    return wait_until(found, timeout=30, what=f"{expected} SCP processes")
+    return wait_until(found, timeout=30, what=f"{expected} SCP processes serving")
 
 
-def test_processes_share_the_port_and_each_serves_associations(start_scp, service_env, tmp_path):
-    """Associations held open at once are spread over both processes by the kernel (SO_REUSEPORT), and
-    every instance sent through any of them is recorded."""
-    supervisor, port = start_scp({**service_env, "SCP_PROCESSES": "2"})
-    pids = scp_processes(supervisor, 2)
-    _, paths = synthetic_study(tmp_path / "in", count=24)
+def hold_until_each_serves(port: int, pids: list[int], paths: list[Path]) -> list:
+    """Open associations (each stores one file) and hold them until every process in `pids` serves one.
+    Whichever process is free first accepts a connection: 24 all landing on one of two would be a fault."""
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CTImageStorage)
     held = []
+    for path in paths:
+        assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+        held.append(assoc)
+        assert assoc.is_established
+        assert assoc.send_c_store(path).Status == 0x0000
+        if all(established_on(pid, port) for pid in pids):
+            return held
+    per_process = [established_on(pid, port) for pid in pids]
+    for assoc in held:
+        assoc.release()
+    raise AssertionError(f"{len(held)} associations, per process {per_process}")
+
+
+def test_processes_share_the_port_and_each_serves_associations(start_scp, service_env, tmp_path):
+    """Associations held open at once are served by both processes, and every instance sent through any
+    of them is recorded."""
+    supervisor, port = start_scp({**service_env, "SCP_PROCESSES": "2"})
+    pids = scp_processes(supervisor, 2)
+    _, paths = synthetic_study(tmp_path / "in", count=24)
+    held = hold_until_each_serves(port, pids, paths)
     try:
-        # The kernel picks a process per connection by a hash: 8 at a time all land on one of two with
-        # probability 1/128, so keep opening (bounded) until each process holds one.
-        for _ in range(3):
-            for path in paths[len(held) : len(held) + 8]:
-                assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
-                assert assoc.is_established
-                assert assoc.send_c_store(path).Status == 0x0000
-                held.append(assoc)
-            per_process = [established_on(pid, port) for pid in pids]
-            if all(per_process):
-                break
-        assert sum(per_process) == len(held) and all(per_process), per_process
+        assert sum(established_on(pid, port) for pid in pids) == len(held)
     finally:
         for assoc in held:
             assoc.release()
     assert ReceivedInstance.objects.count() == len(held)
 
 
-def test_a_killed_process_is_started_again_and_sigterm_stops_them_all(start_scp, service_env):
+def test_a_killed_process_is_started_again_and_sigterm_stops_them_all(start_scp, service_env, tmp_path):
     supervisor, port = start_scp({**service_env, "SCP_PROCESSES": "2"})
     first, second = scp_processes(supervisor, 2)
     os.kill(first, signal.SIGKILL)
 
     def replaced():
         pids = runscp_children(supervisor)
-        return len(pids) == 2 and first not in pids
+        return pids if len(pids) == 2 and first not in pids and serving(supervisor) == 3 else None
 
-    wait_until(replaced, timeout=30, what="the killed process replaced")
-    assert "stopped with exit code -9" in supervisor.log()
-    echo = [require_tool("echoscu"), "-aec", "ROUTER", "127.0.0.1", str(port)]
-    for _ in range(4):  # whichever process the kernel picks answers
-        assert subprocess.run(echo, capture_output=True, timeout=30).returncode == 0
-    survivors = runscp_children(supervisor)
+    survivors = wait_until(replaced, timeout=30, what="the killed process replaced and serving")
     assert second in survivors
+    assert "stopped with exit code -9" in supervisor.log()
+    _, paths = synthetic_study(tmp_path / "in", count=24)
+    for assoc in hold_until_each_serves(port, survivors, paths):  # the new process serves too
+        assoc.release()
     supervisor.popen.send_signal(signal.SIGTERM)
     assert supervisor.popen.wait(30) == 0
     assert not [pid for pid in survivors if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
@@ -116,9 +127,9 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_processes_that_cannot_start_make_the_supervisor_fail(service_env, log_dir):
-    """The port held by another program: each process fails at once; after three failures in a row the
-    supervisor stops and exits non-zero rather than restarting forever."""
+def test_a_port_in_use_fails_at_once_with_a_clear_error(service_env, log_dir):
+    """Another program listens on the port: the supervisor, which listens for all its processes, fails
+    before starting any, and says why."""
     with socket.socket() as taken:
         port = free_port()
         taken.bind(("127.0.0.1", port))
@@ -126,8 +137,27 @@ def test_processes_that_cannot_start_make_the_supervisor_fail(service_env, log_d
         command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(port), "--processes", "2")
         proc = Process("scp-taken", command, env=service_env, log_dir=log_dir)
         try:
-            code = proc.popen.wait(90)
+            code = proc.popen.wait(60)
         finally:
             proc.stop()
     assert code != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.log()
+    assert serving(proc) == 0
+
+
+def test_processes_that_keep_failing_to_start_make_the_supervisor_give_up(service_env, log_dir, tmp_path):
+    """A spool the SCP processes cannot use (its temp folder is a file): each stops right after starting;
+    after three times in a row the supervisor stops (rather than restarting forever) and exits non-zero."""
+    storage = tmp_path / "broken-storage"
+    storage.mkdir()
+    (storage / "tmp").write_text("")
+    env = {**service_env, "STORAGE_ROOT": str(storage)}
+    command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(free_port()), "--processes", "2")
+    proc = Process("scp-failing", command, env=env, log_dir=log_dir)
+    try:
+        code = proc.popen.wait(120)
+    finally:
+        proc.stop()
+    assert code != 0
     assert "stopped 3 times right after starting" in proc.log()
+    assert proc.log().count("started again") >= 2

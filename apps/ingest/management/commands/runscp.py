@@ -1,5 +1,4 @@
 import argparse
-import signal
 import socket
 import threading
 
@@ -15,7 +14,7 @@ from apps.pipeline.chains import studies_received
 class Command(BaseCommand):
     help = (
         "Run the DICOM C-STORE SCP. SIGTERM lets open associations finish, then stops. With --processes N, "
-        "N SCP processes share the port (each association is served by one), under one supervisor."
+        "N SCP processes accept from the one port (each association is served by one), under one supervisor."
     )
 
     def add_arguments(self, parser) -> None:
@@ -23,20 +22,23 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.SCP_PORT)
         parser.add_argument("--ae-title", default=settings.SCP_AE_TITLE)
         parser.add_argument("--processes", type=int, default=settings.SCP_PROCESSES)
-        # Given by the supervisor to the processes it starts: which one this is, and that the port is shared.
+        # Given by the supervisor to the processes it starts: which one this is, and the socket to accept from.
         parser.add_argument("--process-number", type=int, default=0, help=argparse.SUPPRESS)
+        parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
 
-    def handle(self, *args, host: str, port: int, ae_title: str, processes: int, process_number: int, **options):
+    def handle(self, *args, host, port, ae_title, processes, process_number, listen_fd, **options) -> None:
         if processes < 1:
             raise CommandError("--processes must be at least 1")
-        if processes > 1 and not process_number:
-            code = supervisor.run(host=host, port=port, ae_title=ae_title, processes=processes, out=self.stdout)
-            if code:
-                raise CommandError("SCP processes kept failing to start; stopped")
+        if processes > 1 and listen_fd is None:
+            try:
+                listener = supervisor.listen(host, port)
+            except OSError as exc:
+                raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
+            if supervisor.run(listener=listener, host=host, ae_title=ae_title, processes=processes, out=self.stdout):
+                raise CommandError("an SCP process kept failing to start, or did not stop: see the log above")
             return
-        stopping = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: stopping.set())
+        stop = supervisor.StopSignals()
+        stopping = threading.Event()  # for the heartbeat thread; set by this thread, never in a signal handler
         spool = Spool(settings.STORAGE_ROOT)
         spool.sweep()  # temp files an SCP killed mid-write left behind (never acknowledged to a sender)
         server = scp.serve(
@@ -52,7 +54,7 @@ class Command(BaseCommand):
                 acse_timeout=settings.SCP_ACSE_TIMEOUT,
                 idle_timeout=settings.SCP_IDLE_TIMEOUT,
             ),
-            shared_port=bool(process_number),
+            listen_fd=listen_fd,
         )
         where = f"{host}:{server.server_address[1]}"
         which = f" (process {process_number})" if process_number else ""
@@ -60,7 +62,8 @@ class Command(BaseCommand):
         name = f"{socket.gethostname()}:{server.server_address[1]}" + (f"/{process_number}" if process_number else "")
         heartbeats.start("scp", name, stop=stopping)
         self.stdout.flush()
-        stopping.wait()
+        stop.wait()
+        stopping.set()
         self.stdout.write(f"SCP{which} stopping: finishing open associations")
         aborted = scp.stop(server, grace=settings.SCP_SHUTDOWN_GRACE)
         self.stdout.write(f"SCP{which} stopped ({aborted} associations aborted)")
