@@ -127,6 +127,8 @@ def study_persist(*, study_id: int, now: datetime | None = None) -> int:
     2. Claim the received row (received -> persisted) and write Series and Instance in one transaction.
     3. Quarantine what cannot be read, with its reason; the rest goes on.
     4. Refresh the study's header fields and counts; new content sets the stage back to PERSISTED.
+       A new study none of whose instances could be persisted (every one quarantined) is REJECTED with
+       the reason: there is nothing to route or to read. A later good instance sets it back as any does.
     """
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
@@ -139,10 +141,28 @@ def study_persist(*, study_id: int, now: datetime | None = None) -> int:
     with transaction.atomic():
         study = Study.objects.select_for_update().get(pk=study_id)
         _refresh_study(study)
-        if persisted or study.stage == Stage.RECEIVED:
+        if persisted:
             study.advance(Stage.PERSISTED, now=now or clock.now())
+        elif study.stage == Stage.RECEIVED:
+            _persisted_nothing(study, now=now or clock.now())
     logger.info("persist: study %s, %d new instances", study_id, persisted)
     return persisted
+
+
+def _persisted_nothing(study: Study, *, now: datetime) -> None:
+    """A study that just arrived and has no instance yet: PERSISTED if it has none to wait for (nothing
+    quarantined, as a chain run twice finds), else REJECTED with its quarantined instances' reasons."""
+    quarantined = ReceivedInstance.objects.filter(
+        study_instance_uid=study.study_instance_uid, state=ReceivedInstance.State.QUARANTINED
+    )
+    count = quarantined.count()
+    if study.instances.exists() or not count:
+        study.advance(Stage.PERSISTED, now=now)
+        return
+    reasons = sorted(set(quarantined.values_list("error", flat=True)[:20]))
+    detail = f"no instance could be persisted: {count} quarantined ({'; '.join(reasons)})"
+    study.advance(Stage.REJECTED, detail=detail[:1000], now=now)
+    logger.warning("persist: study %s rejected: all %d instances quarantined", study.pk, count)
 
 
 def _persist_one(study: Study, received: ReceivedInstance) -> bool:

@@ -1,4 +1,5 @@
 import pytest
+from pydicom import dcmread
 
 from apps.studies.models import Instance, QualityAssessment, ReceivedInstance, Series, Stage, Study
 from apps.studies.services import study_check, study_classify, study_persist, study_register
@@ -102,3 +103,27 @@ def test_steps_out_of_order_do_nothing(storage, study_files):
     study_classify(study_id=study.pk)
     study_check(study_id=study.pk)
     assert Study.objects.get().stage == Stage.RECEIVED
+
+
+def test_a_study_whose_every_instance_is_quarantined_is_rejected_with_the_reason(storage, tmp_path, default_mapping):
+    """Nothing of it could be persisted (here: its series is another study's, as a header edited by hand
+    leaves it): it is neither classified, routed nor assigned, and says why. A good instance later sets it
+    back, as any new content does."""
+    first_uid, first_paths = synthetic_study(tmp_path / "a", count=1)
+    receive(storage, first_paths[0])
+    study_persist(study_id=study_register(study_instance_uid=first_uid).pk)
+    misfiled_uid, misfiled_paths = synthetic_study(tmp_path / "b", count=2)
+    ds = dcmread(misfiled_paths[0])
+    ds.SeriesInstanceUID = dcmread(first_paths[0]).SeriesInstanceUID
+    ds.save_as(misfiled_paths[0])
+    receive(storage, misfiled_paths[0])
+    study = study_register(study_instance_uid=misfiled_uid)
+    assert study_persist(study_id=study.pk) == 0
+    study.refresh_from_db()
+    assert study.stage == Stage.REJECTED
+    assert study.stage_detail == "no instance could be persisted: 1 quarantined (series belongs to another study)"
+    assert study_classify(study_id=study.pk) is None  # the chain stops here
+    receive(storage, misfiled_paths[1])
+    assert study_persist(study_id=study.pk) == 1
+    study.refresh_from_db()
+    assert (study.stage, study.num_instances) == (Stage.PERSISTED, 1)
