@@ -155,8 +155,9 @@ def study_persist(*, study_id: int, now: datetime | None = None) -> int:
 
 
 def _persisted_nothing(study: Study, *, now: datetime) -> None:
-    """A study that just arrived and has no instance yet: PERSISTED if it has none to wait for (nothing
-    quarantined, as a chain run twice finds), else REJECTED with its quarantined instances' reasons."""
+    """A study still at RECEIVED of which this run persisted nothing: PERSISTED if it has instances (an
+    earlier run wrote them, then stopped) or nothing was quarantined; else, none of its instances could be
+    persisted: REJECTED, with the quarantined instances' reasons."""
     quarantined = ReceivedInstance.objects.filter(
         study_instance_uid=study.study_instance_uid, state=ReceivedInstance.State.QUARANTINED
     )
