@@ -127,6 +127,17 @@ def _state(pid: int) -> str:
         return "gone"
 
 
+def supervisor_until_it_stops(port: int, env: dict, log_dir: Path, *, timeout: float) -> tuple[int, Process]:
+    """Run `runscp --processes 2` on `port` until it exits by itself (within `timeout`): its exit code and log."""
+    command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(port), "--processes", "2")
+    proc = Process(f"scp-{port}", command, env=env, log_dir=log_dir)
+    try:
+        code = proc.popen.wait(timeout)
+    finally:
+        proc.stop()
+    return code, proc
+
+
 def test_a_port_in_use_fails_at_once_with_a_clear_error(service_env, log_dir):
     """Another program listens on the port: the supervisor, which listens for all its processes, fails
     before starting any, and says why."""
@@ -134,12 +145,7 @@ def test_a_port_in_use_fails_at_once_with_a_clear_error(service_env, log_dir):
         port = free_port()
         taken.bind(("127.0.0.1", port))
         taken.listen()
-        command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(port), "--processes", "2")
-        proc = Process("scp-taken", command, env=service_env, log_dir=log_dir)
-        try:
-            code = proc.popen.wait(60)
-        finally:
-            proc.stop()
+        code, proc = supervisor_until_it_stops(port, service_env, log_dir, timeout=60)
     assert code != 0
     assert f"cannot listen on 127.0.0.1:{port}" in proc.log()
     assert serving(proc) == 0
@@ -152,12 +158,7 @@ def test_processes_that_keep_failing_to_start_make_the_supervisor_give_up(servic
     storage.mkdir()
     (storage / "tmp").write_text("")
     env = {**service_env, "STORAGE_ROOT": str(storage)}
-    command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(free_port()), "--processes", "2")
-    proc = Process("scp-failing", command, env=env, log_dir=log_dir)
-    try:
-        code = proc.popen.wait(120)
-    finally:
-        proc.stop()
+    code, proc = supervisor_until_it_stops(free_port(), env, log_dir, timeout=120)
     assert code != 0
     assert "stopped 3 times right after starting" in proc.log()
     assert proc.log().count("started again") >= 2
