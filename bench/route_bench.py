@@ -18,12 +18,20 @@ Also measured, as a reference: the router's sender alone (apps/routing/dicom_sen
 association) sending the data set's files from disk to a fresh storescp: the least time the router's
 delivery could take even if it overlapped receipt perfectly and nothing else cost anything.
 
+And the ceiling of forwarding while a study arrives: the router's SCP receiving the data set while the
+router's sender, in a process of its own, sends the same files (already on disk) to a fresh storescp, both
+started together and timed until both are done and every file is at the destination. No pipeline, no
+wait for an instance to arrive before it is sent: the least time any design that forwards each instance
+as it is stored could take on this machine, with the router's receiving and sending code.
+
 Goal (issue 8): the router at least as fast as Orthanc (Orthanc's time / the router's >= 1).
 Results go to bench/results/route.json (route-quick.json with --quick).
 """
 
 import argparse
 import re
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,6 +160,41 @@ def sender_alone(data: DataSet, work: Path) -> float:
         wipe(folder)
 
 
+def overlap_ceiling(data: DataSet, work: Path, *, db: RouterDatabase, broker: str) -> float:
+    """Seconds for the router's SCP to receive the data set while its sender sends the same files: both
+    at once, until both are done and the destination holds every file (see the module's docstring)."""
+    folder = work / f"ceiling-{data.name}"
+    logs = work / "logs"
+    db.fresh()
+    redis_flush(broker)
+    router = Router(router_env(database_url_=db.url, broker_url=broker, folder=folder), logs, db=db)
+    destination = StoreSCP(folder / "destination", logs, ae_title=DESTINATION_AE, fork=True)
+    args = [sys.executable, str(Path(__file__).parent / "send_files.py"), str(destination.port), DESTINATION_AE]
+    sender = subprocess.Popen([*args, *map(str, data.paths)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        if sender.stdout.readline().strip() != "ready":
+            raise RuntimeError("the sender did not start")
+        settle()
+        started = time.perf_counter()
+        sender.stdin.write("go\n")
+        sender.stdin.flush()
+        storescu_checked(router.port, data, called=router.ae_title)
+        if sender.wait(300) != 0:
+            raise RuntimeError("the sender failed to deliver every file")
+        wait_for_count(destination, data.count, timeout=60, interval=POLL)
+        elapsed = time.perf_counter() - started
+        if router.count() != data.count:
+            raise RuntimeError(f"the router holds {router.count()} of {data.count} instances")
+        return elapsed
+    finally:
+        if sender.poll() is None:
+            sender.kill()
+            sender.wait(10)
+        router.stop()
+        destination.stop()
+        wipe(folder)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser)
@@ -182,6 +225,7 @@ def main() -> int:
     }
     runs_of: dict[tuple[str, str], list[Run]] = {(d.name, s): [] for d in datasets for s in SYSTEMS}
     alone: dict[str, Series] = {d.name: Series() for d in datasets}
+    ceiling: dict[str, Series] = {d.name: Series() for d in datasets}
     with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
         db.create_template(env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
@@ -202,6 +246,12 @@ def main() -> int:
                 alone[data.name].values.append(sender_alone(data, work))
                 print(
                     f"{data.name:5} run {run + 1}/{runs} the router's sender alone {alone[data.name].values[-1]:7.2f} s"
+                )
+                ceiling[data.name].values.append(overlap_ceiling(data, work, db=db, broker=args.broker))
+                print(
+                    f"{data.name:5} run {run + 1}/{runs} receipt and sending at once (the ceiling) "
+                    f"{ceiling[data.name].values[-1]:7.2f} s",
+                    flush=True,
                 )
 
     figures: dict = {}
@@ -239,11 +289,15 @@ def main() -> int:
             "router_sender_alone_seconds": [round(s, 3) for s in alone[data.name].values],
             "median_router_sender_alone_seconds": round(alone[data.name].median, 3),
             "ratio_orthanc_time_over_router_sender_alone": round(orthanc / alone[data.name].median, 3),
+            "receipt_and_sending_at_once_seconds": [round(s, 3) for s in ceiling[data.name].values],
+            "median_receipt_and_sending_at_once_seconds": round(ceiling[data.name].median, 3),
+            "ratio_orthanc_time_over_receipt_and_sending_at_once": round(orthanc / ceiling[data.name].median, 3),
         }
         print(
             f"{data.name}: router {ratio:.2f}x Orthanc's speed (Orthanc's time / ours; goal >= {GOAL_OVER_ORTHANC:g}: "
             f"{'met' if met else 'NOT met'}); the router's sender alone {alone[data.name].median:.2f} s "
-            f"({orthanc / alone[data.name].median:.2f}x)"
+            f"({orthanc / alone[data.name].median:.2f}x); receipt and sending at once (the ceiling) "
+            f"{ceiling[data.name].median:.2f} s ({orthanc / ceiling[data.name].median:.2f}x)"
         )
     result["results"] = figures
     result["goal"] = {"orthanc_time_over_router_time_at_least": GOAL_OVER_ORTHANC, "met": all_met}
