@@ -15,8 +15,8 @@ counting the files in its folder every 20 ms. Data: 1,000 small CT instances in 
   (OnStoredInstance + SendToModality), Orthanc's usual way of auto-routing.
 
 Also measured, as a reference: the router's sender alone (apps/routing/dicom_send.py, pynetdicom, one
-association) sending the data set's files from disk to a fresh storescp: the least time the router's
-delivery could take even if it overlapped receipt perfectly and nothing else cost anything.
+association, in a process of its own: bench/send_files.py) sending the data set's files from disk to a
+fresh storescp: the router's delivery with nothing else running.
 
 And the ceiling of forwarding while a study arrives: the router's SCP receiving the data set while the
 router's sender, in a process of its own, sends the same files (already on disk) to a fresh storescp, both
@@ -132,30 +132,50 @@ def one_run(
         wipe(folder)
 
 
+class Sender:
+    """The router's sender in a process of its own (bench/send_files.py), its files' headers already read:
+    `go()` starts the send, `done()` waits for it and returns the seconds it took."""
+
+    def __init__(self, data: DataSet, port: int) -> None:
+        args = [sys.executable, str(Path(__file__).parent / "send_files.py"), str(port), DESTINATION_AE]
+        self.process = subprocess.Popen(
+            [*args, *map(str, data.paths)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        if self.process.stdout.readline().strip() != "ready":
+            self.stop()
+            raise RuntimeError("the sender did not start")
+
+    def go(self) -> None:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+
+    def done(self) -> float:
+        line = self.process.stdout.readline().strip()
+        if self.process.wait(300) != 0 or not line.startswith("sent "):
+            raise RuntimeError(f"the sender failed to deliver every file ({line!r})")
+        return float(line.split()[1])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
 def sender_alone(data: DataSet, work: Path) -> float:
     """Seconds the router's sender takes to send the data set's files to a fresh storescp, one association."""
-    from pydicom import dcmread
-
-    from apps.routing import dicom_send
-
     folder = work / f"sender-{data.name}"
-    logs = work / "logs"
-    files = []
-    for path in data.paths:
-        ds = dcmread(path, stop_before_pixels=True)
-        files.append(dicom_send.File(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID), path))
-    destination = StoreSCP(folder / "destination", logs, ae_title=DESTINATION_AE, fork=True)
+    destination = StoreSCP(folder / "destination", work / "logs", ae_title=DESTINATION_AE, fork=True)
+    sender = None
     try:
-        target = dicom_send.Target(DESTINATION_AE, "127.0.0.1", destination.port, "ROUTER")
+        sender = Sender(data, destination.port)
         settle()
-        started = time.perf_counter()
-        results = dicom_send.send(target, files)
-        elapsed = time.perf_counter() - started
-        if any(r.kind != dicom_send.DELIVERED for r in results):
-            raise RuntimeError(f"the sender alone failed: {[r for r in results if r.kind != dicom_send.DELIVERED][:3]}")
+        sender.go()
+        elapsed = sender.done()
         wait_for_count(destination, data.count, timeout=60, interval=POLL)
         return elapsed
     finally:
+        if sender is not None:
+            sender.stop()
         destination.stop()
         wipe(folder)
 
@@ -169,27 +189,22 @@ def overlap_ceiling(data: DataSet, work: Path, *, db: RouterDatabase, broker: st
     redis_flush(broker)
     router = Router(router_env(database_url_=db.url, broker_url=broker, folder=folder), logs, db=db)
     destination = StoreSCP(folder / "destination", logs, ae_title=DESTINATION_AE, fork=True)
-    args = [sys.executable, str(Path(__file__).parent / "send_files.py"), str(destination.port), DESTINATION_AE]
-    sender = subprocess.Popen([*args, *map(str, data.paths)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    sender = None
     try:
-        if sender.stdout.readline().strip() != "ready":
-            raise RuntimeError("the sender did not start")
+        sender = Sender(data, destination.port)
         settle()
         started = time.perf_counter()
-        sender.stdin.write("go\n")
-        sender.stdin.flush()
+        sender.go()
         storescu_checked(router.port, data, called=router.ae_title)
-        if sender.wait(300) != 0:
-            raise RuntimeError("the sender failed to deliver every file")
+        sender.done()
         wait_for_count(destination, data.count, timeout=60, interval=POLL)
         elapsed = time.perf_counter() - started
         if router.count() != data.count:
             raise RuntimeError(f"the router holds {router.count()} of {data.count} instances")
         return elapsed
     finally:
-        if sender.poll() is None:
-            sender.kill()
-            sender.wait(10)
+        if sender is not None:
+            sender.stop()
         router.stop()
         destination.stop()
         wipe(folder)

@@ -1,4 +1,4 @@
-"""The router's sender (apps/routing/dicom_send.py) as a process of its own, for route_bench's ceiling.
+"""The router's sender (apps/routing/dicom_send.py) as a process of its own, for route_bench's references.
 
 Run: python bench/send_files.py PORT AE_TITLE FILE...
 

@@ -56,11 +56,10 @@ class Command(BaseCommand):
             ),
             listen_fd=listen_fd,
         )
-        where = f"{host}:{server.server_address[1]}"
-        which = f" (process {process_number})" if process_number else ""
-        self.stdout.write(f"SCP {ae_title} listening on {where}{which}", ending="\n")
-        name = f"{socket.gethostname()}:{server.server_address[1]}" + (f"/{process_number}" if process_number else "")
-        heartbeats.start("scp", name, stop=stopping)
+        port = server.server_address[1]
+        which, suffix = (f" (process {process_number})", f"/{process_number}") if process_number else ("", "")
+        self.stdout.write(f"SCP {ae_title} listening on {host}:{port}{which}", ending="\n")
+        heartbeats.start("scp", f"{socket.gethostname()}:{port}{suffix}", stop=stopping)
         self.stdout.flush()
         stop.wait()
         stopping.set()
