@@ -6,13 +6,17 @@ is classified, never guessed: delivered, warning (delivered, kept), transient (r
 """
 
 import contextlib
+import inspect
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pynetdicom
 from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
 
 logger = logging.getLogger(__name__)
@@ -49,6 +53,9 @@ class Result:
     status: int | None = None
     error: str = ""
     unreachable: bool = False  # no association at all: refused, timed out, rejected
+    # The destination took the TCP connection but did not answer the association request in time: a peer
+    # serving one association at a time does that while it serves another (the caller decides which).
+    connected: bool = False
 
 
 def classify_status(status: int) -> str:
@@ -67,6 +74,57 @@ def _nodelay(event) -> None:
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+# pynetdicom's association thread (its "reactor") and our send_* calls race for the DIMSE message queue
+# (pynetdicom issues 435 and 875, unfixed in 3.0.4). send_c_store pauses the reactor by clearing a checkpoint
+# and waiting until `_is_paused` is True; a reactor just back from that wait, which has not yet set it to
+# False again, passes as paused, takes the C-STORE-RSP with `get_msg(block=False)`, drops it ("unexpected
+# C-STORE service message"), and the sender waits for it until its DIMSE timeout. On our associations, pure
+# SCU, the only rightful readers of that queue are the send_* calls, which all read with `get_msg(block=True)`;
+# the reactor is the only non-blocking reader, and what it would serve (requests from the peer) a storage SCU
+# never receives. So its reads return nothing: immune by construction, whatever the threads' timing.
+# Written for this version and these private parts; `patch_problems()` (a system check) says when they change.
+PYNETDICOM_VERSION = "3.0.4"
+PATCHED = ("DIMSEServiceProvider.get_msg", "Association._run_reactor", "Association.dimse")
+
+
+def patch_problems() -> list[str]:
+    """Why the reactor patch may not fit the installed pynetdicom; empty when it was written for it."""
+    problems = []
+    if pynetdicom.__version__ != PYNETDICOM_VERSION:
+        problems.append(f"pynetdicom is {pynetdicom.__version__}, the patch was written for {PYNETDICOM_VERSION}")
+    if not callable(getattr(DIMSEServiceProvider, "get_msg", None)):
+        problems.append("DIMSEServiceProvider.get_msg is missing")
+    reactor = getattr(Association, "_run_reactor", None)
+    if not callable(reactor):
+        problems.append("Association._run_reactor is missing")
+    elif "self.dimse.get_msg(block=False)" not in inspect.getsource(reactor):
+        problems.append("Association._run_reactor no longer reads self.dimse.get_msg(block=False)")
+    if "self.dimse" not in inspect.getsource(Association.__init__):
+        problems.append("Association.dimse is missing")
+    return problems
+
+
+PATCH_FITS = not patch_problems()
+
+
+def _reactor_reads_nothing(assoc) -> None:
+    """Leave the DIMSE queue of this one association to the blocking readers (the send_* calls)."""
+    blocking_read = assoc.dimse.get_msg
+
+    def get_msg(block: bool = False):
+        return blocking_read(block=True) if block else (None, None)
+
+    assoc.dimse.get_msg = get_msg
+
+
+def _on_conn_open(event, opened: list[bool]) -> None:
+    """The TCP connection is up, before the association's threads read anything."""
+    _nodelay(event)
+    opened.append(True)
+    if PATCH_FITS:
+        _reactor_reads_nothing(event.assoc)
+
+
 def _ae(target: Target) -> AE:
     ae = AE(ae_title=target.calling_ae_title)
     ae.connection_timeout = target.connect_timeout
@@ -76,7 +134,7 @@ def _ae(target: Target) -> AE:
     return ae
 
 
-def _association_failure(assoc) -> Result:
+def _association_failure(assoc, connected: bool = False) -> Result:
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive
         result = getattr(rejection, "result", None)
@@ -85,6 +143,9 @@ def _association_failure(assoc) -> Result:
             f"association rejected (result {result}, source {source}, reason {getattr(rejection, 'diagnostic', '?')})"
         )
         return Result(PERMANENT if result == 0x01 else TRANSIENT, error=reason, unreachable=True)
+    if assoc.acceptor.primitive is None and connected:
+        error = "the destination took the connection but did not answer the association request in time"
+        return Result(TRANSIENT, error=error, unreachable=True, connected=True)
     if assoc.acceptor.primitive is None:
         return Result(TRANSIENT, error="could not connect to the destination (refused or timed out)", unreachable=True)
     return Result(TRANSIENT, error="association aborted by the destination", unreachable=True)
@@ -93,8 +154,9 @@ def _association_failure(assoc) -> Result:
 def send(target: Target, files: list[File], on_sent: Callable[[int, Result], None] | None = None) -> list[Result]:
     """Send `files`; one Result per file, in order. Never raises for network or peer trouble.
 
-    `on_sent(index, result)` is called as each file's answer arrives, so a caller can record progress
-    before the association ends (a worker killed half way then re-sends only what was not answered)."""
+    `on_sent(index, result)` is called as each file's outcome is known: its answer, or the association that
+    could not be opened for it. A caller so records progress before the association ends (a worker killed
+    half way then re-sends only what was not answered), and sees at once why nothing was sent."""
     results: list[Result | None] = [None] * len(files)
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax_uid) for f in files})
     for start in range(0, len(contexts), MAX_CONTEXTS):
@@ -108,18 +170,19 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
     ae = _ae(target)
     for sop_class, syntax in sorted(group):
         ae.add_requested_context(sop_class, [syntax])
+    opened: list[bool] = []
     try:
         assoc = ae.associate(
-            target.host, target.port, ae_title=target.ae_title, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)]
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [opened])],
         )
     except (OSError, RuntimeError, ValueError) as exc:
-        for i in indexes:
-            results[i] = Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True)
+        _fail_all(indexes, Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True), results, on_sent)
         return
     if not assoc.is_established:
-        failure = _association_failure(assoc)
-        for i in indexes:
-            results[i] = failure
+        _fail_all(indexes, _association_failure(assoc, connected=bool(opened)), results, on_sent)
         return
     try:
         for i in indexes:
@@ -132,6 +195,13 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _fail_all(indexes: list[int], failure: Result, results: list, on_sent=None) -> None:
+    for i in indexes:
+        results[i] = failure
+        if on_sent is not None:
+            on_sent(i, failure)
 
 
 def _send_one(assoc, file: File) -> Result:

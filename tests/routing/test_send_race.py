@@ -1,0 +1,95 @@
+"""pynetdicom 3.0.4's reactor race (issues 435, 875): its association thread can take the C-STORE response
+that send_c_store waits for, and the send then waits for its DIMSE timeout. The window between the reactor's
+return from its checkpoint and `_is_paused = False` is widened here, without changing pynetdicom's logic, so
+the race happens in nearly every send: our sender must still get every answer, at once."""
+
+import threading
+import time
+
+import pytest
+from pydicom import dcmread
+from pynetdicom.association import Association
+
+from apps.routing import dicom_send
+from tests.support.dicom import synthetic_study
+
+WIDENED = 0.005  # seconds the reactor stays "paused" after its checkpoint let it go
+DIMSE_TIMEOUT = 2
+
+
+class _SlowCheckpoint(threading.Event):
+    """The reactor's checkpoint, but its wait() returns a few ms late: as a reactor descheduled there."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        released = super().wait(timeout)
+        time.sleep(WIDENED)
+        return released
+
+
+@pytest.fixture
+def widened_race(monkeypatch) -> None:
+    init = Association.__init__
+
+    def slow_checkpoint_init(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        self._reactor_checkpoint = _SlowCheckpoint()
+        self._reactor_checkpoint.set()
+
+    monkeypatch.setattr(Association, "__init__", slow_checkpoint_init)
+
+
+@pytest.fixture
+def destination(storescp, tmp_path) -> tuple[dicom_send.Target, list[dicom_send.File]]:
+    _, port, _ = storescp()
+    _, paths = synthetic_study(tmp_path / "study", count=50)
+    ds = dcmread(paths[0], stop_before_pixels=True)
+    files = [dicom_send.File(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID, path) for path in paths]
+    target = dicom_send.Target("DEST", "127.0.0.1", port, "ROUTER", connect_timeout=5, dimse_timeout=DIMSE_TIMEOUT)
+    return target, files
+
+
+def _send_timed(target: dicom_send.Target, files: list[dicom_send.File]) -> tuple[list[dicom_send.Result], float]:
+    """The results, and the longest wait for one answer (from the previous answer, or from the start)."""
+    answered = [time.perf_counter()]
+    results = dicom_send.send(target, files, on_sent=lambda index, result: answered.append(time.perf_counter()))
+    return results, max(b - a for a, b in zip(answered, answered[1:], strict=False))
+
+
+def test_it_gets_every_answer_at_once_when_the_reactor_races_for_it(widened_race, destination):
+    target, files = destination
+    results, longest = _send_timed(target, files)
+    assert [r.kind for r in results] == [dicom_send.DELIVERED] * len(files)
+    assert longest < DIMSE_TIMEOUT
+
+
+def test_the_widened_race_loses_answers_without_the_fix(widened_race, destination, monkeypatch):
+    """The amplifier works: pynetdicom's own association loses a response and the send waits it out."""
+    monkeypatch.setattr(dicom_send, "_reactor_reads_nothing", lambda assoc: None)
+    target, files = destination
+    results, longest = _send_timed(target, files)
+    assert any("no response" in r.error for r in results)
+    assert longest >= DIMSE_TIMEOUT
+
+
+def test_the_check_fails_for_another_pynetdicom_version(monkeypatch):
+    import pynetdicom
+
+    from apps.routing.checks import check_reactor_patch
+
+    assert check_reactor_patch(None) == []
+    monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
+    errors = check_reactor_patch(None)
+    assert [e.id for e in errors] == ["routing.E001"]
+    assert "3.1.0" in errors[0].msg
+
+
+def test_the_check_fails_when_a_patched_attribute_is_gone(monkeypatch):
+    from pynetdicom.dimse import DIMSEServiceProvider
+
+    from apps.routing.checks import check_reactor_patch
+
+    monkeypatch.delattr(DIMSEServiceProvider, "get_msg")
+    monkeypatch.delattr(Association, "_run_reactor")
+    messages = [e.msg for e in check_reactor_patch(None)]
+    assert any("DIMSEServiceProvider.get_msg" in m for m in messages)
+    assert any("Association._run_reactor" in m for m in messages)
