@@ -42,6 +42,9 @@ def _beat_schedule() -> dict:
         "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
         # Storage below its free-space watermark (the SCP answers 0xA700): the admins are told, once a day.
         "storage-check": {"task": "pipeline.storage_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
+        # Files nothing more is to be done with, once their retention passed (docs/storage.md); below the
+        # emergency threshold, storage-check runs it at once, and the SCP asks for it at association end.
+        "storage-purge": {"task": "pipeline.storage_purge", "schedule": settings.STORAGE_PURGE_INTERVAL},
         # Instance files no row names (an SCP killed between the file and its row): removed after 10 minutes.
         "storage-sweep": {"task": "pipeline.storage_sweep", "schedule": 3600.0},
         # STAT studies nobody acknowledged: remind, reassign, tell the supervisors (each step once, by key).

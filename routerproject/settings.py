@@ -257,6 +257,8 @@ RECONCILE_INTERVAL = env_float("RECONCILE_INTERVAL", 15.0)
 RECONCILE_AFTER = env_float("RECONCILE_AFTER", 120.0)
 DELIVERY_SWEEP_INTERVAL = env_float("DELIVERY_SWEEP_INTERVAL", 5.0)
 HEALTH_CHECK_INTERVAL = env_float("HEALTH_CHECK_INTERVAL", 30.0)
+# How often the purge removes files whose retention passed (docs/storage.md); an emergency runs it at once.
+STORAGE_PURGE_INTERVAL = env_float("STORAGE_PURGE_INTERVAL", 3600.0)
 
 # --- Logging: ids and UIDs only, never names or birth dates ------------------------------------
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")

@@ -12,6 +12,7 @@ class AuditEvent(models.Model):
     study = models.ForeignKey("studies.Study", null=True, on_delete=models.SET_NULL, related_name="+")
     study_instance_uid = models.CharField(max_length=64, blank=True)
     source_address = models.GenericIPAddressField(null=True, blank=True)
+    detail = models.TextField(blank=True, help_text="For an action: what was done and why (no patient data).")
     occurred_at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

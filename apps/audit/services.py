@@ -28,3 +28,18 @@ def audit_views(*, request, action: str, studies: Iterable[Study]) -> int:
     ]
     AuditEvent.objects.bulk_create(events)
     return len(events)
+
+
+def audit_action(*, request, action: str, study_instance_uid: str, detail: str, study: Study | None = None) -> None:
+    """One event for an action a person took on a study, with what and why (never patient data). A study
+    deleted by the action is named by its UID alone."""
+    user = request.user if request.user.is_authenticated else None
+    AuditEvent.objects.create(
+        user=user,
+        username=user.get_username() if user else "",
+        action=action,
+        study=study,
+        study_instance_uid=study_instance_uid,
+        source_address=client_address(request),
+        detail=detail,
+    )

@@ -1,6 +1,6 @@
 """Configuration as one YAML document: destinations, rules, radiologists with shifts, the specialty
-mapping and the calling-AE allow-list. Import is all or nothing and idempotent; export writes the same
-format back. The format is documented in docs/configuration.md."""
+mapping, the calling-AE allow-list and the retention policy. Import is all or nothing and idempotent;
+export writes the same format back. The format is documented in docs/configuration.md."""
 
 from dataclasses import dataclass, field
 from datetime import time
@@ -15,7 +15,7 @@ from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
 from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
-from apps.studies.models import PriorityKeyword, QcCheck, SpecialtyMapping, WorkloadWeight
+from apps.studies.models import PriorityKeyword, QcCheck, RetentionPolicy, SpecialtyMapping, WorkloadWeight
 
 SECTIONS = (
     "callers",
@@ -26,7 +26,9 @@ SECTIONS = (
     "priority_keywords",
     "workload_weights",
     "qc_checks",
+    "retention",
 )
+RETENTION_FIELDS = ("delivered_hours", "unrouted_hours", "failed_hours", "rejected_hours", "emergency_free_bytes")
 DESTINATION_FIELDS = (
     "ae_title",
     "host",
@@ -98,6 +100,11 @@ def config_import(text: str) -> Report:
                 except (ValidationError, ValueError, TypeError, KeyError) as exc:
                     raise ConfigError(f"{label}: {_message(exc)}") from exc
         _link_alternates(document.get("destinations") or [], report)
+        if "retention" in document:
+            try:
+                _import_retention(document["retention"] or {}, report)
+            except (ValidationError, ValueError, TypeError) as exc:
+                raise ConfigError(f"retention: {_message(exc)}") from exc
         for name in TABLES:
             if name in document:
                 try:
@@ -338,6 +345,29 @@ def _import_radiologist(entry: dict, report: Report) -> None:
         _mark_updated(report, label)
 
 
+def _import_retention(entry: dict, report: Report) -> None:
+    """The retention policy (one row): keys left out keep their value; `failed_hours: null` means never."""
+    if not isinstance(entry, dict):
+        raise ValueError("must be a mapping")
+    _check_keys(entry, set(RETENTION_FIELDS), set())
+    policy = RetentionPolicy.current()
+    changed = False
+    for name in RETENTION_FIELDS:
+        if name in entry:
+            value = None if entry[name] is None else int(entry[name])
+            if value is None and not policy._meta.get_field(name).null:
+                raise ValueError(f"{name} cannot be empty")
+            if value is not None and value < 0:
+                raise ValueError(f"{name} cannot be negative")
+            changed |= getattr(policy, name) != value
+            setattr(policy, name, value)
+    if changed or policy.pk is None:
+        policy.save()
+        report.updated.append("retention")
+    else:
+        report.unchanged += 1
+
+
 def _mapping_row(index: int, item: dict) -> dict:
     parts = item.get("body_parts", "")
     parts = ",".join(p.strip().upper() for p in (parts.split(",") if isinstance(parts, str) else parts) if p.strip())
@@ -432,6 +462,7 @@ def config_export() -> str:
             for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
         ],
         **{name: _table_rows(model) for name, (model, _) in TABLES.items()},
+        "retention": {name: getattr(RetentionPolicy.current(), name) for name in RETENTION_FIELDS},
     }
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
 

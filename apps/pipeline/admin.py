@@ -1,11 +1,12 @@
 """Admin for routing decisions lives with the pipeline: routing a study again starts a chain step."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.template.response import TemplateResponse
 
 from apps.reading.models import Assignment, Privilege, Radiologist, Shift
 from apps.reading.services import assignment_reassign, radiologist_status_set
 from apps.routing.models import RoutingDecision
+from apps.routing.retention import FilesPurged
 from apps.routing.services import dry_run_study, study_reroute
 from apps.studies.models import HeldStudy, Stage
 from apps.studies.services import study_reject, study_release
@@ -24,8 +25,13 @@ class RoutingDecisionAdmin(admin.ModelAdmin):
 
     @admin.action(description="Route unrouted studies again with today's rules")
     def route_again(self, request, queryset) -> None:
-        study_ids = [d.study_id for d in queryset if d.unrouted]
-        rerouted = [s for s in study_ids if study_reroute(study_id=s)]
+        rerouted = []
+        for study_id in [d.study_id for d in queryset if d.unrouted]:
+            try:
+                if study_reroute(study_id=study_id):
+                    rerouted.append(study_id)
+            except FilesPurged as exc:
+                self.message_user(request, f"Study {study_id}: {exc}", messages.ERROR)
         for study_id in rerouted:
             chain_start(study_id, "route")
         self.message_user(request, f"{len(rerouted)} studies sent to routing again.")

@@ -6,11 +6,13 @@ database already holds the work.
 """
 
 import logging
+import time
 
 from celery import chain, signature
 from django.db import DatabaseError
 
 from apps.routing.models import Delivery
+from apps.routing.retention import emergency_threshold, free_bytes
 from apps.studies.models import Priority, Stage, Study
 from apps.studies.services import priority_hint, study_register
 
@@ -86,3 +88,26 @@ def studies_received(studies: dict[str, set[tuple[str, str]]]) -> None:
             logger.warning("could not register a study at association end (%s)", type(exc).__name__)
             continue
         chain_start(study.pk, queue=queue)
+    _purge_if_space_low()
+
+
+# At most one emergency purge asked for per SCP process in this many seconds (the purge itself is safe to
+# run twice; asking once per association would flood the queue while space is low).
+PURGE_ASK_EVERY = 10.0
+_purge_asked_at = -PURGE_ASK_EVERY
+
+
+def _purge_if_space_low() -> None:
+    """Free space below the emergency threshold: ask for the purge now, before the SCP has to refuse."""
+    global _purge_asked_at
+    now = time.monotonic()
+    if now - _purge_asked_at < PURGE_ASK_EVERY:
+        return
+    try:
+        low = free_bytes() < emergency_threshold()
+    except (OSError, DatabaseError) as exc:
+        logger.warning("could not check free space at association end (%s)", type(exc).__name__)
+        return
+    if low:
+        _purge_asked_at = now
+        _publish("storage purge", signature("pipeline.storage_purge"))

@@ -1,8 +1,10 @@
 """Reads that span domains: where a study stands."""
 
+from django.db.models import Count, Max
+
 from apps.notifications.models import Notification
 from apps.routing.models import Delivery, DeliveryItem
-from apps.studies.models import ReceivedInstance, Study
+from apps.studies.models import FileState, PurgeReason, ReceivedInstance, Study
 
 
 def _iso(value) -> str | None:
@@ -39,6 +41,7 @@ def study_status(*, study_instance_uid: str) -> dict | None:
             "series": study.num_series,
             "instances": study.num_instances,
             "size": study.total_size,
+            "files": _files(study),
             "qc": {"verdict": quality.verdict, "checks": quality.checks} if quality else None,
             "routing": (
                 {
@@ -78,6 +81,19 @@ def study_status(*, study_instance_uid: str) -> dict | None:
         }
     )
     return status
+
+
+def _files(study: Study) -> dict:
+    """The study's files: how many are stored, purged (by reason) and when the last went; protected or not."""
+    rows = study.instances.values_list("file_state", "purge_reason").annotate(n=Count("id"), at=Max("purged_at"))
+    files = {"protected": study.protected, "stored": 0, "purged": {}, "purged_at": None}
+    for state, reason, n, at in rows:
+        if state == FileState.STORED:
+            files["stored"] += n
+        else:  # purging counts as purged: the row is marked, its file is going or gone
+            files["purged"][reason] = files["purged"].get(reason, 0) + n
+            files["purged_at"] = max(filter(None, [files["purged_at"], _iso(at)]), default=None)
+    return files
 
 
 def _delivery(delivery: Delivery) -> dict:
@@ -183,6 +199,9 @@ def study_timeline(*, study_id: int) -> list[tuple]:
         subject_key__in=[f"assignment:{a}" for a in study.assignments.values_list("id", flat=True)]
     )
     events += [(n.sent_at or n.created_at, f"notified ({n.channel})", n.event) for n in notifications]
+    purged = study.instances.exclude(file_state=FileState.STORED).values_list("purged_at", "purge_reason")
+    for at, reason, n in purged.annotate(n=Count("id")).order_by("purged_at"):
+        events.append((at, "files purged", f"{n} instance file(s): {PurgeReason(reason).label}"))
     return sorted((e for e in events if e[0] is not None), key=lambda e: e[0])
 
 

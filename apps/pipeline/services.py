@@ -16,6 +16,7 @@ from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
 from apps.reading.services import EscalationAction, privileges_expiring
 from apps.routing.models import Delivery, DeliveryItem
+from apps.routing.retention import PurgeReport, emergency_threshold
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
 
@@ -275,6 +276,35 @@ def storage_low_notify(*, now: datetime | None = None) -> list[int]:
     )
     logger.error("storage below its free-space watermark: %d bytes free", free)
     return hooks + _notify_users(_staff(), event=STORAGE_LOW_EVENT, subject_key=key, title=title, body=body)
+
+
+STORAGE_EMERGENCY_EVENT = "storage_emergency_purge"
+
+
+def storage_emergency_notify(*, report: PurgeReport) -> list[int]:
+    """An emergency purge started an episode: staff and webhook endpoints are told, once per episode."""
+    episode = report.episode_started
+    if episode is None:
+        return []
+    key = f"storage-emergency:{episode.pk}"
+    freed = sum(report.bytes_freed.values())
+    title = "Storage emergency: files purged before their retention to keep receiving"
+    body = (
+        f"Free space fell to {episode.free_bytes // 2**20} MiB, below the emergency threshold of "
+        f"{emergency_threshold() // 2**20} MiB. The purge removed {report.files} delivered files "
+        f"({freed // 2**20} MiB) oldest first, ignoring their retention; {report.free_bytes // 2**20} MiB free now, "
+        f"{report.purgeable_bytes // 2**20} MiB more could go. Nothing undelivered, held or protected is purged: "
+        "if space stays low, grow the volume or look at failed deliveries (docs/storage.md)."
+    )
+    payload = {
+        "free_bytes_at_start": episode.free_bytes,
+        "free_bytes": report.free_bytes,
+        "bytes_purged": freed,
+        "files_purged": report.files,
+        "purgeable_bytes_left": report.purgeable_bytes,
+    }
+    hooks = notification_webhooks(event=STORAGE_EMERGENCY_EVENT, subject_key=key, payload=payload)
+    return hooks + _notify_users(_staff(), event=STORAGE_EMERGENCY_EVENT, subject_key=key, title=title, body=body)
 
 
 # A file renamed into place is recorded within milliseconds; one unrecorded for this long never will be.

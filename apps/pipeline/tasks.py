@@ -12,6 +12,8 @@ from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
 from apps.reading.services import escalation_sweep, sla_sweep, study_assign
 from apps.routing.models import Delivery
+from apps.routing.retention import emergency_threshold, free_bytes
+from apps.routing.retention import storage_purge as _storage_purge
 from apps.routing.services import deliveries_due as _deliveries_due
 from apps.routing.services import delivery_send, study_route
 from apps.routing.services import destinations_check as _destinations_check
@@ -158,6 +160,15 @@ def privileges_expiring() -> None:
 @sweeper
 def storage_check() -> None:
     for notification_id in services.storage_low_notify():
+        task_start("notification_send", notification_id)
+    if free_bytes() < emergency_threshold():
+        storage_purge()
+
+
+@shared_task(name="pipeline.storage_purge")
+@sweeper
+def storage_purge() -> None:
+    for notification_id in services.storage_emergency_notify(report=_storage_purge()):
         task_start("notification_send", notification_id)
 
 

@@ -1,14 +1,18 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from apps.audit.services import audit_action
 from apps.core import clock
+from apps.studies import admin as studies_admin
 from apps.studies.models import Study
 
 from .models import Delivery, DeliveryItem, DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
+from .retention import FilesPurged, StudyBusy, study_delete
 from .services import (
     delivery_retry,
     destination_echo,
@@ -164,5 +168,67 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry failed deliveries (sends only what is missing)")
     def retry(self, request, queryset) -> None:
-        count = sum(delivery_retry(delivery_id=d.pk) for d in queryset)
+        count = 0
+        for delivery in queryset:
+            try:
+                count += delivery_retry(delivery_id=delivery.pk)
+            except FilesPurged as exc:
+                self.message_user(request, f"Delivery {delivery.pk}: {exc}", messages.ERROR)
         self.message_user(request, f"{count} deliveries queued again.")
+
+
+admin.site.unregister(Study)
+
+
+class DeleteStudyForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="Why these studies are deleted (written to the audit log; no patient data).",
+    )
+
+
+@admin.register(Study)
+class StudyAdmin(studies_admin.StudyAdmin):
+    """The study admin, with what needs the delivery ledger: deleting a study sent in error (files and rows,
+    audited, refused while a delivery is on the wire). Django's own bulk delete is off: it would leave files."""
+
+    actions = [*studies_admin.StudyAdmin.actions, "delete_study"]
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.action(description="Delete: files and rows, for studies sent in error (asks for a reason)")
+    def delete_study(self, request, queryset):
+        if not request.user.is_staff:
+            raise PermissionDenied
+        form = DeleteStudyForm(request.POST if "confirm" in request.POST else None)
+        if form.is_valid():
+            for study in queryset:
+                self._delete_one(request, study, form.cleaned_data["reason"])
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Delete studies sent in error",
+            "studies": queryset,
+            "form": form,
+            "opts": self.model._meta,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(request, "admin/routing/study_delete.html", context)
+
+    def _delete_one(self, request, study: Study, reason: str) -> None:
+        try:
+            removed = study_delete(study_id=study.pk, reason=reason)
+        except StudyBusy as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        detail = f"deleted, {removed} bytes of files removed; reason: {reason}"
+        audit_action(
+            request=request, action="admin.studies.delete", study_instance_uid=study.study_instance_uid, detail=detail
+        )
+        self.message_user(request, f"Study {study.pk} deleted ({removed // 2**20} MiB of files).")

@@ -6,11 +6,14 @@ from apps.audit.services import audit_views
 from .models import (
     Instance,
     PriorityKeyword,
+    PurgeRun,
     QcCheck,
     QualityAssessment,
     ReceivedInstance,
+    RetentionPolicy,
     Series,
     SpecialtyMapping,
+    StorageEmergency,
     Study,
     WorkloadWeight,
 )
@@ -39,13 +42,14 @@ class StudyAdmin(admin.ModelAdmin):
         "num_instances",
         "institution_name",
         "received_at",
+        "protected",
     )
-    list_filter = ("stage", "priority", "specialty", "modality")
+    list_filter = ("stage", "priority", "specialty", "modality", "protected")
     search_fields = ("study_instance_uid", "accession_number", "patient_id")
     readonly_fields = [f.name for f in Study._meta.fields]
     inlines = [SeriesInline]
     date_hierarchy = "received_at"
-    actions = ["classify_again"]
+    actions = ["classify_again", "protect", "unprotect"]
 
     def changelist_view(self, request, extra_context=None):
         response = super().changelist_view(request, extra_context)
@@ -65,6 +69,14 @@ class StudyAdmin(admin.ModelAdmin):
         for study in queryset:
             study_reclassify(study_id=study.pk)
         self.message_user(request, f"{queryset.count()} studies classified again.")
+
+    @admin.action(description="Protect: never purge these studies' files")
+    def protect(self, request, queryset) -> None:
+        self.message_user(request, f"{queryset.update(protected=True)} studies protected.")
+
+    @admin.action(description="Unprotect: purge these studies' files once their retention passed")
+    def unprotect(self, request, queryset) -> None:
+        self.message_user(request, f"{queryset.update(protected=False)} studies no longer protected.")
 
 
 @admin.register(ReceivedInstance)
@@ -86,7 +98,8 @@ class ReceivedInstanceAdmin(admin.ModelAdmin):
 
 @admin.register(Instance)
 class InstanceAdmin(admin.ModelAdmin):
-    list_display = ("id", "sop_instance_uid", "study", "series", "transfer_syntax_uid", "size")
+    list_display = ("id", "sop_instance_uid", "study", "series", "size", "file_state", "purged_at")
+    list_filter = ("file_state", "purge_reason")
     search_fields = ("sop_instance_uid",)
     readonly_fields = [f.name for f in Instance._meta.fields]
 
@@ -121,3 +134,35 @@ class PriorityKeywordAdmin(admin.ModelAdmin):
 class WorkloadWeightAdmin(admin.ModelAdmin):
     list_display = ("modality", "body_part", "weight")
     list_editable = ("weight",)
+
+
+@admin.register(RetentionPolicy)
+class RetentionPolicyAdmin(admin.ModelAdmin):
+    """One row: how long files are kept (docs/storage.md)."""
+
+    list_display = ("__str__", "delivered_hours", "unrouted_hours", "failed_hours", "rejected_hours")
+
+    def has_add_permission(self, request) -> bool:
+        return not RetentionPolicy.objects.exists()
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(PurgeRun)
+class PurgeRunAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "emergency", "files", "bytes_freed", "purgeable_bytes", "free_bytes", "finished_at")
+    list_filter = ("emergency",)
+    readonly_fields = [f.name for f in PurgeRun._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+
+@admin.register(StorageEmergency)
+class StorageEmergencyAdmin(admin.ModelAdmin):
+    list_display = ("started_at", "ended_at", "free_bytes")
+    readonly_fields = ("started_at", "ended_at", "free_bytes")
+
+    def has_add_permission(self, request) -> bool:
+        return False

@@ -96,6 +96,7 @@ class Study(models.Model):
     stage_changed_at = models.DateTimeField(default=timezone.now)
     stage_detail = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now)
+    protected = models.BooleanField(default=False, help_text="Its files are never purged automatically.")
 
     class Meta:
         verbose_name_plural = "studies"
@@ -130,6 +131,23 @@ class Series(models.Model):
         return self.series_instance_uid
 
 
+class FileState(models.TextChoices):
+    """Where an instance's file is in its life. A purge marks the row PURGING before it removes the file,
+    so no row ever names a missing file unmarked; a purge that died half way is finished by the next."""
+
+    STORED = "stored"
+    PURGING = "purging"
+    PURGED = "purged"
+
+
+class PurgeReason(models.TextChoices):
+    DELIVERED = "delivered", "delivered (or given up) everywhere it was routed"
+    UNROUTED = "unrouted", "no rule matched"
+    FAILED = "failed", "a delivery failed for good"
+    REJECTED = "rejected", "rejected at QC"
+    DELETED = "deleted", "deleted by an operator"
+
+
 class Instance(models.Model):
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="instances")
     series = models.ForeignKey(Series, on_delete=models.CASCADE, related_name="instances")
@@ -143,6 +161,15 @@ class Instance(models.Model):
     sha256 = models.CharField(max_length=64)
     # The header fields QC needs per instance, kept so a re-check reads no file.
     header = models.JSONField(default=dict, blank=True)
+    file_state = models.CharField(max_length=8, choices=FileState.choices, default=FileState.STORED)
+    purged_at = models.DateTimeField(null=True, blank=True)
+    purge_reason = models.CharField(max_length=16, choices=PurgeReason.choices, blank=True)
+
+    class Meta:
+        indexes = [
+            # the purge: a study's instances whose file is still stored (or a purge left half done)
+            models.Index(fields=["study", "file_state"], name="instance_file_idx"),
+        ]
 
     def __str__(self) -> str:
         return self.sop_instance_uid
@@ -254,6 +281,73 @@ class SpecialtyMapping(models.Model):
     @property
     def body_part_list(self) -> list[str]:
         return [p.strip().upper() for p in self.body_parts.split(",") if p.strip()]
+
+
+class RetentionPolicy(models.Model):
+    """How long files are kept once nothing more is to be done with them; one row (the first), edited in
+    the admin or the configuration document's `retention:`. Rows of studies are kept whatever happens."""
+
+    delivered_hours = models.PositiveIntegerField(
+        default=72, help_text="After the study's last delivery, once every delivery ended in success or was given up."
+    )
+    unrouted_hours = models.PositiveIntegerField(default=720, help_text="Studies no rule matched.")
+    failed_hours = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Instances a delivery failed for good; empty: never (an operator retries)."
+    )
+    rejected_hours = models.PositiveIntegerField(default=720, help_text="Studies rejected at QC.")
+    emergency_free_bytes = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Below this much free space, purgeable files go oldest first whatever their retention; "
+        "empty: 4 x STORAGE_MIN_FREE_BYTES (where the SCP starts refusing).",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "retention policy"
+
+    def __str__(self) -> str:
+        return "retention policy"
+
+    @classmethod
+    def current(cls) -> "RetentionPolicy":
+        return cls.objects.order_by("id").first() or cls()
+
+    def emergency_threshold(self, min_free_bytes: int) -> int:
+        return self.emergency_free_bytes if self.emergency_free_bytes is not None else 4 * min_free_bytes
+
+
+class PurgeRun(models.Model):
+    """One run of the purge: what it removed, by reason, and what was left that an emergency could take."""
+
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    emergency = models.BooleanField(default=False)
+    files = models.PositiveIntegerField(default=0)
+    bytes_freed = models.JSONField(default=dict, help_text="Bytes removed, by reason.")
+    purgeable_bytes = models.BigIntegerField(default=0, help_text="Left that an emergency could purge.")
+    free_bytes = models.BigIntegerField(null=True, blank=True, help_text="Free space when it ended.")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"purge {self.started_at:%Y-%m-%d %H:%M}: {self.files} files"
+
+
+class StorageEmergency(models.Model):
+    """An episode of free space below the emergency threshold: staff are told once per episode."""
+
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    free_bytes = models.BigIntegerField(help_text="Free space when it started.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        verbose_name_plural = "storage emergencies"
+
+    def __str__(self) -> str:
+        return f"storage emergency from {self.started_at:%Y-%m-%d %H:%M}"
 
 
 class HeldStudy(Study):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Sum
+from django.db.models import F, Prefetch, Sum
 from pydicom.errors import InvalidDicomError
 
 from apps.core import clock
@@ -18,6 +18,7 @@ from . import classify as classify_rules
 from . import pixels, qc
 from .headers import PRIORITY_ATTRIBUTES, read_header
 from .models import (
+    FileState,
     Instance,
     PriorityKeyword,
     QcCheck,
@@ -65,6 +66,7 @@ def received_instance_register(
                 calling_ae_title=calling_ae_title,
                 called_ae_title=called_ae_title,
                 peer_address=peer_address,
+                received_at=clock.now(),
             )
     except IntegrityError:
         if ReceivedInstance.objects.filter(sop_instance_uid=sop_instance_uid).exists():
@@ -83,10 +85,37 @@ def received_instance_second_copy(*, sop_instance_uid: str, path: str) -> bool:
         return False
     if not (settings.STORAGE_ROOT / kept.path).exists():
         ReceivedInstance.objects.filter(pk=kept.pk).update(path=path)
+        # A purged instance received again has its file back (and is purged again once its retention passed).
+        Instance.objects.filter(received=kept).update(path=path, file_state=FileState.STORED, purged_at=None)
         logger.warning("received instance %s: its file was missing; the new copy takes its place", kept.pk)
         return True
     _count_if_different(kept, settings.STORAGE_ROOT / path)
     return False
+
+
+def instances_purge_mark(*, instance_ids: Iterable[int], reason: str, now: datetime) -> int:
+    """The first half of removing files: mark stored instances PURGING (the caller holds the study's lock
+    and has checked that nothing more is to be done with them). Returns how many were marked."""
+    return Instance.objects.filter(pk__in=list(instance_ids), file_state=FileState.STORED).update(
+        file_state=FileState.PURGING, purged_at=now, purge_reason=reason
+    )
+
+
+def instance_files_remove(*, instance_ids: Iterable[int] | None = None) -> dict[str, int]:
+    """The second half: remove the files of PURGING instances (all of them when no ids are given, as after
+    a purge that died half way), and mark each PURGED. Returns the bytes freed by reason.
+
+    A row is marked before its file goes and the file goes before the row says PURGED, so a purge killed at
+    any point leaves no row naming a missing file unmarked; whoever runs next finishes it."""
+    rows = Instance.objects.filter(file_state=FileState.PURGING)
+    if instance_ids is not None:
+        rows = rows.filter(pk__in=list(instance_ids))
+    freed: dict[str, int] = {}
+    for pk, path, size, reason in rows.values_list("pk", "path", "size", "purge_reason").iterator():
+        (settings.STORAGE_ROOT / path).unlink(missing_ok=True)
+        if Instance.objects.filter(pk=pk, file_state=FileState.PURGING).update(file_state=FileState.PURGED):
+            freed[reason] = freed.get(reason, 0) + size
+    return freed
 
 
 def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool:
@@ -121,7 +150,10 @@ def priority_hint(urgency: Iterable[tuple[str, str]]) -> str:
 
 
 def study_register(*, study_instance_uid: str) -> Study:
-    study, _ = Study.objects.get_or_create(study_instance_uid=study_instance_uid)
+    now = clock.now()
+    study, _ = Study.objects.get_or_create(
+        study_instance_uid=study_instance_uid, defaults={"received_at": now, "stage_changed_at": now}
+    )
     return study
 
 
@@ -333,7 +365,9 @@ def _sample(instances: list[Instance], size: int = 3) -> list[Instance]:
 def _pixel_results(study: Study) -> list[dict]:
     """Pixel checks per series on a sample of instances; decoding happens here, in the worker."""
     results = []
-    series_list = study.series.order_by("id").prefetch_related("instances")
+    # Only files still stored: a late instance can bring a study whose other files were purged back to QC.
+    stored = Prefetch("instances", queryset=Instance.objects.filter(file_state=FileState.STORED))
+    series_list = study.series.order_by("id").prefetch_related(stored)
     for series in series_list:
         for instance in _sample(sorted(series.instances.all(), key=lambda i: i.pk)):
             image, reason = pixels.decode_sample(

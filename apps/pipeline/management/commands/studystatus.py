@@ -39,6 +39,13 @@ def render(s: dict) -> str:
         f"Class       {s['specialty'] or '-'} / {s['priority'] or '-'}   "
         f"({s['series']} series, {s['instances']} instances)",
     ]
+    files = s["files"]
+    purged = ", ".join(f"{n} {reason}" for reason, n in sorted(files["purged"].items()))
+    lines.append(
+        f"Files       {files['stored']} stored"
+        + (f", purged: {purged} (last on {files['purged_at']})" if purged else "")
+        + (", protected" if files["protected"] else "")
+    )
     qc = s["qc"]
     if qc:
         failed = [f"{c['check']}: {c['detail']}" for c in qc["checks"] if not c["passed"]]
