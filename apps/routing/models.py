@@ -45,6 +45,11 @@ class Destination(models.Model):
     health_checked_at = models.DateTimeField(null=True, blank=True)
     down_since = models.DateTimeField(null=True, blank=True)
     health_detail = models.CharField(max_length=255, blank=True)
+    # Learned, not configured: a destination that left one of our association requests unanswered while it
+    # served `busy_limit` others of ours (dcmtk's storescp without --fork serves one at a time) gets no more
+    # than that many at once for a while after `busy_at`, instead of a second request that would time out.
+    busy_limit = models.PositiveIntegerField(null=True, blank=True)
+    busy_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

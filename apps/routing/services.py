@@ -14,10 +14,11 @@ from pydicom.errors import InvalidDicomError
 from apps.core import clock
 from apps.studies.classify import normalise_priority
 from apps.studies.headers import header_from_dataset
-from apps.studies.models import Priority, Stage, Study
+from apps.studies.models import FileState, Priority, Stage, Study
 
 from . import dicom_send, rules
 from .models import Delivery, DeliveryItem, Destination, Health, RoutingDecision, RoutingRule
+from .retention import files_purged_error, files_purged_on
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def study_facts(study: Study, keywords: frozenset[str] = frozenset()) -> dict:
 
 def _keyword_facts(study: Study, keywords: frozenset[str]) -> dict:
     """Any DICOM keyword a rule names, read from the study's first instance (header only)."""
-    first = study.instances.order_by("id").first()
+    first = study.instances.filter(file_state=FileState.STORED).order_by("id").first()
     if first is None:
         return {}
     try:
@@ -212,9 +213,9 @@ def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None
         )
         return None, None
     with transaction.atomic():
-        Destination.objects.select_for_update().filter(pk=target.pk).first()  # serialises claims per target
+        locked = Destination.objects.select_for_update().get(pk=target.pk)  # serialises claims per target
         busy = Delivery.objects.filter(target=target, state=Delivery.State.SENDING).count()
-        if busy >= target.max_associations:
+        if busy >= _association_limit(locked, now):
             # Due at once: the send that frees a slot starts the next due delivery of its destination.
             claimed = 0
             Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(next_attempt_at=now)
@@ -226,6 +227,19 @@ def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None
         return None, None
     delivery.refresh_from_db()
     return delivery, None
+
+
+# How long a destination found busy (it left an association request of ours unanswered while it served others
+# of ours) gets no more associations at once than it served then. After that a further one is tried again:
+# its operator may have raised its limit, and finding out costs one association request.
+BUSY_MEMORY = timedelta(hours=1)
+
+
+def _association_limit(destination: Destination, now: datetime) -> int:
+    """Associations we may hold at once: the configured limit, or fewer while the destination proved busy."""
+    if destination.busy_limit and destination.busy_at and destination.busy_at > now - BUSY_MEMORY:
+        return min(destination.max_associations, destination.busy_limit)
+    return destination.max_associations
 
 
 def _paused_attempt(delivery: Delivery, now: datetime) -> str:
@@ -265,13 +279,37 @@ def _choose_target(delivery: Delivery, now: datetime) -> tuple[Destination | Non
 
 
 def _health_record(destination: Destination, results: list[dicom_send.Result], now: datetime) -> None:
-    """A destination that answered is up; one we could not reach at all is down (its queue pauses)."""
+    """A destination that answered is up; one we could not reach at all is down (its queue pauses), unless it
+    was busy: it took the connection and left our request waiting while it served another of ours."""
     reached = any(r.status is not None for r in results)  # it answered at least one C-STORE
     unreachable = bool(results) and all(r.unreachable for r in results)
     if reached:
         destination_health_set(destination_id=destination.pk, up=True, detail="", now=now)
+    elif unreachable and _busy(destination.pk, results):
+        _busy_record(destination, now)
     elif unreachable:
         destination_health_set(destination_id=destination.pk, up=False, detail=results[0].error, now=now)
+
+
+def _busy(destination_id: int, results: list[dicom_send.Result]) -> bool:
+    """Busy, not down: connected, no answer to the association request, and another delivery of ours to it is
+    sending (besides the caller's own, still `sending` while it reports). Refused or nothing else of ours
+    open is down."""
+    if not any(r.connected for r in results):
+        return False
+    return Delivery.objects.filter(target_id=destination_id, state=Delivery.State.SENDING).count() >= 2
+
+
+def _busy_record(destination: Destination, now: datetime) -> None:
+    """Remember how many associations of ours it served when it left another waiting: no more than that now."""
+    serving = Delivery.objects.filter(target=destination, state=Delivery.State.SENDING).count() - 1
+    Destination.objects.filter(pk=destination.pk).update(busy_limit=max(serving, 1), busy_at=now)
+    logger.info(
+        "destination %s is busy (serving %d association(s) of ours): at most that many for %s",
+        destination.name,
+        max(serving, 1),
+        BUSY_MEMORY,
+    )
 
 
 def destination_health_set(*, destination_id: int, up: bool, detail: str, now: datetime) -> bool:
@@ -306,11 +344,20 @@ def destinations_check(*, now: datetime | None = None, interval: float | None = 
         Q(health_checked_at__isnull=True) | Q(health_checked_at__lt=quiet_since) | Q(health=Health.DOWN)
     )
     for destination in due:
+        if _sending_now(destination, now):
+            continue  # its answers are proof of life; an echo would wait behind them and could time out
         result = dicom_send.echo(_target(destination))
         up = result.kind == dicom_send.DELIVERED
         if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=clock.now()):
             back.append(destination.pk)
     return back
+
+
+def _sending_now(destination: Destination, now: datetime) -> bool:
+    """A delivery of ours to it renewed its claim recently: answers arrive (at most `dimse_timeout` apart,
+    or the sender gives up), and the claim is renewed at most once a second."""
+    recent = now - timedelta(seconds=destination.dimse_timeout + 1)
+    return Delivery.objects.filter(target=destination, state=Delivery.State.SENDING, claimed_at__gte=recent).exists()
 
 
 def _target(destination: Destination) -> dicom_send.Target:
@@ -343,10 +390,13 @@ class _Answers:
         self.delivery_id = delivery_id
         self.items = items
         self.renewed = clock.now()
+        self.refunded = False
 
     def __call__(self, index: int, result: dicom_send.Result) -> None:
         now = clock.now()
         item = self.items[index]
+        if result.unreachable and not self.refunded:
+            self._refund_if_busy(result)
         if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
             DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
                 state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=now
@@ -354,6 +404,16 @@ class _Answers:
         if now - self.renewed >= self.RENEW_EVERY:
             Delivery.objects.filter(pk=self.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
             self.renewed = now
+
+    def _refund_if_busy(self, result: dicom_send.Result) -> None:
+        """A destination busy with another delivery of ours is no failure of this one: the attempt its claim
+        counted is given back, so waiting for a slot never spends the retry budget."""
+        self.refunded = True
+        target_id = Delivery.objects.filter(pk=self.delivery_id).values_list("target_id", flat=True).first()
+        if target_id is not None and _busy(target_id, [result]):
+            Delivery.objects.filter(pk=self.delivery_id, state=Delivery.State.SENDING, attempts__gt=0).update(
+                attempts=F("attempts") - 1
+            )
 
 
 def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime) -> str:
@@ -412,12 +472,19 @@ def deliveries_due(
 
 
 def delivery_retry(*, delivery_id: int, now: datetime | None = None) -> bool:
-    """An operator's retry of a failed delivery: sends exactly what is missing."""
+    """An operator's retry of a failed delivery: sends exactly what is missing. Raises FilesPurged when the
+    purge removed files it would send."""
     now = now or clock.now()
     with transaction.atomic():
+        study_id = Delivery.objects.filter(pk=delivery_id).values_list("study_id", flat=True).first()
+        Study.objects.select_for_update().filter(pk=study_id).first()  # the purge decides under this lock
         delivery = Delivery.objects.select_for_update().filter(pk=delivery_id, state=Delivery.State.FAILED).first()
         if delivery is None:
             return False
+        missing = delivery.items.filter(state__in=[DeliveryItem.State.FAILED, DeliveryItem.State.PENDING])
+        purged_at = files_purged_on(delivery.study_id, list(missing.values_list("instance_id", flat=True)))
+        if purged_at is not None:
+            raise files_purged_error(purged_at)
         delivery.items.filter(state=DeliveryItem.State.FAILED).update(state=DeliveryItem.State.PENDING)
         delivery.state = Delivery.State.PENDING
         delivery.attempts = 0
@@ -484,11 +551,15 @@ def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None =
 
 
 def study_reroute(*, study_id: int) -> bool:
-    """Forget an unrouted study's decision and make it ready to route again (with today's rules)."""
+    """Forget an unrouted study's decision and make it ready to route again (with today's rules). Raises
+    FilesPurged when its files were purged."""
     with transaction.atomic():
         study = Study.objects.select_for_update().filter(pk=study_id).first()
         if study is None:
             return False
+        purged_at = files_purged_on(study_id)
+        if purged_at is not None:
+            raise files_purged_error(purged_at)
         deleted, _ = RoutingDecision.objects.filter(study=study, unrouted=True).delete()
         if not deleted:
             return False
