@@ -225,12 +225,18 @@ def _send_one(assoc, file: File) -> Result:
 def echo(target: Target) -> Result:
     ae = _ae(target)
     ae.add_requested_context(Verification)
+    opened: list[bool] = []  # send_c_echo waits for its answer as send_c_store does: the same race, the same cure
     try:
-        assoc = ae.associate(target.host, target.port, ae_title=target.ae_title)
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [opened])],
+        )
     except (OSError, RuntimeError, ValueError) as exc:
         return Result(TRANSIENT, error=f"connect failed: {exc}")
     if not assoc.is_established:
-        return _association_failure(assoc)
+        return _association_failure(assoc, connected=bool(opened))
     try:
         status = assoc.send_c_echo()
     finally:

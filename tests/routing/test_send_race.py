@@ -71,6 +71,15 @@ def test_the_widened_race_loses_answers_without_the_fix(widened_race, destinatio
     assert longest >= DIMSE_TIMEOUT
 
 
+def test_every_echo_gets_its_answer_at_once_too(widened_race, destination):
+    """send_c_echo waits as send_c_store does (without the fix about 1 echo in 100 lost its answer here)."""
+    target, _ = destination
+    for _ in range(100):
+        started = time.perf_counter()
+        assert dicom_send.echo(target).kind == dicom_send.DELIVERED
+        assert time.perf_counter() - started < DIMSE_TIMEOUT
+
+
 def test_the_check_fails_for_another_pynetdicom_version(monkeypatch):
     import pynetdicom
 
