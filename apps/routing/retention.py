@@ -193,8 +193,8 @@ def _study_purge(study_id: int, *, policy: RetentionPolicy, now: datetime, emerg
                 by_reason[f.reason].append(f.instance_id)
         for reason, ids in by_reason.items():
             instances_purge_mark(instance_ids=ids, reason=reason, now=now)
-    ids = [i for group in by_reason.values() for i in group]
-    return instance_files_remove(instance_ids=ids), len(ids)
+    removed = instance_files_remove(instance_ids=[i for group in by_reason.values() for i in group])
+    return removed.bytes_by_reason, removed.files
 
 
 def free_bytes() -> int:
@@ -218,7 +218,8 @@ def storage_purge(
     report = PurgeReport(dry_run=dry_run)
     run = PurgeRun(started_at=now)
     if not dry_run:
-        report.add(instance_files_remove(), 0)
+        leftovers = instance_files_remove()  # what a purge killed half way left
+        report.add(leftovers.bytes_by_reason, leftovers.files)
     counted: set[int] = set()  # a dry run's files, so an emergency does not count them twice
     for item in purge_plan(policy=policy, now=now):
         report.add(*_purge_or_count(item, policy=policy, now=now, emergency=False, dry_run=dry_run), item.study_id)
@@ -330,7 +331,7 @@ def study_delete(*, study_id: int, reason: str, now: datetime | None = None) -> 
             raise StudyBusy(f"study {study_id} has a delivery on the wire: try again once it ended")
         ids = list(study.instances.values_list("id", flat=True))
         instances_purge_mark(instance_ids=ids, reason=PurgeReason.DELETED, now=now)
-    removed = sum(instance_files_remove(instance_ids=ids).values())
+    removed = sum(instance_files_remove(instance_ids=ids).bytes_by_reason.values())
     with transaction.atomic():
         study = Study.objects.select_for_update().get(pk=study_id)
         received = ReceivedInstance.objects.filter(study_instance_uid=study.study_instance_uid)

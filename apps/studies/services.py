@@ -4,6 +4,7 @@ import contextlib
 import filecmp
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -101,21 +102,29 @@ def instances_purge_mark(*, instance_ids: Iterable[int], reason: str, now: datet
     )
 
 
-def instance_files_remove(*, instance_ids: Iterable[int] | None = None) -> dict[str, int]:
+@dataclass
+class Removed:
+    files: int = 0
+    bytes_by_reason: dict[str, int] = field(default_factory=dict)
+
+
+def instance_files_remove(*, instance_ids: Iterable[int] | None = None) -> Removed:
     """The second half: remove the files of PURGING instances (all of them when no ids are given, as after
-    a purge that died half way), and mark each PURGED. Returns the bytes freed by reason.
+    a purge that died half way), and mark each PURGED. Returns what this call removed: a file another purge
+    finished at the same time is counted by whichever marked it PURGED.
 
     A row is marked before its file goes and the file goes before the row says PURGED, so a purge killed at
     any point leaves no row naming a missing file unmarked; whoever runs next finishes it."""
     rows = Instance.objects.filter(file_state=FileState.PURGING)
     if instance_ids is not None:
         rows = rows.filter(pk__in=list(instance_ids))
-    freed: dict[str, int] = {}
+    removed = Removed()
     for pk, path, size, reason in rows.values_list("pk", "path", "size", "purge_reason").iterator():
         (settings.STORAGE_ROOT / path).unlink(missing_ok=True)
         if Instance.objects.filter(pk=pk, file_state=FileState.PURGING).update(file_state=FileState.PURGED):
-            freed[reason] = freed.get(reason, 0) + size
-    return freed
+            removed.files += 1
+            removed.bytes_by_reason[reason] = removed.bytes_by_reason.get(reason, 0) + size
+    return removed
 
 
 def received_instance_copy_differs(*, sop_instance_uid: str, path: Path) -> bool:
