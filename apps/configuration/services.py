@@ -42,6 +42,7 @@ DESTINATION_FIELDS = (
     "network_timeout",
     "max_associations",
     "alternate_after",
+    "retention_hours",
 )
 RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "description")
 # The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
@@ -166,7 +167,7 @@ def _import_caller(entry: dict, report: Report) -> None:
 
 def _import_destination(entry: dict, report: Report) -> None:
     _check_keys(entry, {"name", "alternate", "windows", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"})
-    defaults = {f.name: f.default for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
+    defaults = {f.name: f.get_default() for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
     values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
@@ -484,7 +485,7 @@ def _export_windows(manager) -> list[dict]:
 
 
 def _export_destination(d: Destination) -> dict:
-    out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS}}
+    out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS if getattr(d, f) is not None}}
     if d.alternate:
         out["alternate"] = d.alternate.name
     if windows := _export_windows(d.windows):

@@ -14,6 +14,7 @@ from apps.studies.models import Study
 from .models import Delivery, DeliveryItem, DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
 from .retention import FilesPurged, StudyBusy, study_delete
 from .services import (
+    delivery_give_up,
     delivery_retry,
     destination_echo,
     destination_health_set,
@@ -164,7 +165,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     list_filter = ("state", "destination")
     readonly_fields = [f.name for f in Delivery._meta.fields]
     inlines = [DeliveryItemInline]
-    actions = ["retry"]
+    actions = ["retry", "give_up"]
 
     @admin.action(description="Retry failed deliveries (sends only what is missing)")
     def retry(self, request, queryset) -> None:
@@ -175,6 +176,19 @@ class DeliveryAdmin(admin.ModelAdmin):
             except FilesPurged as exc:
                 self.message_user(request, f"Delivery {delivery.pk}: {exc}", messages.ERROR)
         self.message_user(request, f"{count} deliveries queued again.")
+
+    @admin.action(description="Give up failed deliveries (stop retrying; their files may then be purged)")
+    def give_up(self, request, queryset) -> None:
+        given_up = [d for d in queryset.select_related("study", "destination") if delivery_give_up(delivery_id=d.pk)]
+        for delivery in given_up:
+            audit_action(
+                request=request,
+                action="admin.deliveries.give_up",
+                study=delivery.study,
+                study_instance_uid=delivery.study.study_instance_uid,
+                detail=f"gave up delivery {delivery.pk} to {delivery.destination.name}",
+            )
+        self.message_user(request, f"{len(given_up)} deliveries given up.")
 
 
 admin.site.unregister(Study)

@@ -41,6 +41,12 @@ class Destination(models.Model):
         help_text="Used while this destination has been unreachable longer than 'alternate after'.",
     )
     alternate_after = models.PositiveIntegerField(default=900, help_text="Seconds unreachable before the alternate.")
+    retention_hours = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Hours a study's files are kept after its last delivery, for what was delivered here; "
+        "empty: the retention policy's delivered hours (docs/storage.md).",
+    )
     health = models.CharField(max_length=8, choices=Health.choices, default=Health.UNKNOWN)
     health_checked_at = models.DateTimeField(null=True, blank=True)
     down_since = models.DateTimeField(null=True, blank=True)
@@ -169,6 +175,7 @@ class Delivery(models.Model):
         SENDING = "sending"
         DELIVERED = "delivered"
         FAILED = "failed"
+        GIVEN_UP = "given_up", "given up (by an operator)"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="deliveries")
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="deliveries")

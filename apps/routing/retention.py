@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, Max, OuterRef
+from django.db.models import Exists, Max, Min, OuterRef
 
 from apps.core import clock
 from apps.studies.models import (
@@ -34,7 +34,7 @@ from apps.studies.models import (
 )
 from apps.studies.services import instance_files_remove, instances_purge_mark
 
-from .models import Delivery, DeliveryItem, RoutingDecision
+from .models import Delivery, DeliveryItem, Destination, RoutingDecision
 
 logger = logging.getLogger(__name__)
 
@@ -117,12 +117,14 @@ def study_purgeable(study: Study, policy: RetentionPolicy) -> PurgeableStudy | N
     if not stored:
         return None
     decision = RoutingDecision.objects.filter(study=study).first()
-    items: dict[int, list[str]] = defaultdict(list)
+    items: dict[int, list[tuple[str, int]]] = defaultdict(list)  # instance -> (state, hours) per delivery
     last_delivery = None
-    for instance_id, state, updated_at in DeliveryItem.objects.filter(delivery__study=study).values_list(
-        "instance_id", "state", "updated_at"
-    ):
-        items[instance_id].append(state)
+    for instance_id, state, updated_at, delivery_state, hours in DeliveryItem.objects.filter(
+        delivery__study=study
+    ).values_list("instance_id", "state", "updated_at", "delivery__state", "delivery__destination__retention_hours"):
+        if delivery_state == Delivery.State.GIVEN_UP:  # an operator ended it: as good as delivered
+            state = DeliveryItem.State.DELIVERED
+        items[instance_id].append((state, policy.delivered_hours if hours is None else hours))
         last_delivery = max(last_delivery or updated_at, updated_at)
     moments = [arriving.aggregate(at=Max("received_at"))["at"], last_delivery, study.received_at]
     if study.stage == Stage.REJECTED:
@@ -140,12 +142,17 @@ def study_purgeable(study: Study, policy: RetentionPolicy) -> PurgeableStudy | N
     deliveries = study.deliveries.count()
     files = []
     for instance_id, size in stored:
-        states = items.get(instance_id, [])
-        if len(states) < deliveries or (category == PurgeReason.DELIVERED and not states):
+        ledger = items.get(instance_id, [])
+        if len(ledger) < deliveries or (category == PurgeReason.DELIVERED and not ledger):
             continue  # not on every delivery's ledger (yet): keep
         # No delivery is open (1.): an item still pending belongs to a delivery that failed for good.
-        undelivered = {DeliveryItem.State.PENDING, DeliveryItem.State.FAILED} & set(states)
-        reason, keep = (PurgeReason.FAILED, policy.failed_hours) if undelivered else (category, hours)
+        undelivered = any(state in (DeliveryItem.State.PENDING, DeliveryItem.State.FAILED) for state, _ in ledger)
+        if undelivered:
+            reason, keep = PurgeReason.FAILED, policy.failed_hours
+        elif category == PurgeReason.DELIVERED:  # the longest retention of the destinations it went to
+            reason, keep = category, max(h for _, h in ledger)
+        else:
+            reason, keep = category, hours
         if keep is not None:
             files.append(PurgeableFile(instance_id, size, reason, since + timedelta(hours=keep)))
     return PurgeableStudy(study.pk, since, tuple(files)) if files else None
@@ -161,7 +168,8 @@ def _candidates(policy: RetentionPolicy, *, now: datetime, emergency: bool):
     if not emergency:
         # A study's last activity is never before its first receipt: nothing younger than the shortest
         # retention can be due.
-        hours = (policy.delivered_hours, policy.unrouted_hours, policy.rejected_hours, policy.failed_hours)
+        shortest = Destination.objects.aggregate(h=Min("retention_hours"))["h"]
+        hours = (policy.delivered_hours, policy.unrouted_hours, policy.rejected_hours, policy.failed_hours, shortest)
         studies = studies.filter(received_at__lte=now - timedelta(hours=min(h for h in hours if h is not None)))
     return studies.order_by("received_at", "id")
 

@@ -493,6 +493,14 @@ def delivery_retry(*, delivery_id: int, now: datetime | None = None) -> bool:
     return True
 
 
+def delivery_give_up(*, delivery_id: int) -> bool:
+    """An operator stops retrying a failed delivery for good: its files then count as delivered for the
+    purge. False when it was not failed."""
+    return bool(
+        Delivery.objects.filter(pk=delivery_id, state=Delivery.State.FAILED).update(state=Delivery.State.GIVEN_UP)
+    )
+
+
 def destination_echo(*, destination_id: int) -> dicom_send.Result:
     return dicom_send.echo(_target(Destination.objects.get(pk=destination_id)))
 

@@ -362,3 +362,53 @@ def test_the_purge_command_dry_run_removes_nothing(storage, tmp_path, default_ma
     out = StringIO()
     call_command("purge", stdout=out)
     assert "Purged 3 files" in out.getvalue() and "delivered" in out.getvalue()
+
+
+def test_a_given_up_delivery_counts_as_delivered(storage, tmp_path, default_mapping, clock, peer):
+    from apps.routing.services import delivery_give_up
+
+    route_ct_to(destination("pacs", peer.port))
+    peer.default = 0xC000
+    study_id = receive(storage, tmp_path)
+    [state] = deliver(study_id)
+    assert purge(T0 + 100 * HOUR).files == 0  # failed: kept for the operator
+
+    assert delivery_give_up(delivery_id=Delivery.objects.get(study_id=study_id).pk)
+
+    assert purge(T0 + 100 * HOUR).bytes_freed.keys() == {"delivered"}
+    assert state == Delivery.State.FAILED
+
+
+def test_a_destinations_own_retention_replaces_the_default_and_the_longest_wins(
+    storage, tmp_path, default_mapping, clock, peer
+):
+    route_ct_to(destination("archive", peer.port, retention_hours=6))
+    archived = receive(storage, tmp_path)
+    deliver(archived)
+    RoutingRule.objects.get(name="ct").destinations.add(destination("workstation", peer.port, retention_hours=200))
+    RoutingRule.objects.get(name="ct").save()  # a new version of the rules
+    both = receive(storage, tmp_path)
+    deliver(both)
+
+    assert purge(T0 + 7 * HOUR).studies == [archived]
+    assert purge(T0 + 150 * HOUR).files == 0  # 200 hours for what also went to the workstation
+    assert purge(T0 + 201 * HOUR).studies == [both]
+
+
+def test_metrics_show_what_is_stored_and_purged(storage, tmp_path, default_mapping, clock, peer):
+    from django.test import Client
+
+    route_ct_to(destination("pacs", peer.port))
+    study_id = receive(storage, tmp_path)
+    deliver(study_id)
+    size = sum(i.size for i in Instance.objects.filter(study_id=study_id))
+    text = Client().get("/metrics").content.decode()
+    assert f"router_storage_bytes {float(size)}" in text
+    assert "router_storage_oldest_file_age_seconds" in text
+
+    purge(T0 + 80 * HOUR)
+
+    text = Client().get("/metrics").content.decode()
+    assert "router_storage_bytes 0.0" in text
+    assert f'router_storage_purged_bytes_total{{reason="delivered"}} {float(size)}' in text
+    assert "router_storage_purgeable_bytes 0.0" in text
