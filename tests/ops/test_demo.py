@@ -51,6 +51,17 @@ def test_loaddemo_is_idempotent_and_gives_the_demo_logins():
     assert Radiologist.objects.get(user__username="achen").user.check_password("demo")
 
 
+def test_the_printed_demo_logins_work(client):
+    """`make run` prints admin / demo for /admin/ and a radiologist / demo for /worklist/."""
+    call_command("loaddemo")
+
+    assert client.login(username="admin", password="demo")
+    assert client.get("/admin/").status_code == 200
+    client.logout()
+    assert client.login(username="achen", password="demo")
+    assert client.get("/worklist/").status_code == 200
+
+
 def test_loaddemo_is_refused_in_production(settings):
     settings.PRODUCTION = True
     with pytest.raises(CommandError, match="not production"):

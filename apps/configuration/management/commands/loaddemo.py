@@ -29,7 +29,8 @@ class Command(BaseCommand):
         admin, _ = User.objects.get_or_create(username="admin", defaults={"is_staff": True, "is_superuser": True})
         usernames = ["admin", *Radiologist.objects.values_list("user__username", flat=True)]
         for user in User.objects.filter(username__in=usernames):
-            if not user.has_usable_password():
+            # get_or_create leaves an empty password, which Django counts as usable (and no password matches).
+            if not user.password or not user.has_usable_password():
                 user.set_password(DEMO_PASSWORD)
                 user.save(update_fields=["password"])
         self.stdout.write(f"demo logins: {', '.join(sorted(usernames))} (password {DEMO_PASSWORD!r})")
