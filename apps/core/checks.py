@@ -53,3 +53,19 @@ def check_embedded_default(app_configs, **kwargs) -> list[Warning]:
             id="core.W001",
         )
     ]
+
+
+@register()
+def check_patched_internals(app_configs, **kwargs) -> list[Error]:
+    """Every private part of a library we patch exists, in the version the patch was written for."""
+    from .internals import PATCHES, patch_problems
+
+    return [
+        Error(
+            f"{patch.where} patches private parts of {patch.package} that do not fit the installed one: {problem}.",
+            hint=f"Read {patch.where} against the new {patch.package}, then update apps/core/internals.py.",
+            id="core.E005",
+        )
+        for patch in PATCHES
+        for problem in patch_problems(patch)
+    ]
