@@ -66,6 +66,18 @@ def _logging(**kwargs) -> None:
     logging.config.dictConfig(settings.LOGGING)
 
 
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _system_checks(**kwargs) -> None:
+    """Workers and Beat refuse to start where a system check fails, as runscp and the web server do (Celery
+    runs none of Django's): a patched library part that changed, storage that cannot be written."""
+    from django.core import checks
+
+    errors = [e for e in checks.run_checks() if e.is_serious()]
+    if errors:
+        raise SystemExit("System check identified errors:\n" + "\n".join(str(e) for e in errors))
+
+
 @app.on_after_configure.connect
 def _configure(sender: Celery, **kwargs) -> None:
     sender.conf.beat_schedule = _beat_schedule()

@@ -53,6 +53,7 @@ PATCHES = (
         "3.0.4",
         (
             "pynetdicom.association:Association._run_reactor source:self.dimse.get_msg(block=False)",
+            "pynetdicom.association:Association.__init__ source:self.dimse",
             "pynetdicom.dimse:DIMSEServiceProvider.get_msg",
         ),
     ),
@@ -73,6 +74,10 @@ PATCHES = (
         ("kombu.transport.filesystem:Channel._put", "kombu.transport.filesystem:Channel.data_folder_out"),
     ),
 )
+
+
+def patch_of(where: str) -> Patch:
+    return next(p for p in PATCHES if p.where == where)
 
 
 def part_problem(part: str) -> str | None:

@@ -6,18 +6,16 @@ is classified, never guessed: delivered, warning (delivered, kept), transient (r
 """
 
 import contextlib
-import inspect
 import logging
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import pynetdicom
 from pynetdicom import AE, _config, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.sop_class import Verification
+
+from apps.core import internals
 
 logger = logging.getLogger(__name__)
 
@@ -82,29 +80,9 @@ def _nodelay(event) -> None:
 # SCU, the only rightful readers of that queue are the send_* calls, which all read with `get_msg(block=True)`;
 # the reactor is the only non-blocking reader, and what it would serve (requests from the peer) a storage SCU
 # never receives. So its reads return nothing: immune by construction, whatever the threads' timing.
-# Written for this version and these private parts; `patch_problems()` (a system check) says when they change.
-PYNETDICOM_VERSION = "3.0.4"
-PATCHED = ("DIMSEServiceProvider.get_msg", "Association._run_reactor", "Association.dimse")
-
-
-def patch_problems() -> list[str]:
-    """Why the reactor patch may not fit the installed pynetdicom; empty when it was written for it."""
-    problems = []
-    if pynetdicom.__version__ != PYNETDICOM_VERSION:
-        problems.append(f"pynetdicom is {pynetdicom.__version__}, the patch was written for {PYNETDICOM_VERSION}")
-    if not callable(getattr(DIMSEServiceProvider, "get_msg", None)):
-        problems.append("DIMSEServiceProvider.get_msg is missing")
-    reactor = getattr(Association, "_run_reactor", None)
-    if not callable(reactor):
-        problems.append("Association._run_reactor is missing")
-    elif "self.dimse.get_msg(block=False)" not in inspect.getsource(reactor):
-        problems.append("Association._run_reactor no longer reads self.dimse.get_msg(block=False)")
-    if "self.dimse" not in inspect.getsource(Association.__init__):
-        problems.append("Association.dimse is missing")
-    return problems
-
-
-PATCH_FITS = not patch_problems()
+# Written for the version and private parts listed in apps/core/internals.py (system check core.E005 refuses
+# to start on others); installed only where they fit, so a process that skipped the check sends unpatched.
+PATCH_FITS = not internals.patch_problems(internals.patch_of(__name__))
 
 
 def _reactor_reads_nothing(assoc) -> None:

@@ -195,8 +195,8 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
         for i in items
     ]
     results = dicom_send.send(_target(delivery.target), files, on_sent=_Answers(delivery.pk, items))
-    _health_record(delivery.target, results, clock.now())
-    return _record(delivery, items, results, clock.now())
+    busy = _health_record(delivery.target, results, clock.now())
+    return _record(delivery, items, results, clock.now(), busy=busy)
 
 
 def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
@@ -278,17 +278,20 @@ def _choose_target(delivery: Delivery, now: datetime) -> tuple[Destination | Non
     return target, 0
 
 
-def _health_record(destination: Destination, results: list[dicom_send.Result], now: datetime) -> None:
+def _health_record(destination: Destination, results: list[dicom_send.Result], now: datetime) -> bool:
     """A destination that answered is up; one we could not reach at all is down (its queue pauses), unless it
-    was busy: it took the connection and left our request waiting while it served another of ours."""
+    was busy: it took the connection and left our request waiting while it served another of ours. Returns
+    whether it was busy."""
     reached = any(r.status is not None for r in results)  # it answered at least one C-STORE
     unreachable = bool(results) and all(r.unreachable for r in results)
     if reached:
         destination_health_set(destination_id=destination.pk, up=True, detail="", now=now)
     elif unreachable and _busy(destination.pk, results):
         _busy_record(destination, now)
+        return True
     elif unreachable:
         destination_health_set(destination_id=destination.pk, up=False, detail=results[0].error, now=now)
+    return False
 
 
 def _busy(destination_id: int, results: list[dicom_send.Result]) -> bool:
@@ -416,7 +419,11 @@ class _Answers:
             )
 
 
-def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime) -> str:
+def _record(
+    delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime, *, busy: bool
+) -> str:
+    """The items' outcomes, then the delivery's. A busy destination is no failure: due again at once (the
+    delivery that frees the slot starts it), with no backoff."""
     errors = []
     for item, result in zip(items, results, strict=True):
         item.state = ITEM_STATE[result.kind]
@@ -437,7 +444,8 @@ def _record(delivery: Delivery, items: list[DeliveryItem], results: list[dicom_s
             delivery.delivered_at = now
         elif pending and delivery.attempts < delivery.destination.max_attempts:
             delivery.state = Delivery.State.PENDING
-            delivery.next_attempt_at = now + timedelta(seconds=retry_delay(delivery.destination, delivery.attempts))
+            delay = 0 if busy else retry_delay(delivery.destination, delivery.attempts)
+            delivery.next_attempt_at = now + timedelta(seconds=delay)
         else:
             delivery.state = Delivery.State.FAILED
             delivery.failures += 1

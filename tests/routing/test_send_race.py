@@ -78,27 +78,3 @@ def test_every_echo_gets_its_answer_at_once_too(widened_race, destination):
         started = time.perf_counter()
         assert dicom_send.echo(target).kind == dicom_send.DELIVERED
         assert time.perf_counter() - started < DIMSE_TIMEOUT
-
-
-def test_the_check_fails_for_another_pynetdicom_version(monkeypatch):
-    import pynetdicom
-
-    from apps.routing.checks import check_reactor_patch
-
-    assert check_reactor_patch(None) == []
-    monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
-    errors = check_reactor_patch(None)
-    assert [e.id for e in errors] == ["routing.E001"]
-    assert "3.1.0" in errors[0].msg
-
-
-def test_the_check_fails_when_a_patched_attribute_is_gone(monkeypatch):
-    from pynetdicom.dimse import DIMSEServiceProvider
-
-    from apps.routing.checks import check_reactor_patch
-
-    monkeypatch.delattr(DIMSEServiceProvider, "get_msg")
-    monkeypatch.delattr(Association, "_run_reactor")
-    messages = [e.msg for e in check_reactor_patch(None)]
-    assert any("DIMSEServiceProvider.get_msg" in m for m in messages)
-    assert any("Association._run_reactor" in m for m in messages)
