@@ -3,7 +3,7 @@ working: the PDU guard reads each PDU, the reactor's wakeups replace its polling
 checks their logic on stand-ins; this notices when pynetdicom stops calling what we replaced.)"""
 
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, _config, dimse_messages
 from pynetdicom.sop_class import Verification
 
 from apps.ingest import guard, scp
@@ -14,7 +14,10 @@ from ..support.processes import free_port, wait_until
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_the_guard_and_the_reactor_are_installed_on_a_live_association(storage):
+def test_the_guard_and_the_reactor_are_installed_on_a_live_association(storage, monkeypatch):
+    # serve() switches pynetdicom to receiving into files, process-wide: undone after, for other tests' peers.
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
     port = free_port()
     server = scp.serve(host="127.0.0.1", port=port, ae_title="ROUTER", spool=Spool(storage), on_studies_received=dict)
     reads = []
