@@ -101,7 +101,7 @@ class StudyDetailSerializer(StudySummarySerializer):
         ]
 
     def get_assignment(self, study: Study) -> dict | None:
-        assignment = study.assignments.exclude(status="cancelled").order_by("-assigned_at").first()
+        assignment = study.assignments.exclude(status=Assignment.Status.CANCELLED).order_by("-assigned_at").first()
         return AssignmentSerializer(assignment).data if assignment else None
 
 

@@ -15,7 +15,9 @@ GROUPS = {
 def sla_compliance(*, start: datetime, end: datetime, by: str) -> list[dict]:
     """Assignments made in [start, end) grouped by priority, institution or radiologist: how many, and the
     share acknowledged and completed by their due times (open work past its due time counts as missed)."""
-    rows = Assignment.objects.filter(assigned_at__gte=start, assigned_at__lt=end).exclude(status="cancelled")
+    rows = Assignment.objects.filter(assigned_at__gte=start, assigned_at__lt=end).exclude(
+        status=Assignment.Status.CANCELLED
+    )
     values = rows.values(GROUPS[by], "acknowledged_at", "acknowledge_due_at", "completed_at", "report_due_at")
     groups: dict[str, dict] = defaultdict(lambda: {"assignments": 0, "ack_met": 0, "report_met": 0})
     for row in values:

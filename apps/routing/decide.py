@@ -1,0 +1,236 @@
+"""Deciding where a study goes: the compiled rules, the facts they read, the decision and the delivery
+ledger it extends; dry runs and replays over the same facts."""
+
+import logging
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import NamedTuple
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, Max
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from apps.core import clock
+from apps.studies.classify import normalise_priority
+from apps.studies.headers import header_from_dataset
+from apps.studies.models import FileState, Stage, Study
+
+from . import rules
+from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule
+from .retention import files_purged_error, files_purged_on
+
+logger = logging.getLogger(__name__)
+
+
+class CompiledRules(NamedTuple):
+    version: tuple  # what the rules were compiled from (counts and last changes of rules and destinations)
+    engine: rules.Engine
+    keywords: frozenset[str]  # the DICOM keywords the criteria read
+
+
+# Compiled rules, rebuilt when a rule or destination changes (admin saves bump updated_at).
+_compiled: CompiledRules | None = None
+
+
+def _rules_version() -> tuple:
+    return (
+        tuple(RoutingRule.objects.aggregate(n=Count("id"), at=Max("updated_at")).values()),
+        tuple(Destination.objects.aggregate(n=Count("id"), at=Max("updated_at")).values()),
+    )
+
+
+def _compiled_rule(rule: RoutingRule) -> rules.Rule:
+    """A rule row (with criteria, destinations and windows prefetched) as the engine takes it."""
+    return rules.Rule(
+        id=rule.pk,
+        name=rule.name,
+        priority=rule.priority,
+        exclusive=rule.exclusive,
+        fallback=rule.fallback,
+        criteria=tuple(rules.Criterion(c.attribute, c.operator, c.value, c.keyword) for c in rule.criteria.all()),
+        destinations=tuple(d.name for d in rule.destinations.all() if d.enabled),
+        windows=tuple(rules.Window(w.weekday_numbers, w.start, w.end, w.timezone) for w in rule.windows.all()),
+    )
+
+
+def _rule_rows():
+    return RoutingRule.objects.prefetch_related("criteria", "destinations", "windows")
+
+
+def rules_load() -> list[rules.Rule]:
+    return [_compiled_rule(rule) for rule in _rule_rows().filter(enabled=True)]
+
+
+def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
+    """The compiled engine and the DICOM keywords its criteria read; rebuilt only after a change."""
+    global _compiled
+    version = _rules_version()
+    if _compiled is None or _compiled.version != version:
+        loaded = rules_load()
+        keywords = frozenset(c.keyword for r in loaded for c in r.criteria if c.keyword)
+        _compiled = CompiledRules(version, rules.Engine(loaded), keywords)
+    return _compiled.engine, _compiled.keywords
+
+
+def study_facts(study: Study, keywords: frozenset[str] = frozenset()) -> dict:
+    facts = {
+        "modality": [m for m in study.modalities.split("\\") if m],
+        "body_part": study.body_part,
+        "study_description": study.study_description,
+        "institution": study.institution_name,
+        "referring_physician": study.referring_physician_name,
+        "priority": study.priority,
+        "calling_ae": study.calling_ae_title,
+        "called_ae": study.called_ae_title,
+        "sop_class": sorted(set(study.instances.values_list("sop_class_uid", flat=True))),
+    }
+    if keywords:
+        facts.update(_keyword_facts(study, keywords))
+    return facts
+
+
+def _keyword_facts(study: Study, keywords: frozenset[str]) -> dict:
+    """Any DICOM keyword a rule names, read from the study's first instance (header only)."""
+    first = study.instances.filter(file_state=FileState.STORED).order_by("id").first()
+    if first is None:
+        return {}
+    try:
+        ds = dcmread(Path(settings.STORAGE_ROOT) / first.path, stop_before_pixels=True, specific_tags=list(keywords))
+    except (OSError, InvalidDicomError) as exc:
+        logger.warning("route: cannot read study %s's header for keyword rules: %s", study.pk, exc)
+        return {}
+    return {f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords}
+
+
+def _text(value) -> list[str] | str:
+    if value is None:
+        return ""
+    if isinstance(value, list | tuple | MultiValue):
+        return [str(v) for v in value]
+    return str(value)
+
+
+def study_route(*, study_id: int, now: datetime | None = None) -> list[int]:
+    """Decide once where the study goes, and make sure every instance is on the ledger.
+
+    1. A study is decided once: late instances follow the first decision to the same destinations.
+    2. One Delivery per (study, destination); one DeliveryItem per (instance, destination).
+    3. A delivery that gains items goes back to pending. Returns the deliveries to send now.
+    """
+    now = now or clock.now()
+    # Facts are read before the lock (a header read for keyword rules is file I/O); the stage check
+    # under the lock guarantees they describe the content QC checked.
+    unlocked = Study.objects.filter(pk=study_id, stage=Stage.CHECKED).first()
+    if unlocked is None:
+        return []
+    engine, keywords = rules_engine()
+    facts = study_facts(unlocked, keywords)
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(pk=study_id).first()
+        if study is None or study.stage != Stage.CHECKED:
+            return []
+        decision = RoutingDecision.objects.filter(study=study).first()
+        if decision is None:
+            result = engine.evaluate(facts, at=now)
+            decision = RoutingDecision.objects.create(
+                study=study,
+                matched_rules=result.matched,
+                destinations=result.destinations,
+                explanation=result.explanation,
+                unrouted=not result.destinations,
+                decided_at=now,
+            )
+            logger.info("route: study %s -> %s", study.pk, result.destinations or "unrouted")
+        due = _ledger_extend(study, decision.destinations, now)
+        study.advance(Stage.ROUTED, detail="" if decision.destinations else "no rule matched", now=now)
+    return due
+
+
+def _ledger_extend(study: Study, destination_names: list[str], now: datetime) -> list[int]:
+    due = []
+    instance_ids = list(study.instances.values_list("id", flat=True))
+    for destination in Destination.objects.filter(name__in=destination_names):
+        delivery, _ = Delivery.objects.get_or_create(study=study, destination=destination)
+        known = set(delivery.items.values_list("instance_id", flat=True))
+        new = [DeliveryItem(delivery=delivery, instance_id=i) for i in instance_ids if i not in known]
+        if new:
+            DeliveryItem.objects.bulk_create(new, ignore_conflicts=True)
+            Delivery.objects.filter(pk=delivery.pk).exclude(state=Delivery.State.SENDING).update(
+                state=Delivery.State.PENDING, next_attempt_at=now
+            )
+        if new or delivery.state == Delivery.State.PENDING:
+            due.append(delivery.pk)
+    return due
+
+
+def facts_from_dataset(ds, keywords: frozenset[str] = frozenset()) -> dict:
+    """Facts for one uploaded DICOM file, as study_facts gives them for a stored study."""
+    header = header_from_dataset(ds)
+    return {
+        "modality": [header["Modality"]] if header["Modality"] else [],
+        "body_part": header["BodyPartExamined"],
+        "study_description": header["StudyDescription"],
+        "institution": header["InstitutionName"],
+        "referring_physician": header["ReferringPhysicianName"],
+        "priority": normalise_priority(header["RequestedProcedurePriority"])[0],
+        "calling_ae": "",
+        "called_ae": "",
+        "sop_class": [header["SOPClassUID"]] if header["SOPClassUID"] else [],
+        **{f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords},
+    }
+
+
+def dry_run(*, facts: dict, now: datetime | None = None) -> rules.Decision:
+    """What the current rules would decide for these facts; nothing is written."""
+    engine, _ = rules_engine()
+    return engine.evaluate(facts, at=now or clock.now())
+
+
+def dry_run_study(*, study_id: int, now: datetime | None = None) -> rules.Decision:
+    _, keywords = rules_engine()
+    return dry_run(facts=study_facts(Study.objects.get(pk=study_id), keywords), now=now)
+
+
+def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None = None) -> list[dict]:
+    """Replay the enabled rules plus the given draft rules (enabled or not) over the studies decided in
+    the last `days` days; returns the studies that would have gone elsewhere, with both answers."""
+    now = now or clock.now()
+    loaded = {r.id: r for r in rules_load()}
+    loaded |= {draft.pk: _compiled_rule(draft) for draft in _rule_rows().filter(pk__in=draft_rule_ids)}
+    engine = rules.Engine(loaded.values())
+    keywords = frozenset(c.keyword for r in loaded.values() for c in r.criteria if c.keyword)
+    changed = []
+    recent = RoutingDecision.objects.filter(decided_at__gte=now - timedelta(days=days)).select_related("study")
+    for decision in recent.order_by("decided_at"):
+        replayed = engine.evaluate(study_facts(decision.study, keywords), at=decision.decided_at)
+        if replayed.destinations != decision.destinations:
+            changed.append(
+                {
+                    "study": decision.study,
+                    "decided_at": decision.decided_at,
+                    "was": decision.destinations,
+                    "would_be": replayed.destinations,
+                    "matched": replayed.matched,
+                }
+            )
+    return changed
+
+
+def study_reroute(*, study_id: int) -> bool:
+    """Forget an unrouted study's decision and make it ready to route again (with today's rules). Raises
+    FilesPurged when its files were purged."""
+    with transaction.atomic():
+        study = Study.objects.select_for_update().filter(pk=study_id).first()
+        if study is None:
+            return False
+        purged_at = files_purged_on(study_id)
+        if purged_at is not None:
+            raise files_purged_error(purged_at)
+        deleted, _ = RoutingDecision.objects.filter(study=study, unrouted=True).delete()
+        if not deleted:
+            return False
+        study.advance(Stage.CHECKED)
+    return True

@@ -1,0 +1,130 @@
+"""What we know of a destination: up or down (C-ECHO, and what a send found), busy with our other
+associations (and the limit it taught us), and the DICOM target our sender connects to."""
+
+import logging
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+
+from apps.core import clock
+
+from . import dicom_send
+from .models import Delivery, Destination, Health
+
+logger = logging.getLogger(__name__)
+
+
+# How long a destination found busy (it left an association request of ours unanswered while it served others
+# of ours) gets no more associations at once than it served then. After that a further one is tried again:
+# its operator may have raised its limit, and finding out costs one association request.
+BUSY_MEMORY = timedelta(hours=1)
+
+
+def association_limit(destination: Destination, now: datetime) -> int:
+    """Associations we may hold at once: the configured limit, or fewer while the destination proved busy."""
+    if destination.busy_limit and destination.busy_at and destination.busy_at > now - BUSY_MEMORY:
+        return min(destination.max_associations, destination.busy_limit)
+    return destination.max_associations
+
+
+def destination_health_from_results(destination: Destination, results: list[dicom_send.Result], now: datetime) -> bool:
+    """A destination that answered is up; one we could not reach at all is down (its queue pauses), unless it
+    was busy: it took the connection and left our request waiting while it served another of ours. Returns
+    whether it was busy."""
+    reached = any(r.status is not None for r in results)  # it answered at least one C-STORE
+    unreachable = bool(results) and all(r.unreachable for r in results)
+    if reached:
+        destination_health_set(destination_id=destination.pk, up=True, detail="", now=now)
+    elif unreachable and is_busy(destination.pk, results):
+        _busy_record(destination, now)
+        return True
+    elif unreachable:
+        destination_health_set(destination_id=destination.pk, up=False, detail=results[0].error, now=now)
+    return False
+
+
+def is_busy(destination_id: int, results: list[dicom_send.Result]) -> bool:
+    """Busy, not down: connected, no answer to the association request, and another delivery of ours to it is
+    sending (besides the caller's own, still `sending` while it reports). Refused or nothing else of ours
+    open is down."""
+    if not any(r.connected for r in results):
+        return False
+    return Delivery.objects.filter(target_id=destination_id, state=Delivery.State.SENDING).count() >= 2
+
+
+def _busy_record(destination: Destination, now: datetime) -> None:
+    """Remember how many associations of ours it served when it left another waiting: no more than that now."""
+    serving = Delivery.objects.filter(target=destination, state=Delivery.State.SENDING).count() - 1
+    Destination.objects.filter(pk=destination.pk).update(busy_limit=max(serving, 1), busy_at=now)
+    logger.info(
+        "destination %s is busy (serving %d association(s) of ours): at most that many for %s",
+        destination.name,
+        max(serving, 1),
+        BUSY_MEMORY,
+    )
+
+
+def destination_health_set(*, destination_id: int, up: bool, detail: str, now: datetime) -> bool:
+    """Record a destination's health; True when it just came back (its paused deliveries are released)."""
+    with transaction.atomic():
+        destination = Destination.objects.select_for_update().get(pk=destination_id)
+        was_down = destination.health == Health.DOWN
+        destination.health = Health.UP if up else Health.DOWN
+        destination.health_checked_at = now
+        destination.health_detail = detail[:255]
+        if up:
+            destination.down_since = None
+        elif destination.down_since is None:
+            destination.down_since = now
+        destination.save(update_fields=["health", "health_checked_at", "health_detail", "down_since"])
+        if up and was_down:
+            Delivery.objects.filter(destination=destination, state=Delivery.State.PENDING).update(next_attempt_at=now)
+            logger.info("destination %s is reachable again: its deliveries resume", destination.name)
+            return True
+    if not up and not was_down:
+        logger.warning("destination %s is unreachable (%s): its deliveries pause", destination.name, detail)
+    return False
+
+
+def destinations_check(*, now: datetime | None = None, interval: float | None = None) -> list[int]:
+    """C-ECHO the enabled destinations not heard from within `interval` (a send counts); returns the
+    ids that just came back."""
+    now = now or clock.now()
+    quiet_since = now - timedelta(seconds=interval if interval is not None else settings.HEALTH_CHECK_INTERVAL)
+    back = []
+    due = Destination.objects.filter(enabled=True).filter(
+        Q(health_checked_at__isnull=True) | Q(health_checked_at__lt=quiet_since) | Q(health=Health.DOWN)
+    )
+    for destination in due:
+        if _sending_now(destination, now):
+            continue  # its answers are proof of life; an echo would wait behind them and could time out
+        result = dicom_send.echo(dicom_target(destination))
+        up = result.kind == dicom_send.DELIVERED
+        if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=clock.now()):
+            back.append(destination.pk)
+    return back
+
+
+def _sending_now(destination: Destination, now: datetime) -> bool:
+    """A delivery of ours to it renewed its claim recently: answers arrive (at most `dimse_timeout` apart,
+    or the sender gives up), and the claim is renewed at most once a second."""
+    recent = now - timedelta(seconds=destination.dimse_timeout + 1)
+    return Delivery.objects.filter(target=destination, state=Delivery.State.SENDING, claimed_at__gte=recent).exists()
+
+
+def dicom_target(destination: Destination) -> dicom_send.Target:
+    return dicom_send.Target(
+        ae_title=destination.ae_title,
+        host=destination.host,
+        port=destination.port,
+        calling_ae_title=settings.SCP_AE_TITLE,
+        connect_timeout=destination.connect_timeout,
+        dimse_timeout=destination.dimse_timeout,
+        network_timeout=destination.network_timeout,
+    )
+
+
+def destination_echo(*, destination_id: int) -> dicom_send.Result:
+    return dicom_send.echo(dicom_target(Destination.objects.get(pk=destination_id)))
