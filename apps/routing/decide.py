@@ -14,9 +14,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from apps.core import clock
-from apps.studies.classify import normalise_priority
 from apps.studies.headers import header_from_dataset
 from apps.studies.models import FileState, Stage, Study
+from apps.studies.services import header_priority
 
 from . import rules
 from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule
@@ -75,25 +75,48 @@ def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
     return _compiled.engine, _compiled.keywords
 
 
-def study_facts(study: Study, keywords: frozenset[str] = frozenset()) -> dict:
-    facts = {
-        "modality": [m for m in study.modalities.split("\\") if m],
-        "body_part": study.body_part,
-        "study_description": study.study_description,
-        "institution": study.institution_name,
-        "referring_physician": study.referring_physician_name,
-        "priority": study.priority,
-        "calling_ae": study.calling_ae_title,
-        "called_ae": study.called_ae_title,
-        "sop_class": sorted(set(study.instances.values_list("sop_class_uid", flat=True))),
+def rule_facts(
+    header: dict,
+    *,
+    modalities: list[str],
+    sop_classes: list[str],
+    priority: str,
+    calling_ae: str = "",
+    called_ae: str = "",
+    keyword_values: dict | None = None,
+) -> dict:
+    """The facts the rules read, from an instance's header fields (as header_from_dataset gives them) and
+    what the header alone cannot say. The one builder: routing a stored study and dry-running a file use it."""
+    return {
+        "modality": modalities,
+        "body_part": header.get("BodyPartExamined", ""),
+        "study_description": header.get("StudyDescription", ""),
+        "institution": header.get("InstitutionName", ""),
+        "referring_physician": header.get("ReferringPhysicianName", ""),
+        "priority": priority,
+        "calling_ae": calling_ae,
+        "called_ae": called_ae,
+        "sop_class": sorted(set(sop_classes)),
+        **{f"keyword:{kw}": _text(value) for kw, value in (keyword_values or {}).items()},
     }
-    if keywords:
-        facts.update(_keyword_facts(study, keywords))
-    return facts
 
 
-def _keyword_facts(study: Study, keywords: frozenset[str]) -> dict:
-    """Any DICOM keyword a rule names, read from the study's first instance (header only)."""
+def study_facts(study: Study, keywords: frozenset[str] = frozenset()) -> dict:
+    """A stored study's facts: its first instance's header, its modalities, SOP classes and classified priority."""
+    first = study.instances.order_by("id").first()
+    return rule_facts(
+        first.header if first else {},
+        modalities=[m for m in study.modalities.split("\\") if m],
+        sop_classes=list(study.instances.values_list("sop_class_uid", flat=True).distinct()),
+        priority=study.priority,
+        calling_ae=study.calling_ae_title,
+        called_ae=study.called_ae_title,
+        keyword_values=_keyword_values(study, keywords) if keywords else {},
+    )
+
+
+def _keyword_values(study: Study, keywords: frozenset[str]) -> dict:
+    """Any DICOM keyword a rule names, read from the study's first stored instance (header only)."""
     first = study.instances.filter(file_state=FileState.STORED).order_by("id").first()
     if first is None:
         return {}
@@ -102,7 +125,7 @@ def _keyword_facts(study: Study, keywords: frozenset[str]) -> dict:
     except (OSError, InvalidDicomError) as exc:
         logger.warning("route: cannot read study %s's header for keyword rules: %s", study.pk, exc)
         return {}
-    return {f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords}
+    return {kw: ds.get(kw) for kw in keywords}
 
 
 def _text(value) -> list[str] | str:
@@ -166,21 +189,20 @@ def _ledger_extend(study: Study, destination_names: list[str], now: datetime) ->
     return due
 
 
-def facts_from_dataset(ds, keywords: frozenset[str] = frozenset()) -> dict:
-    """Facts for one uploaded DICOM file, as study_facts gives them for a stored study."""
+def facts_from_dataset(
+    ds, keywords: frozenset[str] = frozenset(), *, calling_ae: str = "", called_ae: str = ""
+) -> dict:
+    """Facts for one DICOM file, as routing gives them for a study of that one instance."""
     header = header_from_dataset(ds)
-    return {
-        "modality": [header["Modality"]] if header["Modality"] else [],
-        "body_part": header["BodyPartExamined"],
-        "study_description": header["StudyDescription"],
-        "institution": header["InstitutionName"],
-        "referring_physician": header["ReferringPhysicianName"],
-        "priority": normalise_priority(header["RequestedProcedurePriority"])[0],
-        "calling_ae": "",
-        "called_ae": "",
-        "sop_class": [header["SOPClassUID"]] if header["SOPClassUID"] else [],
-        **{f"keyword:{kw}": _text(ds.get(kw)) for kw in keywords},
-    }
+    return rule_facts(
+        header,
+        modalities=[header["Modality"]] if header["Modality"] else [],
+        sop_classes=[header["SOPClassUID"]] if header["SOPClassUID"] else [],
+        priority=header_priority(header=header),
+        calling_ae=calling_ae,
+        called_ae=called_ae,
+        keyword_values={kw: ds.get(kw) for kw in keywords},
+    )
 
 
 def dry_run(*, facts: dict, now: datetime | None = None) -> rules.Decision:

@@ -310,10 +310,7 @@ def _classification(study: Study) -> classify_rules.Classification:
     first = headers[0] if headers else {}
     descriptions = [study.study_description, first.get("RequestedProcedureDescription", "")]
     descriptions += list(study.series.values_list("series_description", flat=True))
-    attributes = {
-        keyword: next((h.get(keyword, "") for h in headers if h.get(keyword)), "")
-        for keyword in ("RequestedProcedurePriority", "StudyPriorityID")
-    }
+    attributes = _priority_attributes(headers)
     return classify_rules.classify(
         modalities=[m for m in study.modalities.split("\\") if m],
         body_part=study.body_part,
@@ -333,6 +330,26 @@ def _classification(study: Study) -> classify_rules.Classification:
         keywords=list(PriorityKeyword.objects.values_list("keyword", "priority")),
         weights={(w.modality.upper(), w.body_part.upper()): w.weight for w in WorkloadWeight.objects.all()},
     )
+
+
+def _priority_attributes(headers: list[dict]) -> dict[str, str]:
+    return {
+        keyword: next((h.get(keyword, "") for h in headers if h.get(keyword)), "")
+        for keyword in ("RequestedProcedurePriority", "StudyPriorityID")
+    }
+
+
+def header_priority(*, header: dict) -> str:
+    """The priority classification gives a study of this one instance (its attributes and descriptions)."""
+    descriptions = [
+        header.get(k, "") for k in ("StudyDescription", "RequestedProcedureDescription", "SeriesDescription")
+    ]
+    priority, _ = classify_rules.priority_from(
+        attributes=_priority_attributes([header]),
+        descriptions=[d for d in descriptions if d],
+        keywords=list(PriorityKeyword.objects.values_list("keyword", "priority")),
+    )
+    return priority
 
 
 def _apply(study: Study, result: classify_rules.Classification) -> None:

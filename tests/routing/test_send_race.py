@@ -66,7 +66,10 @@ def test_the_widened_race_loses_answers_without_the_fix(widened_race, destinatio
     """The amplifier works: pynetdicom's own association loses a response and the send waits it out."""
     monkeypatch.setattr(dicom_send, "_reactor_reads_nothing", lambda assoc: None)
     target, files = destination
-    results, longest = _send_timed(target, files)
+    for _ in range(5):  # the race is likely in each round (20 of 20 in development), certain in none
+        results, longest = _send_timed(target, files)
+        if any("no response" in r.error for r in results):
+            break
     assert any("no response" in r.error for r in results)
     assert longest >= DIMSE_TIMEOUT
 
