@@ -233,9 +233,8 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 # One message per process on Redis: a long task never holds messages another worker could run. On the
-# embedded filesystem transport Celery's worker loop is synchronous: with every slot taken, it looks for
-# the next message only after its 2 s drain timeout, so each step of a chain waited ~2 s (the demo's four
-# studies took 21-29 s to settle; 1.7 s with 8 per process). One worker per queue group there: nothing to share.
+# embedded filesystem transport Celery's synchronous loop looks for the next message only after a 2 s drain
+# timeout once every slot is taken, so there each process takes 8 (docs/BENCHMARKS.md, "Why the code is so").
 CELERY_WORKER_PREFETCH_MULTIPLIER = 8 if EMBEDDED_BROKER else 1
 # A task running when the broker drops finishes: every task re-checks its rows, so the redelivered copy
 # does nothing, whereas cancelling a delivery half way sends its last instance twice (tests/faults).

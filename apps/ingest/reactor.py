@@ -4,9 +4,7 @@ pynetdicom 3.0.4's DUL reactor checks its socket and queues in a loop and, when 
 `_run_loop_delay` (1 ms) before looking again; the association thread looks for a message, then sleeps
 1 ms. In a strictly request-response exchange (a sender waits for each C-STORE's answer) every step pays
 it: the next request waits for the DUL to wake, our answer (handed to the DUL through
-`to_provider_queue`) too, and the association thread for the request. Measured with a minimal SCP and
-storescu, 1,000 small instances: 2.97 s polling, 2.07 s with these wakeups (and 1.84 s with no sleep at
-all, which spins a core per idle association).
+`to_provider_queue`) too, and the association thread for the request (figures: docs/BENCHMARKS.md).
 
 `install()` (in the EVT_CONN_OPEN handler, before the association's threads start) changes one
 association:
@@ -19,8 +17,7 @@ association:
 It returns the function that closes the pipe, for when the association's thread ends.
 
 The association loop's own 1 ms sleep at the top of each pass is left alone: it overlaps the DUL's
-reading of the next request. Skipping it on our associations (tried: pynetdicom.association's `time`
-replaced) took 4.35-4.69 s for 1,000 small instances against 4.07-4.71 s with it, and more CPU.
+reading of the next request, and skipping it gained nothing measurable (docs/BENCHMARKS.md).
 """
 
 import contextlib

@@ -11,7 +11,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from apps.routing.models import Delivery, Destination, RoutingDecision, RoutingRule, RuleCriterion
 from apps.routing.services import study_route
-from apps.studies.models import QcCheck, QualityAssessment, Stage, Study
+from apps.studies.models import QcCheck, QualityAssessment, ReceivedInstance, Stage, Study
 from apps.studies.services import study_check, study_reject, study_release
 
 from ..support.dicom import shipped, synthetic_study
@@ -171,16 +171,21 @@ def test_a_rejected_study_is_kept_and_never_routed(held_study):
 
 
 def test_a_later_copy_with_other_content_is_counted_and_flagged(storage, tmp_path, default_mapping):
-    from apps.studies.services import received_instance_copy_differs
+    import shutil
+
+    from apps.studies.services import received_instance_second_copy
 
     _, paths = synthetic_study(tmp_path / "in", count=1)
     study_id = receive_study(storage, paths)
     changed = dcmread(paths[0])
     changed.StudyDescription = "edited on the modality"
-    other = tmp_path / "other.dcm"
-    changed.save_as(other)
-    assert received_instance_copy_differs(sop_instance_uid=changed.SOPInstanceUID, path=other)
-    assert not received_instance_copy_differs(sop_instance_uid=changed.SOPInstanceUID, path=paths[0])
+    changed.save_as(storage / "instances" / "other.dcm")
+    shutil.copy(paths[0], storage / "instances" / "same.dcm")
+    uid = changed.SOPInstanceUID
+    # As the SCP calls it for a SOP Instance UID already received: the kept copy stays, the new one goes.
+    assert not received_instance_second_copy(sop_instance_uid=uid, path="instances/other.dcm")
+    assert not received_instance_second_copy(sop_instance_uid=uid, path="instances/same.dcm")
+    assert ReceivedInstance.objects.get(sop_instance_uid=uid).conflicting_copies == 1
     run_steps(study_id, until="check")
     assert "same_uid_different_content" in {c["check"] for c in QualityAssessment.objects.get().failed}
 
