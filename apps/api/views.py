@@ -16,7 +16,7 @@ from rest_framework.views import APIView
 from apps.audit.models import AuditEvent
 from apps.audit.services import audit_views
 from apps.core import clock
-from apps.pipeline.selectors import routing_report
+from apps.pipeline.reports import routing_report
 from apps.reading import services as reading
 from apps.reading.models import Assignment, Radiologist
 from apps.routing.models import Delivery, DeliveryItem

@@ -1,4 +1,4 @@
-"""Staff pages that span domains: a study's timeline and the dashboard. Thin over selectors."""
+"""Staff pages that span domains: a study's timeline and the dashboard. Thin over reports."""
 
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
@@ -10,7 +10,7 @@ from apps.core import clock
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.studies.models import Study
 
-from . import selectors
+from . import reports
 
 
 @staff_member_required
@@ -18,7 +18,7 @@ def study_timeline(request: HttpRequest, study_id: int) -> HttpResponse:
     study = get_object_or_404(Study, pk=study_id)
     audit_views(request=request, action="admin.studies.timeline", studies=[study])
     return render(
-        request, "pipeline/timeline.html", {"study": study, "events": selectors.study_timeline(study_id=study.pk)}
+        request, "pipeline/timeline.html", {"study": study, "events": reports.study_timeline(study_id=study.pk)}
     )
 
 
@@ -26,4 +26,4 @@ def study_timeline(request: HttpRequest, study_id: int) -> HttpResponse:
 def dashboard(request: HttpRequest) -> HttpResponse:
     if not (request.user.is_staff or request.user.groups.filter(name=SUPERVISORS_GROUP).exists()):
         return render(request, "reading/no_role.html", status=403)
-    return render(request, "pipeline/dashboard.html", {"charts": selectors.dashboard(now=clock.now(), days=14)})
+    return render(request, "pipeline/dashboard.html", {"charts": reports.dashboard(now=clock.now(), days=14)})
