@@ -8,10 +8,20 @@ from pydicom.errors import InvalidDicomError
 
 from apps.audit.services import audit_action
 from apps.core import clock
+from apps.core.signals import study_step_due
 from apps.studies import admin as studies_admin
 from apps.studies.models import Study
 
-from .models import Delivery, DeliveryItem, DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
+from .models import (
+    Delivery,
+    DeliveryItem,
+    DeliveryWindow,
+    Destination,
+    RoutingDecision,
+    RoutingRule,
+    RuleCriterion,
+    RuleWindow,
+)
 from .retention import FilesPurged, StudyBusy, study_delete
 from .services import (
     delivery_give_up,
@@ -23,6 +33,7 @@ from .services import (
     facts_from_dataset,
     rules_engine,
     rules_replay,
+    study_reroute,
 )
 
 REPLAY_DAYS = 7
@@ -246,3 +257,39 @@ class StudyAdmin(studies_admin.StudyAdmin):
             request=request, action="admin.studies.delete", study_instance_uid=study.study_instance_uid, detail=detail
         )
         self.message_user(request, f"Study {study.pk} deleted ({removed // 2**20} MiB of files).")
+
+
+@admin.register(RoutingDecision)
+class RoutingDecisionAdmin(admin.ModelAdmin):
+    list_display = ("study", "destinations", "matched_rules", "unrouted", "decided_at")
+    list_filter = ("unrouted",)
+    search_fields = ("study__study_instance_uid", "study__accession_number")
+    readonly_fields = ("study", "matched_rules", "destinations", "explanation", "unrouted", "decided_at")
+    actions = ["route_again", "dry_run"]
+
+    @admin.action(description="Route unrouted studies again with today's rules")
+    def route_again(self, request, queryset) -> None:
+        rerouted = []
+        for study_id in [d.study_id for d in queryset if d.unrouted]:
+            try:
+                if study_reroute(study_id=study_id):
+                    rerouted.append(study_id)
+            except FilesPurged as exc:
+                self.message_user(request, f"Study {study_id}: {exc}", messages.ERROR)
+        for study_id in rerouted:
+            study_step_due.send(sender=self.__class__, study_id=study_id, step="route")
+        self.message_user(request, f"{len(rerouted)} studies sent to routing again.")
+
+    @admin.action(description="Dry run today's rules on these studies")
+    def dry_run(self, request, queryset):
+        decisions = [
+            {"label": f"Study {d.study_id}", "decision": dry_run_study(study_id=d.study_id), "stored": d.destinations}
+            for d in queryset.select_related("study")
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Dry run of the routing rules",
+            "decisions": decisions,
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/routing/decision.html", context)

@@ -2,8 +2,10 @@ from django.contrib import admin
 from django.urls import reverse
 
 from apps.audit.services import audit_views
+from apps.core.signals import study_step_due
 
 from .models import (
+    HeldStudy,
     Instance,
     PriorityKeyword,
     PurgeRun,
@@ -13,11 +15,12 @@ from .models import (
     RetentionPolicy,
     Series,
     SpecialtyMapping,
+    Stage,
     StorageEmergency,
     Study,
     WorkloadWeight,
 )
-from .services import study_reclassify
+from .services import study_reclassify, study_reject, study_release
 
 
 class SeriesInline(admin.TabularInline):
@@ -166,3 +169,30 @@ class StorageEmergencyAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request) -> bool:
         return False
+
+
+@admin.register(HeldStudy)
+class HeldStudyAdmin(admin.ModelAdmin):
+    """Studies QC held: release resumes the chain at routing; reject keeps them unrouted for good."""
+
+    list_display = ("id", "accession_number", "modalities", "body_part", "priority", "stage_detail", "stage_changed_at")
+    search_fields = ("study_instance_uid", "accession_number")
+    actions = ["release", "reject"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(stage=Stage.HELD)
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.action(description="Release: route and assign these studies")
+    def release(self, request, queryset) -> None:
+        released = [s.pk for s in queryset if study_release(study_id=s.pk, user=request.user.get_username())]
+        for study_id in released:
+            study_step_due.send(sender=self.__class__, study_id=study_id, step="route")
+        self.message_user(request, f"{len(released)} studies released.")
+
+    @admin.action(description="Reject: keep these studies, never route them")
+    def reject(self, request, queryset) -> None:
+        rejected = sum(study_reject(study_id=s.pk, user=request.user.get_username()) for s in queryset)
+        self.message_user(request, f"{rejected} studies rejected.")
