@@ -49,7 +49,7 @@ class DestinationAdmin(admin.ModelAdmin):
     list_display = ("name", "ae_title", "host", "port", "enabled", "health", "down_since", "max_associations")
     list_filter = ("enabled", "health")
     search_fields = ("name", "ae_title", "host")
-    readonly_fields = ("health", "health_checked_at", "down_since", "health_detail")
+    readonly_fields = ("health", "health_checked_at", "down_since", "health_detail", "busy_limit", "busy_at")
     inlines = [DeliveryWindowInline]
     actions = ["test_connection"]
 
