@@ -169,6 +169,9 @@ def test_postgres_down_mid_association_answers_a700_and_the_retry_is_recorded_an
     pg.start()
     assert storescu(port, second).returncode == 0  # the modality sends the whole study again
     wait_until(lambda: delivered_once(pg, sent), timeout=30, interval=0.5, what="every instance delivered")
+    # Each item is recorded as its answer arrives; the delivery's own state once its association ended.
+    ended = "SELECT state FROM routing_delivery WHERE state <> 'sending'"
+    wait_until(lambda: len(pg.query(ended)) == 2, timeout=30, interval=0.2, what="both deliveries ended")
     assert_each_once(storescp_copies(pacs, pacs_folder), sent)
     assert pg.query("SELECT state FROM routing_delivery") == [(Delivery.State.DELIVERED,)] * 2
     recorded = pg.query("SELECT sop_instance_uid, path FROM studies_receivedinstance")
