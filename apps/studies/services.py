@@ -86,7 +86,9 @@ def received_instance_second_copy(*, sop_instance_uid: str, path: str) -> bool:
     if not (settings.STORAGE_ROOT / kept.path).exists():
         ReceivedInstance.objects.filter(pk=kept.pk).update(path=path)
         # A purged instance received again has its file back (and is purged again once its retention passed).
-        Instance.objects.filter(received=kept).update(path=path, file_state=FileState.STORED, purged_at=None)
+        Instance.objects.filter(received=kept).update(
+            path=path, file_state=FileState.STORED, purged_at=None, purge_reason=""
+        )
         logger.warning("received instance %s: its file was missing; the new copy takes its place", kept.pk)
         return True
     _count_if_different(kept, settings.STORAGE_ROOT / path)

@@ -286,7 +286,7 @@ def test_a_purged_instance_received_again_has_its_file_back(storage, tmp_path, d
     assert received_instance_second_copy(sop_instance_uid=instance.sop_instance_uid, path="instances/again.dcm")
 
     instance.refresh_from_db()
-    assert (instance.file_state, instance.path) == (FileState.STORED, "instances/again.dcm")
+    assert (instance.file_state, instance.path, instance.purge_reason) == (FileState.STORED, "instances/again.dcm", "")
 
 
 def test_delete_by_hand_removes_files_and_rows_and_is_refused_in_flight(storage, tmp_path, default_mapping, peer):
