@@ -53,6 +53,9 @@ def _beat_schedule() -> dict:
         "sla-check": {"task": "pipeline.sla_check", "schedule": 30.0},
         # Reading privileges that expire within two weeks: the admins are warned once each.
         "privileges-expiring": {"task": "pipeline.privileges_expiring", "schedule": 3600.0},
+        # TLS certificates (the SCP's, the destinations') that expire within TLS_EXPIRY_WARNING_DAYS: staff are
+        # told once per certificate.
+        "certificates-expiring": {"task": "pipeline.certificates_expiring", "schedule": 3600.0},
         # Studies nobody could read when they arrived: try again, someone may have come on shift.
         "assign-unassigned": {"task": "pipeline.assign_unassigned", "schedule": 60.0},
     }

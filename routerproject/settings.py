@@ -180,7 +180,15 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "router@localhost")
 STORAGE_ROOT = Path(env_str("STORAGE_ROOT", str(VAR_DIR / "storage")))
 SCP_AE_TITLE = env_str("SCP_AE_TITLE", "ROUTER")
 SCP_HOST = env_str("SCP_HOST", "0.0.0.0")
-SCP_PORT = env_int("SCP_PORT", 11112)
+SCP_PORT = env_int("SCP_PORT", 11112)  # 0: no plain listener (TLS only)
+# DICOM TLS (docs/security.md): a second listener with the same handlers, custody and limits. SCP_TLS_CA, if
+# set, holds the CAs whose client certificates callers may present (an allow-list entry may require one).
+SCP_TLS_PORT = env_int("SCP_TLS_PORT", 0)  # 0: no TLS listener
+SCP_TLS_CERT = env_str("SCP_TLS_CERT", "")
+SCP_TLS_KEY = env_str("SCP_TLS_KEY", "")
+SCP_TLS_CA = env_str("SCP_TLS_CA", "")
+# Certificates (ours, the destinations') that expire within this many days are told to staff, once each.
+TLS_EXPIRY_WARNING_DAYS = env_int("TLS_EXPIRY_WARNING_DAYS", 14)
 # SCP processes accepting on the port (runscp --processes): one receives on one core at most. Each process
 # takes up to SCP_MAX_ASSOCIATIONS connections.
 SCP_PROCESSES = env_int("SCP_PROCESSES", 1)

@@ -99,19 +99,25 @@ def log_dir(tmp_path) -> Path:
 
 @pytest.fixture
 def start_scp(service_env, log_dir):
-    """Start `manage.py runscp` on a free port; returns (process, port)."""
+    """Start `manage.py runscp` on a free port; returns (process, port). With `tls_port`, the TLS listener
+    too (the certificate and key come from `env`: SCP_TLS_CERT, SCP_TLS_KEY, SCP_TLS_CA); with `port=0`
+    no plain listener."""
     started: list[Process] = []
 
-    def start(env: dict | None = None, name: str = "scp") -> tuple[Process, int]:
-        port = free_port()
+    def start(
+        env: dict | None = None, name: str = "scp", *, port: int | None = None, tls_port: int = 0
+    ) -> tuple[Process, int]:
+        port = free_port() if port is None else port
         proc = Process(
             name,
-            procfile.command("scp", "--host", "127.0.0.1", "--port", str(port)),
+            procfile.command("scp", "--host", "127.0.0.1", "--port", str(port), "--tls-port", str(tls_port)),
             env=env or service_env,
             log_dir=log_dir,
         )
         started.append(proc)
-        proc.wait_for_port(port)
+        for listening in (port, tls_port):
+            if listening:
+                proc.wait_for_port(listening)
         return proc, port
 
     yield start

@@ -14,6 +14,7 @@ from pydicom import datadict as keyword_dictionary
 from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
+from apps.routing.health import destination_resume
 from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
 from apps.studies.models import PriorityKeyword, QcCheck, RetentionPolicy, SpecialtyMapping, WorkloadWeight
 
@@ -155,25 +156,90 @@ def _upsert(model: type[models.Model], lookup: dict, values: dict, report: Repor
 
 
 def _import_caller(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"ae_title", "host", "enabled", "description"}, {"ae_title"})
+    _check_keys(entry, {"ae_title", "host", "enabled", "description", "tls"}, {"ae_title"})
+    values = {"enabled": bool(entry.get("enabled", True)), "description": str(entry.get("description", ""))}
+    values |= _caller_tls_fields(entry.get("tls"))
     _upsert(
         AllowedCaller,
         {"ae_title": str(entry["ae_title"]), "host": str(entry.get("host", ""))},
-        {"enabled": bool(entry.get("enabled", True)), "description": str(entry.get("description", ""))},
+        values,
         report,
         f"caller {entry['ae_title']}",
     )
 
 
+# `tls:` of a caller: what it must show (docs/security.md). Absent: plain TCP allowed, no certificate asked.
+CALLER_TLS_KEYS = {
+    "required": "tls_required",
+    "ca": "client_ca_file",
+    "subject": "client_subject",
+    "sha256": "client_sha256",
+}
+# `tls:` of a destination: how we connect. Absent: plain TCP.
+DESTINATION_TLS_KEYS = {
+    "ca": "tls_ca_file",
+    "cert": "tls_cert_file",
+    "key": "tls_key_file",
+    "verify": "tls_verify",
+    "check_hostname": "tls_check_hostname",
+}
+
+
+def _caller_tls_fields(section) -> dict:
+    if section is None:
+        return {"tls_required": False, "client_ca_file": "", "client_subject": "", "client_sha256": ""}
+    if not isinstance(section, dict):
+        raise ValueError("tls must be a mapping (required, ca, subject, sha256)")
+    _check_keys(section, set(CALLER_TLS_KEYS), set())
+    return {
+        "tls_required": bool(section.get("required", True)),
+        "client_ca_file": str(section.get("ca", "")),
+        "client_subject": str(section.get("subject", "")),
+        "client_sha256": str(section.get("sha256", "")),
+    }
+
+
+def _destination_tls_fields(section) -> dict:
+    if section is None:
+        return {
+            "tls_enabled": False,
+            "tls_ca_file": "",
+            "tls_cert_file": "",
+            "tls_key_file": "",
+            "tls_verify": True,
+            "tls_check_hostname": False,
+        }
+    if not isinstance(section, dict):
+        raise ValueError("tls must be a mapping (ca, cert, key, verify, check_hostname)")
+    _check_keys(section, set(DESTINATION_TLS_KEYS), set())
+    return {
+        "tls_enabled": True,
+        "tls_ca_file": str(section.get("ca", "")),
+        "tls_cert_file": str(section.get("cert", "")),
+        "tls_key_file": str(section.get("key", "")),
+        "tls_verify": bool(section.get("verify", True)),
+        "tls_check_hostname": bool(section.get("check_hostname", False)),
+    }
+
+
+def _export_tls(obj, keys: dict[str, str], defaults: dict) -> dict:
+    return {key: getattr(obj, field) for key, field in keys.items() if getattr(obj, field) != defaults.get(key, "")}
+
+
 def _import_destination(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"name", "alternate", "windows", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"})
+    _check_keys(
+        entry, {"name", "alternate", "windows", "tls", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"}
+    )
     defaults = {f.name: f.get_default() for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
     values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
+    values |= _destination_tls_fields(entry.get("tls"))
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
     values["host"] = str(values["host"])
     label = f"destination {entry['name']}"
     destination = _upsert(Destination, {"name": str(entry["name"])}, values, report, label)
+    if destination.config_error and label in report.updated:  # its configuration changed: try it again
+        destination_resume(destination_id=destination.pk)
     if _windows_sync(
         destination.windows, DeliveryWindow, {"destination": destination}, _windows_from(entry, "windows")
     ):
@@ -449,10 +515,7 @@ def _import_table(name: str, entries: list, report: Report) -> None:
 
 def config_export() -> str:
     document = {
-        "callers": [
-            _clean({"ae_title": c.ae_title, "host": c.host, "enabled": c.enabled, "description": c.description})
-            for c in AllowedCaller.objects.order_by("ae_title", "host")
-        ],
+        "callers": [_export_caller(c) for c in AllowedCaller.objects.order_by("ae_title", "host")],
         "destinations": [
             _export_destination(d)
             for d in Destination.objects.select_related("alternate").prefetch_related("windows").order_by("name")
@@ -484,8 +547,17 @@ def _export_windows(manager) -> list[dict]:
     ]
 
 
+def _export_caller(c: AllowedCaller) -> dict:
+    out = _clean({"ae_title": c.ae_title, "host": c.host, "enabled": c.enabled, "description": c.description})
+    if c.tls_required or c.client_ca_file or c.client_subject or c.client_sha256:
+        out["tls"] = {"required": c.tls_required} | _export_tls(c, CALLER_TLS_KEYS, {"required": c.tls_required})
+    return out
+
+
 def _export_destination(d: Destination) -> dict:
     out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS if getattr(d, f) is not None}}
+    if d.tls_enabled:
+        out["tls"] = _export_tls(d, DESTINATION_TLS_KEYS, {"verify": True, "check_hostname": False})
     if d.alternate:
         out["alternate"] = d.alternate.name
     if windows := _export_windows(d.windows):

@@ -1,5 +1,5 @@
-"""What a domain's admin action tells orchestration, without knowing it (apps/pipeline connects to these):
-the pipeline knows the domains, never the other way round."""
+"""What a domain's admin action (or a domain event) tells orchestration, without knowing it (apps/pipeline
+connects to these): the pipeline knows the domains, never the other way round."""
 
 from django.dispatch import Signal
 
@@ -9,3 +9,7 @@ study_step_due = Signal()
 
 # A person's action made an assignment (a reassignment): its reader is to be told. Sent with assignment_id.
 assignment_made = Signal()
+
+# A destination was paused for a configuration error no retry mends (a TLS certificate that does not verify):
+# staff are to be told. Sent with destination_id.
+destination_paused = Signal()

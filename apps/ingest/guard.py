@@ -19,7 +19,9 @@ reads and decodes a PDU as pynetdicom does (same decoder, same state-machine eve
 - the whole PDU must arrive within a deadline: the ACSE timeout before the association is established,
   the network (idle) timeout after;
 - a connection that ends, or is ended, before the association was requested also ends its acceptor
-  thread at once, so it gives its place back.
+  thread at once, so it gives its place back;
+- on a TLS connection the handshake comes first, within the same deadline (the SCP's server leaves it to
+  this thread, see scp._Server); one that fails or does not come in time ends the connection.
 
 A PDU over its bound, unexpected or late ends the connection: an A-ABORT (source: service provider) is
 sent and the socket closed, which the state machine sees as the transport connection closing (Evt17),
@@ -30,6 +32,7 @@ guarded.
 import contextlib
 import logging
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -78,6 +81,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
+class _HandshakeFailed(Exception):
+    pass
+
+
 class PduGuard:
     def __init__(self, dul: "DULServiceProvider", limits: PduLimits) -> None:
         self.dul = dul
@@ -85,6 +92,7 @@ class PduGuard:
         # Our own record, not the state machine's: the DUL may read before it has processed the
         # connection's own event (Sta1 -> Sta2).
         self.requested = False
+        self.shaken = False  # the TLS handshake, on a TLS connection
 
     def read(self) -> None:
         """Read one PDU from the peer and queue its event, as `DULServiceProvider._read_pdu_data` does."""
@@ -95,6 +103,8 @@ class PduGuard:
         timeout = self._timeout()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            if not self.shaken and isinstance(raw, ssl.SSLSocket):
+                self._shake_hands(raw, deadline)
             header = self._receive(raw, 6, deadline)
             pdu_type, _, length = struct.unpack(">BBL", header)
             if not self.requested and pdu_type != A_ASSOCIATE_RQ:
@@ -112,6 +122,10 @@ class PduGuard:
         except _Refused as refused:
             logger.warning("connection from %s aborted: %s", self._peer(), refused)
             self._end(raw, abort_reason=refused.reason)
+            return
+        except _HandshakeFailed as failed:
+            logger.warning("TLS connection from %s refused: %s", self._peer(), failed)
+            self._end(raw, abort_reason=None)  # no A-ABORT: there is no TLS session to send it in
             return
         except (OSError, EOFError):
             self._end(raw, abort_reason=None)  # the peer closed or reset the connection
@@ -134,6 +148,20 @@ class PduGuard:
     def _timeout(self) -> float | None:
         assoc = self.dul.assoc
         return assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+
+    def _shake_hands(self, raw: ssl.SSLSocket, deadline: float | None) -> None:
+        """The TLS handshake, in this association's thread and within the time the first PDU has."""
+        if deadline is not None:
+            raw.settimeout(max(deadline - time.monotonic(), 0.001))
+        try:
+            raw.do_handshake()
+        except ssl.SSLEOFError as exc:
+            raise EOFError from exc  # closed before a word of TLS: a port check, not worth a warning
+        except TimeoutError as exc:
+            raise _HandshakeFailed("no TLS handshake in time") from exc
+        except ssl.SSLError as exc:
+            raise _HandshakeFailed(f"TLS handshake failed: {exc.reason or exc}") from exc
+        self.shaken = True
 
     def _receive(self, raw: socket.socket, size: int, deadline: float | None) -> bytearray:
         buffer = bytearray(size)

@@ -12,6 +12,7 @@ C-STORE handler inspects the file and renames it into place.
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
+
+from apps.core.tls import Reloading, peer_certificate
 
 from . import guard, reactor, services, streaming
 from .storage import Spool
@@ -122,11 +125,13 @@ class StoreSCP:
         _when_thread_ends(assoc, lambda: self.streams.end(assoc), close_wakeups)
 
     def on_acse_recv(self, event) -> None:
-        """Admission: the calling AE title must be allowed from this host.
+        """Admission: the calling AE title must be allowed from this host, and over TLS with the client
+        certificate its entry asks for.
 
         pynetdicom checks only titles (require_calling_aet). For a title that is listed but comes from
-        another host, we replace the title in the request with one no list holds, so pynetdicom rejects
-        the association the standard way: permanent, calling AE title not recognised (1, 1, 3).
+        another host, or without its TLS terms, we replace the title in the request with one no list holds,
+        so pynetdicom rejects the association the standard way: permanent, calling AE title not recognised
+        (1, 1, 3).
         """
         primitive = event.primitive
         if not isinstance(primitive, A_ASSOCIATE) or primitive.result is not None:
@@ -137,12 +142,20 @@ class StoreSCP:
         except DatabaseError:
             # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
             connection.close()
-        titles = sorted({title for title, _ in self._allow_list} - {_DENIED})
+        titles = sorted({c.ae_title for c in self._allow_list} - {_DENIED})
         event.assoc.ae.require_calling_aet = titles
-        host = event.assoc.requestor.address
+        raw = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
+        peer = services.Peer(
+            host=event.assoc.requestor.address,
+            tls=isinstance(raw, ssl.SSLSocket),
+            certificate=peer_certificate(raw),
+        )
         title = str(primitive.calling_ae_title or "")
-        if not services.caller_allowed(self._allow_list, ae_title=title, host=host):
-            logger.warning("association from %s at %s refused: not on the allow-list", title.strip(), host)
+        if not services.caller_allowed(self._allow_list, ae_title=title, peer=peer):
+            over = "TLS" if peer.tls else "plain TCP"
+            logger.warning(
+                "association from %s at %s over %s refused: not on the allow-list", title.strip(), peer.host, over
+            )
             primitive.calling_ae_title = _DENIED
 
     def on_echo(self, event) -> int:
@@ -231,10 +244,38 @@ def build_ae(*, ae_title: str, limits: Limits) -> AE:
     return ae
 
 
-class _InheritedSocketServer(ThreadedAssociationServer):
-    """Accepts from a listening socket the supervisor made (runscp --processes) and every SCP process
-    shares: whichever process is free first takes a connection. The socket is non-blocking here, so a
-    process that lost the race for a connection goes back to its wait instead of blocking in accept."""
+@dataclass(frozen=True)
+class Listener:
+    """A port the SCP accepts on: plain TCP, or TLS with the context `tls` gives (rebuilt when its files
+    change). `fd`: the listening socket the supervisor made (runscp --processes), shared with the other
+    SCP processes; whichever is free first takes a connection."""
+
+    port: int
+    tls: Reloading | None = None
+    fd: int | None = None
+
+
+class _Server(ThreadedAssociationServer):
+    """pynetdicom's server, with TLS hands shaken in the association's own thread instead of the acceptor's.
+
+    pynetdicom 3.0.4 wraps an accepted socket with `do_handshake_on_connect` in `get_request`, in the one
+    thread that accepts every connection: a peer that connects to the TLS port and says nothing would hold
+    the door for everyone. Here the socket is wrapped without shaking hands; the PDU guard shakes them
+    before it reads the first PDU, within the ACSE timeout (guard.py)."""
+
+    tls: Reloading | None = None
+
+    def get_request(self):
+        client, address = self.socket.accept()
+        if self.tls is not None:
+            client = self.tls.context().wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+
+class _InheritedSocketServer(_Server):
+    """Accepts from a listening socket the supervisor made (runscp --processes). The socket is non-blocking
+    here, so a process that lost the race for a connection goes back to its wait instead of blocking in
+    accept."""
 
     listen_fd = -1
 
@@ -251,39 +292,47 @@ class _InheritedSocketServer(ThreadedAssociationServer):
 def serve(
     *,
     host: str,
-    port: int,
+    listeners: list[Listener],
     ae_title: str,
     spool: Spool,
     on_studies_received: StudiesReceived,
     limits: Limits = Limits(),
-    listen_fd: int | None = None,
-) -> ThreadedAssociationServer:
-    """Start listening and return the server (non-blocking); `stop()` ends it. With `listen_fd`, accept
-    from that listening socket (the supervisor's, shared with other SCP processes) instead."""
+) -> list[ThreadedAssociationServer]:
+    """Start listening and return the servers, one per listener (non-blocking); `stop()` ends them. Every
+    listener serves the same AE: the same handlers, admission, custody and association limit."""
     pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
     streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
     scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
-    # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
-    server_class = ThreadedAssociationServer
-    if listen_fd is not None:
-        server_class = type("InheritedSocketServer", (_InheritedSocketServer,), {"listen_fd": listen_fd})
-    server = ae.make_server((host, port), evt_handlers=scp.handlers(), server_class=server_class)
-    name = f"AcceptorServer@{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
-    ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
-    logger.info("SCP %s listening on %s:%s", ae_title, host, server.server_address[1])
-    return server
+    servers = []
+    for listener in listeners:
+        attributes = {"tls": listener.tls}
+        base = _Server
+        if listener.fd is not None:
+            base, attributes["listen_fd"] = _InheritedSocketServer, listener.fd
+        server_class = type(base.__name__.lstrip("_"), (base,), attributes)
+        # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
+        server = ae.make_server((host, listener.port), evt_handlers=scp.handlers(), server_class=server_class)
+        port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
+        ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
+        kind = "TLS" if listener.tls else "plain TCP"
+        logger.info("SCP %s listening on %s:%s (%s)", ae_title, host, port, kind)
+        servers.append(server)
+    return servers
 
 
-def stop(server: ThreadedAssociationServer, *, grace: float) -> int:
+def stop(servers: list[ThreadedAssociationServer], *, grace: float) -> int:
     """Stop accepting, let established associations finish for up to `grace` seconds, abort the rest.
 
     A connection that never completed association negotiation (a port probe, a slow or hostile
     client) holds nothing of ours and is aborted at once. Returns how many associations were aborted.
     """
-    ae = server.ae
-    server.shutdown()
+    for server in servers:
+        server.shutdown()
+    if not servers:
+        return 0
+    ae = servers[0].ae
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(a.is_alive() and a.is_established for a in ae.active_associations):
         time.sleep(0.05)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import DatabaseError, connection
 
+from apps.core import tls
 from apps.studies.services import received_instance_register, received_instance_second_copy
 
 from .inspect import Unreadable, inspect_file
@@ -114,13 +115,63 @@ def _drop_connection() -> None:
         connection.close()
 
 
-def allowed_callers() -> list[tuple[str, str]]:
-    return list(AllowedCaller.objects.filter(enabled=True).values_list("ae_title", "host"))
+@dataclass(frozen=True)
+class Caller:
+    """One enabled allow-list entry, as the SCP checks it."""
+
+    ae_title: str
+    host: str = ""
+    tls_required: bool = False
+    client_ca_file: str = ""
+    client_subject: str = ""
+    client_sha256: str = ""
+
+    @property
+    def needs_certificate(self) -> bool:
+        return bool(self.client_ca_file or self.client_subject or self.client_sha256)
 
 
-def caller_allowed(allow_list: list[tuple[str, str]], *, ae_title: str, host: str) -> bool:
-    """An empty allow-list admits everyone; otherwise the title must be listed for this host (or any)."""
+@dataclass(frozen=True)
+class Peer:
+    """Who is at the other end of a connection: its address, and over TLS the certificate it showed."""
+
+    host: str
+    tls: bool = False
+    certificate: bytes | None = None  # DER
+
+
+def allowed_callers() -> list[Caller]:
+    fields = ("ae_title", "host", "tls_required", "client_ca_file", "client_subject", "client_sha256")
+    return [Caller(*row) for row in AllowedCaller.objects.filter(enabled=True).values_list(*fields)]
+
+
+def caller_allowed(allow_list: list[Caller], *, ae_title: str, peer: Peer) -> bool:
+    """An empty allow-list admits everyone; otherwise an entry for this title must admit this host (or
+    have none), and its TLS terms: the TLS port, a client certificate issued by its CA, with its subject
+    or fingerprint."""
     if not allow_list:
         return True
     title = ae_title.strip()
-    return any(title == t.strip() and (not h or h == host) for t, h in allow_list)
+    return any(
+        title == c.ae_title.strip() and (not c.host or c.host == peer.host) and _tls_terms_met(c, peer)
+        for c in allow_list
+    )
+
+
+def _tls_terms_met(caller: Caller, peer: Peer) -> bool:
+    if (caller.tls_required or caller.needs_certificate) and not peer.tls:
+        return False
+    if not caller.needs_certificate:
+        return True
+    der = peer.certificate
+    if der is None:
+        return False
+    try:
+        if caller.client_ca_file and not tls.issued_by(der, caller.client_ca_file):
+            return False
+    except tls.TlsFileError as exc:
+        logger.error("allow-list entry %s: %s", caller.ae_title.strip(), exc)
+        return False
+    if caller.client_subject and not tls.subject_matches(der, caller.client_subject):
+        return False
+    return not caller.client_sha256 or tls.fingerprint(der) == tls.normalise_fingerprint(caller.client_sha256)

@@ -76,10 +76,16 @@ def listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def command(*, host: str, port: int, ae_title: str, number: int, listen_fd: int) -> list[str]:
+def command(*, host: str, ae_title: str, number: int, listeners: dict[str, socket.socket]) -> list[str]:
+    """A process's command line: each listener's port and descriptor (a kind absent is port 0: none)."""
     manage = str(Path(settings.BASE_DIR) / "manage.py")
-    where = ["--host", host, "--port", str(port), "--ae-title", ae_title]
-    return [sys.executable, manage, "runscp", *where, "--process-number", str(number), "--listen-fd", str(listen_fd)]
+    args = [sys.executable, manage, "runscp", "--host", host, "--ae-title", ae_title, "--process-number", str(number)]
+    for kind, option in (("plain", "port"), ("tls", "tls-port")):
+        listener = listeners.get(kind)
+        args += [f"--{option}", str(listener.getsockname()[1] if listener else 0)]
+        if listener:
+            args += ["--listen-fd" if kind == "plain" else "--tls-listen-fd", str(listener.fileno())]
+    return args
 
 
 def _die_with_supervisor(libc: ctypes.CDLL, supervisor: int) -> None:
@@ -90,22 +96,32 @@ def _die_with_supervisor(libc: ctypes.CDLL, supervisor: int) -> None:
         os._exit(1)
 
 
-def run(*, listener: socket.socket, host: str, ae_title: str, processes: int, out) -> int:
+def run(*, listeners: dict[str, socket.socket], host: str, ae_title: str, processes: int, out) -> int:
     """Serve until SIGTERM or SIGINT, then stop every process the way runscp stops (open associations
-    finish). Returns 0; 1 if a process kept failing to start, or had to be killed at the end."""
+    finish); SIGHUP is passed on to every process (TLS files read again). `listeners`: "plain" and "tls".
+    Returns 0; 1 if a process kept failing to start, or had to be killed at the end."""
     stop = StopSignals()
-    port = listener.getsockname()[1]
-    out.write(f"SCP {ae_title}: {processes} processes on {host}:{port}")
+    ports = ", ".join(
+        f"{host}:{s.getsockname()[1]}{' (TLS)' if kind == 'tls' else ''}" for kind, s in listeners.items()
+    )
+    out.write(f"SCP {ae_title}: {processes} processes on {ports}")
     out.flush()
-    fd = listener.fileno()
+    fds = tuple(s.fileno() for s in listeners.values())
     preexec = functools.partial(_die_with_supervisor, ctypes.CDLL(None, use_errno=True), os.getpid())
     children: dict[int, tuple[subprocess.Popen, float]] = {}
     restart_at: dict[int, float] = {}
     early_exits = dict.fromkeys(range(1, processes + 1), 0)
 
     def start(number: int) -> None:
-        args = command(host=host, port=port, ae_title=ae_title, number=number, listen_fd=fd)
-        children[number] = (subprocess.Popen(args, pass_fds=(fd,), preexec_fn=preexec), time.monotonic())
+        args = command(host=host, ae_title=ae_title, number=number, listeners=listeners)
+        children[number] = (subprocess.Popen(args, pass_fds=fds, preexec_fn=preexec), time.monotonic())
+
+    def pass_on_hangup(*_) -> None:
+        for child, _ in list(children.values()):
+            if child.poll() is None:
+                child.send_signal(signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, pass_on_hangup)
 
     failed = False
     try:
@@ -129,17 +145,18 @@ def run(*, listener: socket.socket, host: str, ae_title: str, processes: int, ou
                     start(number)
                     logger.warning("SCP process %d started again (pid %d)", number, children[number][0].pid)
     finally:
-        killed = _stop_all([child for child, _ in children.values()], listener)
+        killed = _stop_all([child for child, _ in children.values()], list(listeners.values()))
     return 1 if failed or killed else 0
 
 
-def _stop_all(children: list[subprocess.Popen], listener: socket.socket) -> bool:
+def _stop_all(children: list[subprocess.Popen], listeners: list[socket.socket]) -> bool:
     """SIGTERM to every process, then close our copy of the socket (each process closes its own as it
     stops accepting, so new connections are refused); wait for each. True if one had to be killed."""
     for child in children:
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
-    listener.close()
+    for listener in listeners:
+        listener.close()
     killed = False
     deadline = time.monotonic() + settings.SCP_SHUTDOWN_GRACE + 5  # each aborts what is left at its grace
     for child in children:

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
 
-from apps.core import clock
+from apps.core import clock, tls
 from apps.ingest.storage import Spool
 from apps.notifications.models import Notification
 from apps.notifications.services import notification_create, notification_webhooks
@@ -15,7 +15,7 @@ from apps.ops import services as ops_services
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
 from apps.reading.services import EscalationAction, privileges_expiring
-from apps.routing.models import Delivery, DeliveryItem
+from apps.routing.models import Delivery, DeliveryItem, Destination
 from apps.routing.retention import PurgeReport, emergency_threshold
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
@@ -252,6 +252,71 @@ def privileges_expiring_notify(*, within_days: int = 14) -> list[int]:
             f"{privilege.expires_on:%Y-%m-%d}; renew it in the admin (Radiologists, privileges).",
         )
     return ids
+
+
+DESTINATION_PAUSED_EVENT = "destination_paused"
+CERTIFICATE_EXPIRING_EVENT = "certificate_expiring"
+
+
+def destination_paused_notify(*, destination_id: int) -> list[int]:
+    """A destination was paused for a configuration error: staff and webhook endpoints are told, once per
+    pause. Its deliveries wait, nothing is lost; the admin's "Resume" (or saving it) sends them."""
+    destination = Destination.objects.filter(pk=destination_id).exclude(config_error="").first()
+    if destination is None:
+        return []
+    key = f"destination-paused:{destination.pk}:{destination.config_error_at:%Y%m%d%H%M%S}"
+    title = f"Destination {destination.name} paused: configuration error"
+    body = (
+        f"Deliveries to {destination.name} ({destination.ae_title} at {destination.host}:{destination.port}) are "
+        f"paused: {destination.config_error}. No retry mends this; they wait, nothing is lost. Fix the "
+        "configuration (docs/security.md), then save the destination or use the admin action Resume."
+    )
+    payload = {"destination": destination.name, "error": destination.config_error}
+    hooks = notification_webhooks(event=DESTINATION_PAUSED_EVENT, subject_key=key, payload=payload)
+    return hooks + _notify_users(_staff(), event=DESTINATION_PAUSED_EVENT, subject_key=key, title=title, body=body)
+
+
+def certificates_expiring_notify(*, now: datetime | None = None) -> list[int]:
+    """Certificates that expire within TLS_EXPIRY_WARNING_DAYS (the SCP's own, each destination's client
+    certificate and the one each destination presented): staff are told once per certificate."""
+    now = now or clock.now()
+    horizon = now + timedelta(days=settings.TLS_EXPIRY_WARNING_DAYS)
+    ids = []
+    for what, facts in _certificates_in_use():
+        if facts.not_after > horizon:
+            continue
+        state = "expired" if facts.not_after <= now else "expires"
+        ids += _notify_users(
+            _staff(),
+            event=CERTIFICATE_EXPIRING_EVENT,
+            subject_key=f"certificate:{facts.fingerprint[:48]}",
+            title=f"TLS certificate {state} {facts.not_after:%Y-%m-%d}: {what}",
+            body=f"The certificate of {what} ({facts.subject}) {state} on {facts.not_after:%Y-%m-%d %H:%M} UTC. "
+            "Renew it; the SCP reads new files without a restart (docs/security.md).",
+        )
+    return ids
+
+
+def _certificates_in_use() -> list[tuple[str, tls.CertificateFacts]]:
+    files = []
+    if settings.SCP_TLS_PORT and settings.SCP_TLS_CERT:
+        files.append(("this router's SCP", settings.SCP_TLS_CERT))
+    for destination in Destination.objects.filter(enabled=True, tls_enabled=True).exclude(tls_cert_file=""):
+        files.append((f"our client certificate for {destination.name}", destination.tls_cert_file))
+    found = []
+    for what, path in files:
+        try:
+            found.append((what, tls.certificate_file_facts(path)))
+        except tls.TlsFileError as exc:
+            logger.warning("certificate of %s cannot be read: %s", what, exc)
+    for destination in Destination.objects.filter(enabled=True, tls_enabled=True, tls_peer_not_after__isnull=False):
+        facts = tls.CertificateFacts(
+            subject="as presented to us",
+            fingerprint=destination.tls_peer_fingerprint,
+            not_after=destination.tls_peer_not_after,
+        )
+        found.append((f"destination {destination.name}", facts))
+    return found
 
 
 STORAGE_LOW_EVENT = "storage_low"

@@ -156,6 +156,13 @@ def privileges_expiring() -> None:
         task_start("notification_send", notification_id)
 
 
+@shared_task(name="pipeline.certificates_expiring")
+@sweeper
+def certificates_expiring() -> None:
+    for notification_id in services.certificates_expiring_notify():
+        task_start("notification_send", notification_id)
+
+
 @shared_task(name="pipeline.storage_check")
 @sweeper
 def storage_check() -> None:

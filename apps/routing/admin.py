@@ -28,6 +28,7 @@ from .services import (
     delivery_retry,
     destination_echo,
     destination_health_set,
+    destination_resume,
     dry_run,
     dry_run_study,
     facts_from_dataset,
@@ -46,12 +47,95 @@ class DeliveryWindowInline(admin.TabularInline):
 
 @admin.register(Destination)
 class DestinationAdmin(admin.ModelAdmin):
-    list_display = ("name", "ae_title", "host", "port", "enabled", "health", "down_since", "max_associations")
-    list_filter = ("enabled", "health")
+    list_display = (
+        "name",
+        "ae_title",
+        "host",
+        "port",
+        "enabled",
+        "tls_enabled",
+        "health",
+        "config_error",
+        "max_associations",
+    )
+    list_filter = ("enabled", "health", "tls_enabled")
     search_fields = ("name", "ae_title", "host")
-    readonly_fields = ("health", "health_checked_at", "down_since", "health_detail", "busy_limit", "busy_at")
+    readonly_fields = (
+        "health",
+        "health_checked_at",
+        "down_since",
+        "health_detail",
+        "busy_limit",
+        "busy_at",
+        "config_error",
+        "config_error_at",
+        "tls_peer_not_after",
+        "tls_peer_fingerprint",
+    )
+    fieldsets = [
+        (None, {"fields": ["name", "ae_title", "host", "port", "enabled", "alternate", "alternate_after"]}),
+        (
+            "Delivery",
+            {
+                "fields": [
+                    "max_associations",
+                    "max_attempts",
+                    "retry_base_delay",
+                    "retry_max_delay",
+                    "connect_timeout",
+                    "dimse_timeout",
+                    "network_timeout",
+                    "retention_hours",
+                ]
+            },
+        ),
+        (
+            "TLS (files by path on the workers' hosts; docs/security.md)",
+            {
+                "fields": [
+                    "tls_enabled",
+                    "tls_ca_file",
+                    "tls_cert_file",
+                    "tls_key_file",
+                    "tls_verify",
+                    "tls_check_hostname",
+                    "tls_peer_not_after",
+                    "tls_peer_fingerprint",
+                ]
+            },
+        ),
+        (
+            "State",
+            {
+                "fields": [
+                    "config_error",
+                    "config_error_at",
+                    "health",
+                    "health_checked_at",
+                    "down_since",
+                    "health_detail",
+                    "busy_limit",
+                    "busy_at",
+                ]
+            },
+        ),
+    ]
     inlines = [DeliveryWindowInline]
-    actions = ["test_connection"]
+    actions = ["test_connection", "resume"]
+
+    def save_model(self, request, obj, form, change) -> None:
+        super().save_model(request, obj, form, change)
+        if change and obj.config_error:  # the configuration was changed: try again
+            destination_resume(destination_id=obj.pk)
+
+    @admin.action(description="Resume after a configuration fix (paused destinations)")
+    def resume(self, request, queryset) -> None:
+        resumed = [d.name for d in queryset if destination_resume(destination_id=d.pk)]
+        for name in resumed:
+            audit_action(
+                request=request, action="destination_resume", study_instance_uid="", detail=f"destination {name}"
+            )
+        self.message_user(request, f"Resumed: {', '.join(resumed) or 'none was paused'}.")
 
     @admin.action(description="Test connection (C-ECHO)")
     def test_connection(self, request, queryset) -> None:

@@ -32,6 +32,8 @@ class Hold(enum.Enum):
 
     PAUSED = 30  # its destination is unreachable (and no alternate may take over yet)
     CLOSED = 60  # outside the destination's delivery windows (a routine study)
+    # Its destination is paused for a configuration error (destination_resume makes it due at once).
+    MISCONFIGURED = 300
 
 
 PAUSED_WAIT = Hold.PAUSED.value
@@ -63,7 +65,8 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     ]
     results = dicom_send.send(dicom_target(delivery.target), files, on_sent=_Answers(delivery.pk, items))
     busy = destination_health_from_results(delivery.target, results, clock.now())
-    return _record(delivery, items, results, clock.now(), busy=busy)
+    paused = any(r.config_error for r in results)
+    return _record(delivery, items, results, clock.now(), busy=busy, paused=paused)
 
 
 def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
@@ -74,7 +77,7 @@ def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None
     target, hold = _choose_target(delivery, now)
     if hold is Hold.PAUSED:
         return None, _paused_attempt(delivery, now)
-    if hold is Hold.CLOSED:
+    if hold in (Hold.CLOSED, Hold.MISCONFIGURED):
         Delivery.objects.filter(pk=delivery_id, state=Delivery.State.PENDING).update(
             next_attempt_at=now + timedelta(seconds=hold.value)
         )
@@ -119,6 +122,8 @@ def _choose_target(delivery: Delivery, now: datetime) -> tuple[Destination | Non
     """The destination to send to now, or None and why it waits."""
     primary = delivery.destination
     target = primary
+    if primary.config_error:
+        return None, Hold.MISCONFIGURED
     if primary.health == Health.DOWN:
         alternate = primary.alternate
         overdue = primary.down_since and primary.down_since <= now - timedelta(seconds=primary.alternate_after)
@@ -177,10 +182,17 @@ class _Answers:
 
 
 def _record(
-    delivery: Delivery, items: list[DeliveryItem], results: list[dicom_send.Result], now: datetime, *, busy: bool
+    delivery: Delivery,
+    items: list[DeliveryItem],
+    results: list[dicom_send.Result],
+    now: datetime,
+    *,
+    busy: bool,
+    paused: bool = False,
 ) -> str:
     """The items' outcomes, then the delivery's. A busy destination is no failure: due again at once (the
-    delivery that frees the slot starts it), with no backoff."""
+    delivery that frees the slot starts it), with no backoff. Nor is one just paused for a configuration
+    error: the attempt is given back and the delivery waits for an operator."""
     errors = []
     for item, result in zip(items, results, strict=True):
         item.state = ITEM_STATE[result.kind]
@@ -199,6 +211,10 @@ def _record(
         if not pending and not failed:
             delivery.state = Delivery.State.DELIVERED
             delivery.delivered_at = now
+        elif pending and paused:
+            delivery.state = Delivery.State.PENDING
+            delivery.attempts = max(delivery.attempts - 1, 0)
+            delivery.next_attempt_at = now + timedelta(seconds=Hold.MISCONFIGURED.value)
         elif pending and delivery.attempts < delivery.destination.max_attempts:
             delivery.state = Delivery.State.PENDING
             delay = 0 if busy else retry_delay(delivery.destination, delivery.attempts)
@@ -208,7 +224,15 @@ def _record(
             delivery.failures += 1
         delivery.claimed_at = None
         delivery.save(
-            update_fields=["state", "delivered_at", "next_attempt_at", "last_error", "claimed_at", "failures"]
+            update_fields=[
+                "state",
+                "delivered_at",
+                "next_attempt_at",
+                "last_error",
+                "claimed_at",
+                "failures",
+                "attempts",
+            ]
         )
     log = logger.info if delivery.state == Delivery.State.DELIVERED else logger.warning
     log("deliver: delivery %s (%d items) -> %s %s", delivery.pk, len(items), delivery.state, delivery.last_error)

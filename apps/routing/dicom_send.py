@@ -15,7 +15,8 @@ from pathlib import Path
 from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
-from apps.core import internals
+from apps.core import internals, tls
+from apps.core.tls import ClientTls
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class Target:
     connect_timeout: float = 10
     dimse_timeout: float = 30
     network_timeout: float = 60
+    tls: ClientTls | None = None  # None: plain TCP
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,18 @@ class Result:
     # The destination took the TCP connection but did not answer the association request in time: a peer
     # serving one association at a time does that while it serves another (the caller decides which).
     connected: bool = False
+    # TLS refused by configuration (a certificate that does not verify, no common protocol, unreadable
+    # files): no retry mends it, the destination is paused for an operator. The items stay pending.
+    config_error: bool = False
+    peer_certificate: bytes | None = None  # DER, over TLS: what the destination presented
+
+
+class _Connection:
+    """What the EVT_CONN_OPEN handler saw: the connection opened, and over TLS the peer's certificate."""
+
+    def __init__(self) -> None:
+        self.opened = False
+        self.peer_certificate: bytes | None = None
 
 
 def classify_status(status: int) -> str:
@@ -95,10 +109,11 @@ def _reactor_reads_nothing(assoc) -> None:
     assoc.dimse.get_msg = get_msg
 
 
-def _on_conn_open(event, opened: list[bool]) -> None:
-    """The TCP connection is up, before the association's threads read anything."""
+def _on_conn_open(event, connection: _Connection) -> None:
+    """The TCP connection is up (and TLS hands shaken), before the association's threads read anything."""
     _nodelay(event)
-    opened.append(True)
+    connection.opened = True
+    connection.peer_certificate = tls.peer_certificate(event.assoc.dul.socket.socket)
     if PATCH_FITS:
         _reactor_reads_nothing(event.assoc)
 
@@ -112,7 +127,33 @@ def _ae(target: Target) -> AE:
     return ae
 
 
-def _association_failure(assoc, connected: bool = False) -> Result:
+def _associate(ae: AE, target: Target) -> tuple[object | None, _Connection, Result | None]:
+    """Open an association (over TLS if the target says so): (association, connection, None), or
+    (None, connection, why not) when none could even be requested."""
+    connection = _Connection()
+    tls_args = None
+    if target.tls is not None:
+        try:
+            tls_args = (tls.client_context_cached(target.tls), target.host)
+        except tls.TlsFileError as exc:
+            return None, connection, Result(TRANSIENT, error=f"TLS: {exc}", unreachable=True, config_error=True)
+    try:
+        assoc = ae.associate(
+            target.host,
+            target.port,
+            ae_title=target.ae_title,
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [connection])],
+        )
+    except (OSError, RuntimeError, ValueError) as exc:
+        return None, connection, Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True)
+    return assoc, connection, None
+
+
+def _association_failure(assoc, target: Target, connection: _Connection) -> Result:
+    if problem := _tls_problem(target, connection):
+        return Result(TRANSIENT, error=problem, unreachable=True, config_error=True)
+    connected = connection.opened
     if assoc.is_rejected:
         rejection = assoc.acceptor.primitive
         result = getattr(rejection, "result", None)
@@ -127,6 +168,15 @@ def _association_failure(assoc, connected: bool = False) -> Result:
     if assoc.acceptor.primitive is None:
         return Result(TRANSIENT, error="could not connect to the destination (refused or timed out)", unreachable=True)
     return Result(TRANSIENT, error="association aborted by the destination", unreachable=True)
+
+
+def _tls_problem(target: Target, connection: _Connection) -> str | None:
+    """Over TLS, a connection that never opened may have been refused by TLS itself: pynetdicom 3.0.4 only
+    logs why, so one handshake of our own tells a configuration error from a network failure."""
+    if target.tls is None or connection.opened:
+        return None
+    context = tls.client_context_cached(target.tls)
+    return tls.handshake_problem(target.host, target.port, context, timeout=target.connect_timeout)
 
 
 def send(target: Target, files: list[File], on_sent: Callable[[int, Result], None] | None = None) -> list[Result]:
@@ -148,26 +198,19 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
     ae = _ae(target)
     for sop_class, syntax in sorted(group):
         ae.add_requested_context(sop_class, [syntax])
-    opened: list[bool] = []
-    try:
-        assoc = ae.associate(
-            target.host,
-            target.port,
-            ae_title=target.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [opened])],
-        )
-    except (OSError, RuntimeError, ValueError) as exc:
-        _fail_all(indexes, Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True), results, on_sent)
+    assoc, connection, failure = _associate(ae, target)
+    if failure is not None:
+        _fail_all(indexes, failure, results, on_sent)
         return
     if not assoc.is_established:
-        _fail_all(indexes, _association_failure(assoc, connected=bool(opened)), results, on_sent)
+        _fail_all(indexes, _association_failure(assoc, target, connection), results, on_sent)
         return
     try:
         for i in indexes:
             if not assoc.is_established:
                 results[i] = Result(TRANSIENT, error="association ended before this instance was sent")
                 continue
-            results[i] = _send_one(assoc, files[i])
+            results[i] = _send_one(assoc, files[i], connection.peer_certificate)
             if on_sent is not None:
                 on_sent(i, results[i])
     finally:
@@ -182,7 +225,7 @@ def _fail_all(indexes: list[int], failure: Result, results: list, on_sent=None) 
             on_sent(i, failure)
 
 
-def _send_one(assoc, file: File) -> Result:
+def _send_one(assoc, file: File, peer_certificate: bytes | None) -> Result:
     try:
         status = assoc.send_c_store(file.path)
     except ValueError as exc:
@@ -197,24 +240,18 @@ def _send_one(assoc, file: File) -> Result:
     comment = str(status.get("ErrorComment", ""))
     if kind == WARNING:
         logger.warning("C-STORE warning 0x%04X from %s: %s", code, assoc.acceptor.ae_title, comment)
-    return Result(kind, status=code, error=comment if kind != DELIVERED else "")
+    return Result(kind, status=code, error=comment if kind != DELIVERED else "", peer_certificate=peer_certificate)
 
 
 def echo(target: Target) -> Result:
     ae = _ae(target)
     ae.add_requested_context(Verification)
-    opened: list[bool] = []  # send_c_echo waits for its answer as send_c_store does: the same race, the same cure
-    try:
-        assoc = ae.associate(
-            target.host,
-            target.port,
-            ae_title=target.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [opened])],
-        )
-    except (OSError, RuntimeError, ValueError) as exc:
-        return Result(TRANSIENT, error=f"connect failed: {exc}")
+    # send_c_echo waits for its answer as send_c_store does: the same race, the same cure (_on_conn_open).
+    assoc, connection, failure = _associate(ae, target)
+    if failure is not None:
+        return failure
     if not assoc.is_established:
-        return _association_failure(assoc, connected=bool(opened))
+        return _association_failure(assoc, target, connection)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -223,4 +260,4 @@ def echo(target: Target) -> Result:
     if "Status" not in status:
         return Result(TRANSIENT, error="no response to C-ECHO")
     code = int(status.Status)
-    return Result(classify_status(code), status=code)
+    return Result(classify_status(code), status=code, peer_certificate=connection.peer_certificate)

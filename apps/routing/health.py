@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
 
-from apps.core import clock
+from apps.core import clock, signals, tls
 
 from . import dicom_send
 from .models import Delivery, Destination, Health
@@ -35,7 +35,11 @@ def destination_health_from_results(destination: Destination, results: list[dico
     whether it was busy."""
     reached = any(r.status is not None for r in results)  # it answered at least one C-STORE
     unreachable = bool(results) and all(r.unreachable for r in results)
-    if reached:
+    if certificate := next((r.peer_certificate for r in results if r.peer_certificate), None):
+        peer_certificate_record(destination, certificate)
+    if config_error := next((r.error for r in results if r.config_error), None):
+        destination_config_error_set(destination_id=destination.pk, error=config_error, now=now)
+    elif reached:
         destination_health_set(destination_id=destination.pk, up=True, detail="", now=now)
     elif unreachable and is_busy(destination.pk, results):
         _busy_record(destination, now)
@@ -94,13 +98,18 @@ def destinations_check(*, now: datetime | None = None, interval: float | None = 
     now = now or clock.now()
     quiet_since = now - timedelta(seconds=interval if interval is not None else settings.HEALTH_CHECK_INTERVAL)
     back = []
-    due = Destination.objects.filter(enabled=True).filter(
+    due = Destination.objects.filter(enabled=True, config_error="").filter(
         Q(health_checked_at__isnull=True) | Q(health_checked_at__lt=quiet_since) | Q(health=Health.DOWN)
     )
     for destination in due:
         if _sending_now(destination, now):
             continue  # its answers are proof of life; an echo would wait behind them and could time out
         result = dicom_send.echo(dicom_target(destination))
+        if result.peer_certificate:
+            peer_certificate_record(destination, result.peer_certificate)
+        if result.config_error:
+            destination_config_error_set(destination_id=destination.pk, error=result.error, now=clock.now())
+            continue
         up = result.kind == dicom_send.DELIVERED
         if destination_health_set(destination_id=destination.pk, up=up, detail=result.error, now=clock.now()):
             back.append(destination.pk)
@@ -123,7 +132,58 @@ def dicom_target(destination: Destination) -> dicom_send.Target:
         connect_timeout=destination.connect_timeout,
         dimse_timeout=destination.dimse_timeout,
         network_timeout=destination.network_timeout,
+        tls=client_tls(destination),
     )
+
+
+def client_tls(destination: Destination) -> tls.ClientTls | None:
+    if not destination.tls_enabled:
+        return None
+    return tls.ClientTls(
+        ca=destination.tls_ca_file,
+        cert=destination.tls_cert_file,
+        key=destination.tls_key_file,
+        verify=destination.tls_verify,
+        check_hostname=destination.tls_check_hostname,
+    )
+
+
+def destination_config_error_set(*, destination_id: int, error: str, now: datetime) -> bool:
+    """Pause a destination for a configuration error (its deliveries wait, nothing is retried, the health
+    check leaves it alone) and tell staff, once per pause. True when it was not paused already."""
+    paused = Destination.objects.filter(pk=destination_id, config_error="").update(
+        config_error=error[:255], config_error_at=now
+    )
+    if paused:
+        logger.error("destination %s paused: %s", destination_id, error)
+        transaction.on_commit(lambda: signals.destination_paused.send(Destination, destination_id=destination_id))
+    return bool(paused)
+
+
+def destination_resume(*, destination_id: int, now: datetime | None = None) -> bool:
+    """An operator fixed the configuration: the destination's deliveries are due again at once."""
+    now = now or clock.now()
+    with transaction.atomic():
+        resumed = (
+            Destination.objects.filter(pk=destination_id)
+            .exclude(config_error="")
+            .update(config_error="", config_error_at=None, health_checked_at=None)
+        )
+        if resumed:
+            Delivery.objects.filter(destination_id=destination_id, state=Delivery.State.PENDING).update(
+                next_attempt_at=now
+            )
+    return bool(resumed)
+
+
+def peer_certificate_record(destination: Destination, der: bytes) -> None:
+    """Remember when the certificate the destination presented expires (the expiry warning reads it)."""
+    facts = tls.certificate_facts(der)
+    if destination.tls_peer_fingerprint != facts.fingerprint:
+        Destination.objects.filter(pk=destination.pk).update(
+            tls_peer_fingerprint=facts.fingerprint, tls_peer_not_after=facts.not_after
+        )
+        destination.tls_peer_fingerprint, destination.tls_peer_not_after = facts.fingerprint, facts.not_after
 
 
 def destination_echo(*, destination_id: int) -> dicom_send.Result:

@@ -56,6 +56,22 @@ class Destination(models.Model):
     # than that many at once for a while after `busy_at`, instead of a second request that would time out.
     busy_limit = models.PositiveIntegerField(null=True, blank=True)
     busy_at = models.DateTimeField(null=True, blank=True)
+    # DICOM TLS (docs/security.md): files by path on the workers' hosts, never their contents.
+    tls_enabled = models.BooleanField("TLS", default=False)
+    tls_ca_file = models.CharField(
+        "TLS CA file", max_length=500, blank=True, help_text="PEM bundle to verify the destination; empty: system CAs."
+    )
+    tls_cert_file = models.CharField("TLS client certificate", max_length=500, blank=True)
+    tls_key_file = models.CharField("TLS client key", max_length=500, blank=True)
+    tls_verify = models.BooleanField("verify the destination's certificate", default=True)
+    tls_check_hostname = models.BooleanField("check its host name", default=False)
+    # A permanent configuration error (a certificate that does not verify) pauses every delivery to the
+    # destination: no retry mends it. Cleared when the destination is saved again, or resumed in admin.
+    config_error = models.CharField(max_length=255, blank=True)
+    config_error_at = models.DateTimeField(null=True, blank=True)
+    # What its certificate said at our last TLS association, for the expiry warning.
+    tls_peer_not_after = models.DateTimeField(null=True, blank=True)
+    tls_peer_fingerprint = models.CharField(max_length=64, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -68,6 +84,10 @@ class Destination(models.Model):
             raise ValidationError({"ae_title": "AE title must be 1-16 characters without backslash."})
         if self.alternate_id and self.alternate_id == self.pk:
             raise ValidationError({"alternate": "A destination cannot be its own alternate."})
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValidationError({"tls_key_file": "A client certificate needs its key, and a key its certificate."})
+        if (self.tls_ca_file or self.tls_cert_file) and not self.tls_enabled:
+            raise ValidationError({"tls_enabled": "TLS files are set: turn TLS on, or clear them."})
 
 
 class DeliveryWindow(WeeklyWindow):

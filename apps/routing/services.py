@@ -21,7 +21,13 @@ from .deliver import (
     delivery_send,
     retry_delay,
 )
-from .health import destination_echo, destination_health_set, destinations_check
+from .health import (
+    destination_config_error_set,
+    destination_echo,
+    destination_health_set,
+    destination_resume,
+    destinations_check,
+)
 
 __all__ = [
     "CLOSED_WAIT",
@@ -30,8 +36,10 @@ __all__ = [
     "delivery_give_up",
     "delivery_retry",
     "delivery_send",
+    "destination_config_error_set",
     "destination_echo",
     "destination_health_set",
+    "destination_resume",
     "destinations_check",
     "dry_run",
     "dry_run_study",

@@ -19,7 +19,13 @@ def test_the_guard_and_the_reactor_are_installed_on_a_live_association(storage, 
     monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
     monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
     port = free_port()
-    server = scp.serve(host="127.0.0.1", port=port, ae_title="ROUTER", spool=Spool(storage), on_studies_received=dict)
+    [server] = scp.serve(
+        host="127.0.0.1",
+        listeners=[scp.Listener(port)],
+        ae_title="ROUTER",
+        spool=Spool(storage),
+        on_studies_received=dict,
+    )
     reads = []
     original = guard.PduGuard.read
 
@@ -46,4 +52,4 @@ def test_the_guard_and_the_reactor_are_installed_on_a_live_association(storage, 
         assoc.release()
     finally:
         guard.PduGuard.read = original
-        scp.stop(server, grace=1)
+        scp.stop([server], grace=1)

@@ -12,7 +12,15 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 
 class Orthanc:
-    def __init__(self, folder: Path, *, log_dir: Path, ae_title: str = "ORTHANC", name: str = "orthanc") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        log_dir: Path,
+        ae_title: str = "ORTHANC",
+        name: str = "orthanc",
+        extra: dict | None = None,
+    ) -> None:
         self.ae_title = ae_title
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -31,6 +39,7 @@ class Orthanc:
             "DicomCheckCalledAet": False,
             # Debian's default configuration loads plugins from /usr/share/orthanc/plugins: none here.
             "Plugins": [],
+            **(extra or {}),
         }
         config_path = folder / "orthanc.json"
         config_path.write_text(json.dumps(config, indent=2))
@@ -42,6 +51,18 @@ class Orthanc:
 
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
+            return json.load(response)
+
+    def post(self, path: str, body: Any) -> Any:
+        """POST `body` (JSON, or bytes as they are: a DICOM file to /instances)."""
+        raw = isinstance(body, bytes)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}{path}",
+            data=body if raw else json.dumps(body).encode(),
+            headers={"Content-Type": "application/dicom" if raw else "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)
 
     def instances(self) -> list[str]:

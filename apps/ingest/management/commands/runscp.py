@@ -1,10 +1,12 @@
 import argparse
+import signal
 import socket
 import threading
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.core import tls
 from apps.ingest import scp, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
@@ -13,37 +15,59 @@ from apps.pipeline.chains import studies_received
 
 class Command(BaseCommand):
     help = (
-        "Run the DICOM C-STORE SCP. SIGTERM lets open associations finish, then stops. With --processes N, "
-        "N SCP processes accept from the one port (each association is served by one), under one supervisor."
+        "Run the DICOM C-STORE SCP, on a plain port, a TLS port or both (SCP_PORT, SCP_TLS_PORT; 0 turns one "
+        "off). SIGTERM lets open associations finish, then stops; SIGHUP reads the TLS certificate and key "
+        "again. With --processes N, N SCP processes accept from the same ports, under one supervisor."
     )
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("--host", default=settings.SCP_HOST)
-        parser.add_argument("--port", type=int, default=settings.SCP_PORT)
+        parser.add_argument("--port", type=int, default=settings.SCP_PORT, help="plain TCP port; 0: none")
+        parser.add_argument("--tls-port", type=int, default=settings.SCP_TLS_PORT, help="TLS port; 0: none")
         parser.add_argument("--ae-title", default=settings.SCP_AE_TITLE)
         parser.add_argument("--processes", type=int, default=settings.SCP_PROCESSES)
         # Given by the supervisor to the processes it starts: which one this is, and the socket to accept from.
         parser.add_argument("--process-number", type=int, default=0, help=argparse.SUPPRESS)
         parser.add_argument("--listen-fd", type=int, default=None, help=argparse.SUPPRESS)
+        parser.add_argument("--tls-listen-fd", type=int, default=None, help=argparse.SUPPRESS)
 
-    def handle(self, *args, host, port, ae_title, processes, process_number, listen_fd, **options) -> None:
+    def handle(self, *args, host, port, tls_port, ae_title, processes, process_number, **options) -> None:
         if processes < 1:
             raise CommandError("--processes must be at least 1")
-        if processes > 1 and listen_fd is None:
-            try:
-                listener = supervisor.listen(host, port)
-            except OSError as exc:
-                raise CommandError(f"cannot listen on {host}:{port}: {exc}") from exc
-            if supervisor.run(listener=listener, host=host, ae_title=ae_title, processes=processes, out=self.stdout):
+        if not port and not tls_port:
+            raise CommandError("nothing to listen on: the plain and the TLS port are both 0 (SCP_PORT, SCP_TLS_PORT)")
+        server_tls = _server_tls() if tls_port else None  # a bad certificate or key stops us here, clearly
+        if processes > 1 and options["listen_fd"] is None and options["tls_listen_fd"] is None:
+            listeners = {}
+            for kind, number in (("plain", port), ("tls", tls_port)):
+                if not number:
+                    continue
+                try:
+                    listeners[kind] = supervisor.listen(host, number)
+                except OSError as exc:
+                    for opened in listeners.values():
+                        opened.close()
+                    raise CommandError(f"cannot listen on {host}:{number}: {exc}") from exc
+            if supervisor.run(listeners=listeners, host=host, ae_title=ae_title, processes=processes, out=self.stdout):
                 raise CommandError("an SCP process kept failing to start, or did not stop: see the log above")
             return
+        self._serve(host, port, tls_port, server_tls, ae_title, process_number, options)
+
+    def _serve(self, host, port, tls_port, server_tls, ae_title, process_number, options) -> None:
         stop = supervisor.StopSignals()
+        if server_tls is not None:
+            signal.signal(signal.SIGHUP, lambda *_: server_tls.reload())
+        listeners = []
+        if port:
+            listeners.append(scp.Listener(port, fd=options["listen_fd"]))
+        if tls_port:
+            listeners.append(scp.Listener(tls_port, tls=server_tls, fd=options["tls_listen_fd"]))
         stopping = threading.Event()  # for the heartbeat thread; set by this thread, never in a signal handler
         spool = Spool(settings.STORAGE_ROOT)
         spool.sweep()  # temp files an SCP killed mid-write left behind (never acknowledged to a sender)
-        server = scp.serve(
+        servers = scp.serve(
             host=host,
-            port=port,
+            listeners=listeners,
             ae_title=ae_title,
             spool=spool,
             on_studies_received=studies_received,
@@ -54,15 +78,31 @@ class Command(BaseCommand):
                 acse_timeout=settings.SCP_ACSE_TIMEOUT,
                 idle_timeout=settings.SCP_IDLE_TIMEOUT,
             ),
-            listen_fd=listen_fd,
         )
-        port = server.server_address[1]
+        ports = [server.server_address[1] for server in servers]
+        port = ports[0]
         which, suffix = (f" (process {process_number})", f"/{process_number}") if process_number else ("", "")
-        self.stdout.write(f"SCP {ae_title} listening on {host}:{port}{which}", ending="\n")
+        addresses = ", ".join(
+            f"{host}:{number}{' (TLS)' if listener.tls else ''}"
+            for number, listener in zip(ports, listeners, strict=True)
+        )
+        self.stdout.write(f"SCP {ae_title} listening on {addresses}{which}", ending="\n")
         heartbeats.start("scp", f"{socket.gethostname()}:{port}{suffix}", stop=stopping)
         self.stdout.flush()
         stop.wait()
         stopping.set()
         self.stdout.write(f"SCP{which} stopping: finishing open associations")
-        aborted = scp.stop(server, grace=settings.SCP_SHUTDOWN_GRACE)
+        aborted = scp.stop(servers, grace=settings.SCP_SHUTDOWN_GRACE)
         self.stdout.write(f"SCP{which} stopped ({aborted} associations aborted)")
+
+
+def _server_tls() -> tls.Reloading:
+    cert, key, ca = settings.SCP_TLS_CERT, settings.SCP_TLS_KEY, settings.SCP_TLS_CA
+    if not cert or not key:
+        raise CommandError("a TLS port needs SCP_TLS_CERT and SCP_TLS_KEY (PEM files; docs/security.md)")
+    try:
+        return tls.Reloading(
+            lambda: tls.server_context(cert=cert, key=key, ca=ca), files=tuple(f for f in (cert, key, ca) if f)
+        )
+    except tls.TlsFileError as exc:
+        raise CommandError(f"cannot use the TLS files: {exc}") from exc
