@@ -4,30 +4,41 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('ingest', '0001_initial'),
+        ("ingest", "0001_initial"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='allowedcaller',
-            name='client_ca_file',
-            field=models.CharField(blank=True, help_text='Path of a PEM file on the SCP host: the caller must present a certificate this CA issued. Implies TLS. The CA must also be in SCP_TLS_CA, which the TLS listener trusts.', max_length=500),
+            model_name="allowedcaller",
+            name="client_ca_file",
+            field=models.CharField(
+                blank=True,
+                help_text="Path of a PEM file on the SCP host: the caller must present a certificate this CA issued. Implies TLS. The CA must also be in SCP_TLS_CA, which the TLS listener trusts.",
+                max_length=500,
+            ),
         ),
         migrations.AddField(
-            model_name='allowedcaller',
-            name='client_sha256',
-            field=models.CharField(blank=True, help_text="The client certificate's SHA-256 fingerprint (hex, colons allowed).", max_length=95),
+            model_name="allowedcaller",
+            name="client_sha256",
+            field=models.CharField(
+                blank=True,
+                help_text="The client certificate's SHA-256 fingerprint (hex, colons allowed).",
+                max_length=95,
+            ),
         ),
         migrations.AddField(
-            model_name='allowedcaller',
-            name='client_subject',
-            field=models.CharField(blank=True, help_text="The client certificate's subject (RFC 4514, e.g. CN=ct1,O=Hospital) or its common name alone.", max_length=500),
+            model_name="allowedcaller",
+            name="client_subject",
+            field=models.CharField(
+                blank=True,
+                help_text="The client certificate's subject (RFC 4514, e.g. CN=ct1,O=Hospital) or its common name alone.",
+                max_length=500,
+            ),
         ),
         migrations.AddField(
-            model_name='allowedcaller',
-            name='tls_required',
-            field=models.BooleanField(default=False, help_text='Only over the TLS port (SCP_TLS_PORT).'),
+            model_name="allowedcaller",
+            name="tls_required",
+            field=models.BooleanField(default=False, help_text="Only over the TLS port (SCP_TLS_PORT)."),
         ),
     ]

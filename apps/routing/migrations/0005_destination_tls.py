@@ -4,60 +4,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('routing', '0004_retention'),
+        ("routing", "0004_retention"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='destination',
-            name='config_error',
+            model_name="destination",
+            name="config_error",
             field=models.CharField(blank=True, max_length=255),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='config_error_at',
+            model_name="destination",
+            name="config_error_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_ca_file',
-            field=models.CharField(blank=True, help_text='PEM bundle to verify the destination; empty: system CAs.', max_length=500, verbose_name='TLS CA file'),
+            model_name="destination",
+            name="tls_ca_file",
+            field=models.CharField(
+                blank=True,
+                help_text="PEM bundle to verify the destination; empty: system CAs.",
+                max_length=500,
+                verbose_name="TLS CA file",
+            ),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_cert_file',
-            field=models.CharField(blank=True, max_length=500, verbose_name='TLS client certificate'),
+            model_name="destination",
+            name="tls_cert_file",
+            field=models.CharField(blank=True, max_length=500, verbose_name="TLS client certificate"),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_check_hostname',
-            field=models.BooleanField(default=False, verbose_name='check its host name'),
+            model_name="destination",
+            name="tls_check_hostname",
+            field=models.BooleanField(default=False, verbose_name="check its host name"),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_enabled',
-            field=models.BooleanField(default=False, verbose_name='TLS'),
+            model_name="destination",
+            name="tls_enabled",
+            field=models.BooleanField(default=False, verbose_name="TLS"),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_key_file',
-            field=models.CharField(blank=True, max_length=500, verbose_name='TLS client key'),
+            model_name="destination",
+            name="tls_key_file",
+            field=models.CharField(blank=True, max_length=500, verbose_name="TLS client key"),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_peer_fingerprint',
+            model_name="destination",
+            name="tls_peer_fingerprint",
             field=models.CharField(blank=True, max_length=64),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_peer_not_after',
+            model_name="destination",
+            name="tls_peer_not_after",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='destination',
-            name='tls_verify',
+            model_name="destination",
+            name="tls_verify",
             field=models.BooleanField(default=True, verbose_name="verify the destination's certificate"),
         ),
     ]
