@@ -265,6 +265,8 @@ def destination_paused_notify(*, destination_id: int) -> list[int]:
     if destination is None:
         return []
     key = f"destination-paused:{destination.pk}:{destination.config_error_at:%Y%m%d%H%M%S}"
+    if Notification.objects.filter(event=DESTINATION_PAUSED_EVENT, subject_key=key).exists():
+        return []  # told already
     title = f"Destination {destination.name} paused: configuration error"
     body = (
         f"Deliveries to {destination.name} ({destination.ae_title} at {destination.host}:{destination.port}) are "
@@ -283,13 +285,17 @@ def certificates_expiring_notify(*, now: datetime | None = None) -> list[int]:
     horizon = now + timedelta(days=settings.TLS_EXPIRY_WARNING_DAYS)
     ids = []
     for what, facts in _certificates_in_use():
-        if facts.not_after > horizon:
+        key = f"certificate:{facts.fingerprint[:48]}"
+        if (
+            facts.not_after > horizon
+            or Notification.objects.filter(event=CERTIFICATE_EXPIRING_EVENT, subject_key=key).exists()
+        ):
             continue
         state = "expired" if facts.not_after <= now else "expires"
         ids += _notify_users(
             _staff(),
             event=CERTIFICATE_EXPIRING_EVENT,
-            subject_key=f"certificate:{facts.fingerprint[:48]}",
+            subject_key=key,
             title=f"TLS certificate {state} {facts.not_after:%Y-%m-%d}: {what}",
             body=f"The certificate of {what} ({facts.subject}) {state} on {facts.not_after:%Y-%m-%d %H:%M} UTC. "
             "Renew it; the SCP reads new files without a restart (docs/security.md).",

@@ -176,3 +176,61 @@ def test_bad_windows_alternates_and_keywords_are_refused(broken, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_import(broken)
     assert not Destination.objects.exists()
+
+
+TLS = """
+callers:
+  - {ae_title: CT1, host: 10.0.0.5, tls: {ca: /etc/router/tls/modalities-ca.pem, subject: ct1}}
+  - {ae_title: MR1, tls: {required: true}}
+  - {ae_title: US1}
+destinations:
+  - name: remote-pacs
+    ae_title: PACS
+    host: pacs.example.org
+    port: 2762
+    tls: {ca: /etc/router/tls/pacs-ca.pem, cert: /etc/router/tls/router.crt, key: /etc/router/tls/router.key}
+  - {name: lab, ae_title: LAB, host: 10.0.0.9, port: 104, tls: {verify: false}}
+  - {name: plain, ae_title: PLAIN, host: 10.0.0.8, port: 104}
+"""
+
+
+def test_tls_terms_of_callers_and_destinations_import_and_export_unchanged():
+    from apps.ingest.models import AllowedCaller
+
+    config_import(TLS)
+    ct1 = AllowedCaller.objects.get(ae_title="CT1")
+    assert (ct1.client_ca_file, ct1.client_subject, ct1.tls_required) == (
+        "/etc/router/tls/modalities-ca.pem",
+        "ct1",
+        True,
+    )
+    assert AllowedCaller.objects.get(ae_title="MR1").tls_required
+    assert not AllowedCaller.objects.get(ae_title="US1").tls_required
+    pacs = Destination.objects.get(name="remote-pacs")
+    assert (pacs.tls_enabled, pacs.tls_cert_file, pacs.tls_verify) == (True, "/etc/router/tls/router.crt", True)
+    assert not Destination.objects.get(name="lab").tls_verify
+    assert not Destination.objects.get(name="plain").tls_enabled
+    exported = config_export()
+    assert "BEGIN" not in exported  # paths, never key or certificate contents
+    assert not config_import(exported).changed
+    assert not config_import(TLS).changed
+
+
+def test_a_destination_paused_for_its_tls_is_resumed_when_its_tls_changes():
+    config_import(TLS)
+    Destination.objects.filter(name="remote-pacs").update(config_error="TLS: certificate has expired")
+    config_import(TLS.replace("pacs-ca.pem", "pacs-ca-2026.pem"))
+    assert Destination.objects.get(name="remote-pacs").config_error == ""
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (TLS.replace("subject: ct1", "subjekt: ct1"), "callers[0] (CT1): unknown key(s) subjekt"),
+        (TLS.replace("tls: {verify: false}", "tls: yes"), "destinations[1] (lab): tls must be a mapping"),
+        (TLS.replace("key: /etc/router/tls/router.key", "verify: true"), "A client certificate needs its key"),
+    ],
+)
+def test_bad_tls_terms_are_refused(broken, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_import(broken)

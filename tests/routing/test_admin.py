@@ -72,3 +72,24 @@ def test_route_again_sends_an_unrouted_study_back_to_routing(admin_client, rules
     assert Study.objects.get().stage == Stage.CHECKED
     run_steps(study_id, until="route")  # what the enqueued route step does
     assert RoutingDecision.objects.get().destinations == ["neuro"]
+
+
+def test_a_paused_destination_shows_why_and_resumes_from_the_admin_action_audited(admin_client, rules):
+    from apps.audit.models import AuditEvent
+    from apps.core import clock
+    from apps.routing.services import destination_config_error_set
+
+    neuro = Destination.objects.get(name="neuro")
+    destination_config_error_set(destination_id=neuro.pk, error="TLS: certificate has expired", now=clock.now())
+    page = admin_client.get(reverse("admin:routing_destination_change", args=[neuro.pk]))
+    assert page.status_code == 200 and b"certificate has expired" in page.content and b"TLS CA file" in page.content
+
+    response = admin_client.post(
+        reverse("admin:routing_destination_changelist"),
+        {"action": "resume", "_selected_action": [neuro.pk]},
+        follow=True,
+    )
+
+    assert b"Resumed: neuro" in response.content
+    assert Destination.objects.get(pk=neuro.pk).config_error == ""
+    assert AuditEvent.objects.filter(action="destination_resume", detail="destination neuro").exists()
