@@ -90,6 +90,7 @@ bench: venv services
 	$(BIN)/python bench/backlog_bench.py || status=1; \
 	$(BIN)/python bench/memory_bench.py || status=1; \
 	$(BIN)/python bench/stall_bench.py || status=1; \
+	$(BIN)/python bench/tls_bench.py || status=1; \
 	exit $$status
 
 clean:
