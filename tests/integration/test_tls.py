@@ -24,9 +24,10 @@ from apps.routing.services import delivery_send, destination_resume
 from apps.studies.models import ReceivedInstance
 
 from ..conftest import require_tool
+from ..support import procfile
 from ..support.certs import Authority
 from ..support.config import ACHEN_ON_SHIFT
-from ..support.dicom import synthetic_study
+from ..support.dicom import storescu, synthetic_study
 from ..support.orthanc import Orthanc
 from ..support.pipeline import receive_study, run_steps
 from ..support.processes import Process, free_port, wait_until
@@ -344,3 +345,30 @@ def test_a_renewed_certificate_is_used_without_a_restart_and_sighup_keeps_servin
     os.kill(scp.pid, signal.SIGHUP)
     assert tls_hello(tls_port, ca) == renewed.der
     assert scp.alive()
+
+
+def test_scp_processes_serve_both_ports_and_take_a_renewed_certificate_on_sighup(tls_env, pki, tmp_path, log_dir):
+    port, tls_port = free_port(), free_port()
+    command = procfile.command(
+        "scp", "--host", "127.0.0.1", "--port", str(port), "--tls-port", str(tls_port), "--processes", "2"
+    )
+    supervisor = Process("scp-processes", command, env=tls_env, log_dir=log_dir)
+    try:
+        supervisor.wait_for_port(port)
+        supervisor.wait_for_port(tls_port)
+        wait_until(lambda: supervisor.log().count("(process ") >= 2, timeout=30, what="two SCP processes serving")
+        _, plain_paths = synthetic_study(tmp_path / "plain", count=2)
+        _, tls_paths = synthetic_study(tmp_path / "tls", count=2)
+        assert storescu(port, plain_paths).returncode == 0
+        assert storescu_tls(tls_port, tls_paths, cert=pki["ct1"], ca=pki["ca"].ca_file).returncode == 0
+        assert ReceivedInstance.objects.count() == 4
+
+        renewed = pki["router-renewed"]
+        shutil.copy(renewed.key, tls_env["SCP_TLS_KEY"])
+        shutil.copy(renewed.cert, tls_env["SCP_TLS_CERT"])
+        os.kill(supervisor.pid, signal.SIGHUP)  # passed on to each process
+        for _ in range(4):  # whichever process takes the connection
+            assert tls_hello(tls_port, pki["ca"].ca_file) == renewed.der
+        assert supervisor.alive() and "stopped with exit code" not in supervisor.log()
+    finally:
+        assert supervisor.stop() == 0
