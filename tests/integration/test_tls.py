@@ -372,3 +372,17 @@ def test_scp_processes_serve_both_ports_and_take_a_renewed_certificate_on_sighup
         assert supervisor.alive() and "stopped with exit code" not in supervisor.log()
     finally:
         assert supervisor.stop() == 0
+
+
+def test_a_silent_peer_on_the_tls_port_holds_only_its_own_place_and_is_dropped_at_the_acse_timeout(
+    start_scp, tls_env, pki
+):
+    tls_port = free_port()
+    scp, _ = start_scp({**tls_env, "SCP_ACSE_TIMEOUT": "2"}, port=0, tls_port=tls_port)
+    tls_hello(tls_port, pki["ca"].ca_file)
+    before = threads_and_descriptors(scp.pid)
+    with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as silent:
+        assert tls_hello(tls_port, pki["ca"].ca_file) == pki["router"].der  # others are served meanwhile
+        silent.settimeout(10)
+        assert silent.recv(1) == b""  # closed by the SCP after the ACSE timeout, no handshake
+    wait_until(lambda: threads_and_descriptors(scp.pid) <= before, timeout=10, what="threads and descriptors back")
