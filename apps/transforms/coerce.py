@@ -24,7 +24,7 @@ from .profile import (
     Held,
     Operation,
 )
-from .values import FLOAT_VRS, INT_VRS, text, texts, write
+from .values import FLOAT_VRS, INT_VRS, peek_vr, text, texts, write
 
 # The longest a keyed hash may be in each VR (hex digits); 64 is the whole SHA-256.
 HASH_LENGTH = {"AE": 16, "CS": 16, "SH": 16, "LO": 64, "PN": 64, "LT": 64, "ST": 64, "UC": 64, "UT": 64}
@@ -118,11 +118,13 @@ def render(template: str, container: Dataset, root: Dataset) -> str:
 
 
 def shift_all_dates(dataset: Dataset, days: int) -> None:
-    for element in dataset:
-        if element.VR == "SQ":
-            for item in element.value or ():
+    for tag in list(dataset.keys()):
+        vr = peek_vr(dataset, tag)
+        if vr == "SQ":
+            for item in dataset[tag].value or ():
                 shift_all_dates(item, days)
-        elif element.VR in SHIFTABLE_VRS and texts(element):
+        elif vr in SHIFTABLE_VRS and texts(dataset[tag]):
+            element = dataset[tag]
             element.value = "\\".join(shift_value(element.VR, v, days) for v in texts(element))
 
 
@@ -136,9 +138,9 @@ def remove_private(dataset: Dataset, keep_creators: frozenset[str]) -> None:
     for tag in list(dataset.keys()):
         if tag.is_private and not _kept(tag, kept_blocks):
             del dataset[tag]
-    for element in dataset:
-        if element.VR == "SQ":
-            for item in element.value or ():
+    for tag in list(dataset.keys()):
+        if peek_vr(dataset, tag) == "SQ":
+            for item in dataset[tag].value or ():
                 remove_private(item, keep_creators)
 
 

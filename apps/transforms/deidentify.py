@@ -21,7 +21,7 @@ from pydicom.tag import Tag
 from . import annex_e, pseudonyms
 from .dates import shift_value
 from .profile import Held
-from .values import BINARY_VRS, FLOAT_VRS, INT_VRS, text, texts
+from .values import BINARY_VRS, FLOAT_VRS, INT_VRS, peek_vr, text, texts
 
 KEEP, CLEAN, SHIFT = "K", "C", "S"
 DATE_VRS = frozenset({"DA", "DT", "TM"})
@@ -140,14 +140,13 @@ class _Rules:
             if tag.is_private:  # Basic Profile: X for every private attribute
                 del dataset[tag]
                 continue
-            element = dataset[tag]
             action = self.action(tag)
             if action == "X":
                 del dataset[tag]
-            elif element.VR == "SQ":
-                self._sequence(element, action)
-            else:
-                self._value(element, action)
+            elif peek_vr(dataset, tag) == "SQ":
+                self._sequence(dataset[tag], action)
+            elif action not in (None, KEEP):
+                self._value(dataset[tag], action)
 
     def _sequence(self, element: DataElement, action: str | None) -> None:
         if action in ("Z", "X/Z"):

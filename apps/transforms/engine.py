@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import dcmwrite
@@ -133,7 +133,7 @@ class _Header:
             raise ValueError(f"invalid transform profile {profile.name!r}: " + "; ".join(errors))
         dataset = self.dataset
         patient_id = str(dataset.get("PatientID", "") or "").strip()
-        before = _flatten(dataset)
+        before = _snapshot(dataset)
         meta_before = _flatten(dataset.file_meta)
         if profile.deidentify:
             if not profile.allow_burned_in:
@@ -147,7 +147,7 @@ class _Header:
         apply_operations(dataset, profile.operations, secret=secret, patient_id=patient_id)
         _drop_group_lengths(dataset)
         self._update_meta()
-        return _changes(meta_before, _flatten(dataset.file_meta)) + _changes(before, _flatten(dataset))
+        return _changes(meta_before, _flatten(dataset.file_meta)) + _diff(before, dataset)
 
     @property
     def sop_class_uid(self) -> str:
@@ -236,21 +236,53 @@ def _drop_group_lengths(dataset: Dataset) -> None:
             del dataset[tag]
 
 
+def _snapshot(dataset: Dataset) -> dict[int, object]:
+    """The dataset's elements before the transform: raw elements as they are (immutable, and still the same
+    object afterwards when nothing touched them), decoded ones (sequences) already flattened for display."""
+    snapshot: dict[int, object] = {}
+    for tag in list(dataset.keys()):
+        element = dataset.get_item(tag, keep_deferred=True)
+        snapshot[tag] = element if isinstance(element, RawDataElement) else _flatten_element(dataset, element, "", "")
+    return snapshot
+
+
+def _diff(snapshot: dict[int, object], dataset: Dataset) -> list[Change]:
+    """The changes, in tag order, decoding only the elements that were touched."""
+    changes = []
+    for tag in sorted(snapshot.keys() | dataset.keys()):
+        old = snapshot.get(tag)
+        new = dataset.get_item(tag, keep_deferred=True) if tag in dataset else None
+        if isinstance(old, RawDataElement) and new is old:
+            continue
+        before = old if isinstance(old, dict) else _flatten_element(dataset, old, "", "")
+        after = _flatten_element(dataset, new, "", "")
+        changes += _changes(before, after)
+    return changes
+
+
 def _flatten(dataset: Dataset, prefix: tuple[str, str] = ("", "")) -> dict[str, tuple[str, str]]:
     """path -> (keyword path, shown value) for every attribute, items of sequences included."""
     flat: dict[str, tuple[str, str]] = {}
-    for element in dataset:
-        if element.tag.element == 0 and element.tag.group != 0x0002:
-            continue
-        tag, keyword = paths.describe(element.tag)
-        path, words = prefix[0] + tag, prefix[1] + (keyword or tag)
-        if element.VR == "SQ":
-            items = element.value or Sequence()
-            flat[path] = (words, f"{len(items)} item(s)")
-            for number, item in enumerate(items):
-                flat.update(_flatten(item, (f"{path}[{number}].", f"{words}[{number}].")))
-        else:
-            flat[path] = (words, _shown(element))
+    for tag in list(dataset.keys()):
+        flat.update(_flatten_element(dataset, dataset.get_item(tag, keep_deferred=True), *prefix))
+    return flat
+
+
+def _flatten_element(dataset: Dataset, element, path_prefix: str, word_prefix: str) -> dict[str, tuple[str, str]]:
+    if element is None:
+        return {}
+    if isinstance(element, RawDataElement):
+        element = convert_raw_data_element(element, encoding=dataset._character_set, ds=dataset)
+    if element.tag.element == 0 and element.tag.group != 0x0002:
+        return {}  # group lengths: dropped by the engine, not a change anybody made
+    tag, keyword = paths.describe(element.tag)
+    path, words = path_prefix + tag, word_prefix + (keyword or tag)
+    if element.VR != "SQ":
+        return {path: (words, _shown(element))}
+    items = element.value or Sequence()
+    flat = {path: (words, f"{len(items)} item(s)")}
+    for number, item in enumerate(items):
+        flat.update(_flatten(item, (f"{path}[{number}].", f"{words}[{number}].")))
     return flat
 
 

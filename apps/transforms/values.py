@@ -1,14 +1,28 @@
 """Reading and writing element values as text, shared by coercion and de-identification."""
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.tag import Tag
 
 from .profile import Held, value_problem
 
 INT_VRS = frozenset({"US", "SS", "UL", "SL", "UV", "SV"})
 FLOAT_VRS = frozenset({"FL", "FD"})
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+
+def peek_vr(dataset: Dataset, tag: Tag) -> str:
+    """The element's VR without decoding its value: untouched elements stay raw, so they cost nothing to
+    check and are written back byte for byte."""
+    vr = dataset.get_item(tag, keep_deferred=True).VR
+    if vr is None:  # implicit VR: the dictionary says
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            vr = "UN"
+    return vr
 
 
 def texts(element: DataElement) -> list[str]:
