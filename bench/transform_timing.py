@@ -30,7 +30,9 @@ PROFILES = {
             Operation("set", "InstitutionName", "North East Imaging"),
         ),
     ),
-    "de-identification": Profile("research", deidentify=True, options=frozenset({"retain_longitudinal_modified_dates"})),
+    "de-identification": Profile(
+        "research", deidentify=True, options=frozenset({"retain_longitudinal_modified_dates"})
+    ),
 }
 
 
