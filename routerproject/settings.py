@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "apps.core",
     "apps.studies",
     "apps.ingest",
+    "apps.transforms",
     "apps.routing",
     "apps.reading",
     "apps.notifications",

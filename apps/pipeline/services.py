@@ -112,6 +112,28 @@ def delivery_failed_notify(*, delivery_id: int) -> list[int]:
     return hooks + _notify_users(_staff(), event=DELIVERY_FAILED_EVENT, subject_key=key, title=title, body=body)
 
 
+DELIVERY_HELD_EVENT = "delivery_held"
+
+
+def delivery_held_notify(*, delivery_id: int) -> list[int]:
+    """Tell the operators that a destination's transform held instances (reasons name rules, never values);
+    once per delivery and count held."""
+    delivery = Delivery.objects.select_related("destination", "study").get(pk=delivery_id)
+    held = delivery.items.filter(state=DeliveryItem.State.HELD)
+    count = held.count()
+    reason = held.values_list("error", flat=True).first() or "-"
+    title = f"Delivery to {delivery.destination.name}: {count} instance(s) held by its transform"
+    body = (
+        f"Delivery {delivery.pk} of study {delivery.study_id} to {delivery.destination.name}: {count} instance(s) "
+        f"were not sent, because the destination's transform refused them (the rest went).\nReason: {reason}\n"
+        "Mend the profile or its pseudonym table, then use the admin action 'Retry failed deliveries'; or give "
+        "them up (docs/transforms.md)."
+    )
+    key = f"delivery:{delivery.pk}:held:{count}"
+    hooks = _webhooks(DELIVERY_HELD_EVENT, key, delivery.study, destination=delivery.destination.name)
+    return hooks + _notify_users(_staff(), event=DELIVERY_HELD_EVENT, subject_key=key, title=title, body=body)
+
+
 def reconcile_targets(*, now: datetime | None = None, older_than: float | None = None) -> list[tuple[int, str]]:
     """(study id, step) pairs to enqueue again: received instances nobody persisted, and studies whose
     stage has not moved for `older_than` seconds. Each returned study is touched, so the next tick

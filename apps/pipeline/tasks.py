@@ -89,6 +89,9 @@ def deliver(delivery_id: int) -> None:
     if state == Delivery.State.FAILED:
         for notification_id in services.delivery_failed_notify(delivery_id=delivery_id):
             task_start("notification_send", notification_id)
+    if state == Delivery.State.HELD:
+        for notification_id in services.delivery_held_notify(delivery_id=delivery_id):
+            task_start("notification_send", notification_id)
     if state is not None:
         # A slot at this destination is free again: start what waits for it rather than the next sweep.
         destination_id = Delivery.objects.values_list("destination_id", flat=True).get(pk=delivery_id)

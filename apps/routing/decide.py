@@ -19,7 +19,7 @@ from apps.studies.models import FileState, Stage, Study
 from apps.studies.services import header_priority
 
 from . import rules
-from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule
+from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule, RuleTransform
 from .retention import files_purged_error, files_purged_on
 
 logger = logging.getLogger(__name__)
@@ -167,16 +167,20 @@ def study_route(*, study_id: int, now: datetime | None = None) -> list[int]:
                 decided_at=now,
             )
             logger.info("route: study %s -> %s", study.pk, result.destinations or "unrouted")
-        due = _ledger_extend(study, decision.destinations, now)
+        due = _ledger_extend(study, decision.destinations, now, matched_rules=decision.matched_rules)
         study.advance(Stage.ROUTED, detail="" if decision.destinations else "no rule matched", now=now)
     return due
 
 
-def _ledger_extend(study: Study, destination_names: list[str], now: datetime) -> list[int]:
+def _ledger_extend(
+    study: Study, destination_names: list[str], now: datetime, *, matched_rules: list[str] = ()
+) -> list[int]:
     due = []
     instance_ids = list(study.instances.values_list("id", flat=True))
     for destination in Destination.objects.filter(name__in=destination_names):
-        delivery, _ = Delivery.objects.get_or_create(study=study, destination=destination)
+        delivery, created = Delivery.objects.get_or_create(study=study, destination=destination)
+        if created and (profile_id := transform_for(destination, matched_rules)):
+            Delivery.objects.filter(pk=delivery.pk).update(transform_id=profile_id)
         known = set(delivery.items.values_list("instance_id", flat=True))
         new = [DeliveryItem(delivery=delivery, instance_id=i) for i in instance_ids if i not in known]
         if new:
@@ -187,6 +191,18 @@ def _ledger_extend(study: Study, destination_names: list[str], now: datetime) ->
         if new or delivery.state == Delivery.State.PENDING:
             due.append(delivery.pk)
     return due
+
+
+def transform_for(destination: Destination, matched_rules: list[str]) -> int | None:
+    """The profile a destination receives a study through: that of the first matched rule (by priority) that
+    names one for it, else the destination's own; None: the original bytes."""
+    chosen = (
+        RuleTransform.objects.filter(rule__name__in=matched_rules, destination=destination)
+        .order_by("-rule__priority", "rule__name")
+        .values_list("profile_id", flat=True)
+        .first()
+    )
+    return chosen or destination.transform_id
 
 
 def facts_from_dataset(

@@ -13,7 +13,7 @@ from django.db.models import F
 from apps.core import clock
 from apps.studies.models import Priority, Study
 
-from . import dicom_send
+from . import dicom_send, transformed
 from .health import association_limit, destination_health_from_results, dicom_target, is_busy
 from .models import Delivery, DeliveryItem, Destination, Health
 from .retention import files_purged_error, files_purged_on
@@ -57,21 +57,24 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     if delivery is None:
         return state
     items = list(delivery.items.filter(state=DeliveryItem.State.PENDING).select_related("instance"))
-    files = [
-        dicom_send.File(
-            i.instance.sop_class_uid, i.instance.transfer_syntax_uid, settings.STORAGE_ROOT / i.instance.path
+    prepared = transformed.prepare(delivery, items)
+    try:
+        transformed.hold(prepared)
+        results = dicom_send.send(
+            dicom_target(delivery.target),
+            prepared.files,
+            on_sent=_Answers(delivery.pk, prepared.sendable, prepared.sha256),
         )
-        for i in items
-    ]
-    results = dicom_send.send(dicom_target(delivery.target), files, on_sent=_Answers(delivery.pk, items))
-    busy = destination_health_from_results(delivery.target, results, clock.now())
+    finally:
+        transformed.clean(prepared)
+    busy = destination_health_from_results(delivery.target, results, clock.now())  # none sent: learns nothing
     paused = any(r.config_error for r in results)
-    return _record(delivery, items, results, clock.now(), busy=busy, paused=paused)
+    return _record(delivery, prepared, results, clock.now(), busy=busy, paused=paused)
 
 
 def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
     """The claimed delivery, or None and the state to report (None when nothing was attempted)."""
-    delivery = Delivery.objects.select_related("destination", "study").filter(pk=delivery_id).first()
+    delivery = Delivery.objects.select_related("destination", "study", "transform").filter(pk=delivery_id).first()
     if delivery is None or delivery.state != Delivery.State.PENDING:
         return None, None
     target, hold = _choose_target(delivery, now)
@@ -151,9 +154,10 @@ class _Answers:
 
     RENEW_EVERY = timedelta(seconds=1)
 
-    def __init__(self, delivery_id: int, items: list[DeliveryItem]) -> None:
+    def __init__(self, delivery_id: int, items: list[DeliveryItem], sha256: list[str]) -> None:
         self.delivery_id = delivery_id
         self.items = items
+        self.sha256 = sha256
         self.renewed = clock.now()
         self.refunded = False
 
@@ -164,7 +168,11 @@ class _Answers:
             self._refund_if_busy(result)
         if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
             DeliveryItem.objects.filter(pk=item.pk, state=DeliveryItem.State.PENDING).update(
-                state=ITEM_STATE[result.kind], status=result.status, attempts=item.attempts + 1, updated_at=now
+                state=ITEM_STATE[result.kind],
+                status=result.status,
+                attempts=item.attempts + 1,
+                updated_at=now,
+                sent_sha256=self.sha256[index],
             )
         if now - self.renewed >= self.RENEW_EVERY:
             Delivery.objects.filter(pk=self.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
@@ -183,7 +191,7 @@ class _Answers:
 
 def _record(
     delivery: Delivery,
-    items: list[DeliveryItem],
+    prepared: "transformed.Prepared",
     results: list[dicom_send.Result],
     now: datetime,
     *,
@@ -193,23 +201,27 @@ def _record(
     """The items' outcomes, then the delivery's. A busy destination is no failure: due again at once (the
     delivery that frees the slot starts it), with no backoff. Nor is one just paused for a configuration
     error: the attempt is given back and the delivery waits for an operator."""
-    errors = []
-    for item, result in zip(items, results, strict=True):
+    items = prepared.sendable
+    errors = list(prepared.held.values())
+    for item, result, sha256 in zip(items, results, prepared.sha256, strict=True):
         item.state = ITEM_STATE[result.kind]
         item.status = result.status
         item.error = result.error[:2000]
         item.attempts += 1
         item.updated_at = now
+        if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
+            item.sent_sha256 = sha256
         if result.error:
             errors.append(result.error)
-    DeliveryItem.objects.bulk_update(items, ["state", "status", "error", "attempts", "updated_at"])
+    DeliveryItem.objects.bulk_update(items, ["state", "status", "error", "attempts", "updated_at", "sent_sha256"])
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().select_related("destination").get(pk=delivery.pk)
         pending = delivery.items.filter(state=DeliveryItem.State.PENDING).exists()
         failed = delivery.items.filter(state=DeliveryItem.State.FAILED).exists()
+        held = delivery.items.filter(state=DeliveryItem.State.HELD).exists()
         delivery.last_error = errors[0][:2000] if errors else ""
         if not pending and not failed:
-            delivery.state = Delivery.State.DELIVERED
+            delivery.state = Delivery.State.HELD if held else Delivery.State.DELIVERED
             delivery.delivered_at = now
         elif pending and paused:
             delivery.state = Delivery.State.PENDING
@@ -235,7 +247,8 @@ def _record(
             ]
         )
     log = logger.info if delivery.state == Delivery.State.DELIVERED else logger.warning
-    log("deliver: delivery %s (%d items) -> %s %s", delivery.pk, len(items), delivery.state, delivery.last_error)
+    count = len(items) + len(prepared.held)
+    log("deliver: delivery %s (%d items) -> %s %s", delivery.pk, count, delivery.state, delivery.last_error)
     return delivery.state
 
 
@@ -261,20 +274,23 @@ def deliveries_due(
 
 
 def delivery_retry(*, delivery_id: int, now: datetime | None = None) -> bool:
-    """An operator's retry of a failed delivery: sends exactly what is missing. Raises FilesPurged when the
-    purge removed files it would send."""
+    """An operator's retry of a failed delivery, or of one whose transform held instances (the profile or its
+    pseudonym table mended since): sends exactly what is missing. Raises FilesPurged when the purge removed
+    files it would send."""
     now = now or clock.now()
     with transaction.atomic():
         study_id = Delivery.objects.filter(pk=delivery_id).values_list("study_id", flat=True).first()
         Study.objects.select_for_update().filter(pk=study_id).first()  # the purge decides under this lock
-        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id, state=Delivery.State.FAILED).first()
+        retryable = (Delivery.State.FAILED, Delivery.State.HELD)
+        delivery = Delivery.objects.select_for_update().filter(pk=delivery_id, state__in=retryable).first()
         if delivery is None:
             return False
-        missing = delivery.items.filter(state__in=[DeliveryItem.State.FAILED, DeliveryItem.State.PENDING])
+        unsent = (DeliveryItem.State.FAILED, DeliveryItem.State.PENDING, DeliveryItem.State.HELD)
+        missing = delivery.items.filter(state__in=unsent)
         purged_at = files_purged_on(delivery.study_id, list(missing.values_list("instance_id", flat=True)))
         if purged_at is not None:
             raise files_purged_error(purged_at)
-        delivery.items.filter(state=DeliveryItem.State.FAILED).update(state=DeliveryItem.State.PENDING)
+        missing.exclude(state=DeliveryItem.State.PENDING).update(state=DeliveryItem.State.PENDING, error="")
         delivery.state = Delivery.State.PENDING
         delivery.attempts = 0
         delivery.next_attempt_at = now
@@ -283,8 +299,7 @@ def delivery_retry(*, delivery_id: int, now: datetime | None = None) -> bool:
 
 
 def delivery_give_up(*, delivery_id: int) -> bool:
-    """An operator stops retrying a failed delivery for good: its files then count as delivered for the
-    purge. False when it was not failed."""
-    return bool(
-        Delivery.objects.filter(pk=delivery_id, state=Delivery.State.FAILED).update(state=Delivery.State.GIVEN_UP)
-    )
+    """An operator stops retrying a failed (or held) delivery for good: its files then count as delivered for
+    the purge. False when it was neither."""
+    ended = (Delivery.State.FAILED, Delivery.State.HELD)
+    return bool(Delivery.objects.filter(pk=delivery_id, state__in=ended).update(state=Delivery.State.GIVEN_UP))

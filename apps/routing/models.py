@@ -9,6 +9,7 @@ from pydicom import datadict as keyword_dictionary
 
 from apps.core.models import WeeklyWindow
 from apps.studies.models import Instance, Study
+from apps.transforms.models import TransformProfile
 
 
 class Health(models.TextChoices):
@@ -72,6 +73,14 @@ class Destination(models.Model):
     # What its certificate said at our last TLS association, for the expiry warning.
     tls_peer_not_after = models.DateTimeField(null=True, blank=True)
     tls_peer_fingerprint = models.CharField(max_length=64, blank=True)
+    transform = models.ForeignKey(
+        TransformProfile,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="destinations",
+        help_text="What it receives instead of the original bytes (a rule may choose another); empty: the originals.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -114,6 +123,21 @@ class RoutingRule(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RuleTransform(models.Model):
+    """When this rule sends a study to this destination, the destination receives it through this profile
+    (instead of the destination's own)."""
+
+    rule = models.ForeignKey(RoutingRule, on_delete=models.CASCADE, related_name="transforms")
+    destination = models.ForeignKey(Destination, on_delete=models.CASCADE, related_name="+")
+    profile = models.ForeignKey(TransformProfile, on_delete=models.PROTECT, related_name="+")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["rule", "destination"], name="rule_transform_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id} -> {self.destination_id} via {self.profile_id}"
 
 
 class RuleWindow(WeeklyWindow):
@@ -196,6 +220,8 @@ class Delivery(models.Model):
         DELIVERED = "delivered"
         FAILED = "failed"
         GIVEN_UP = "given_up", "given up (by an operator)"
+        # Everything that could go went; some instances may not go through its transform (items say why).
+        HELD = "held"
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="deliveries")
     destination = models.ForeignKey(Destination, on_delete=models.PROTECT, related_name="deliveries")
@@ -210,6 +236,10 @@ class Delivery(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # The destination actually used while sending: the primary, or its alternate.
     target = models.ForeignKey(Destination, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    # Chosen when the study was routed (the rule's, else the destination's); late instances use the same.
+    transform = models.ForeignKey(
+        TransformProfile, null=True, blank=True, on_delete=models.PROTECT, related_name="deliveries"
+    )
 
     class Meta:
         verbose_name_plural = "deliveries"
@@ -231,6 +261,7 @@ class DeliveryItem(models.Model):
         DELIVERED = "delivered"
         WARNING = "warning"
         FAILED = "failed"
+        HELD = "held", "held (its transform refused it)"
 
     delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="items")
     instance = models.ForeignKey(Instance, on_delete=models.CASCADE, related_name="delivery_items")
@@ -239,6 +270,8 @@ class DeliveryItem(models.Model):
     error = models.TextField(blank=True)
     attempts = models.PositiveIntegerField(default=0)
     updated_at = models.DateTimeField(default=timezone.now)
+    # What went on the wire for this destination: the stored file's SHA-256, or its transform's.
+    sent_sha256 = models.CharField(max_length=64, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["delivery", "instance"], name="delivery_item_unique")]

@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # study back to PERSISTED, and so out of these, under the study's lock).
 DONE_STAGES = (Stage.ROUTED, Stage.UNASSIGNED, Stage.ASSIGNED, Stage.NOTIFIED, Stage.REJECTED)
 OPEN_DELIVERIES = (Delivery.State.PENDING, Delivery.State.SENDING)
+# An item held by its transform is kept like a failed one: an operator may mend the profile and send it.
+UNDELIVERED = (DeliveryItem.State.PENDING, DeliveryItem.State.FAILED, DeliveryItem.State.HELD)
 
 
 class FilesPurged(Exception):
@@ -146,7 +148,7 @@ def study_purgeable(study: Study, policy: RetentionPolicy) -> PurgeableStudy | N
         if len(ledger) < deliveries or (category == PurgeReason.DELIVERED and not ledger):
             continue  # not on every delivery's ledger (yet): keep
         # No delivery is open (1.): an item still pending belongs to a delivery that failed for good.
-        undelivered = any(state in (DeliveryItem.State.PENDING, DeliveryItem.State.FAILED) for state, _ in ledger)
+        undelivered = any(state in UNDELIVERED for state, _ in ledger)
         if undelivered:
             reason, keep = PurgeReason.FAILED, policy.failed_hours
         elif category == PurgeReason.DELIVERED:  # the longest retention of the destinations it went to

@@ -1,0 +1,92 @@
+"""What a delivery sends: the stored files byte for byte, or, through the delivery's transform profile, copies
+made for this attempt (apps/transforms/engine.py). The stored original never changes.
+
+The engine is deterministic (same file, profile and secret: same bytes), so a copy is made again at each
+attempt rather than kept: a retry sends what the first attempt sent, a profile mended in between sends the
+mended bytes, and nothing is left on disk after the attempt. An instance the profile refuses (burned-in
+pixels, a patient missing from the pseudonym table, a secret that cannot be read) is held for this
+destination with the reason; the other instances and the other destinations go on.
+"""
+
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+from apps.transforms import engine
+from apps.transforms.models import SecretUnavailable, TransformProfile
+
+from . import dicom_send
+from .models import Delivery, DeliveryItem
+
+logger = logging.getLogger(__name__)
+
+FOLDER = "transformed"  # under STORAGE_ROOT: same file system as the originals, never in the spool
+
+
+@dataclass
+class Prepared:
+    sendable: list[DeliveryItem] = field(default_factory=list)
+    files: list[dicom_send.File] = field(default_factory=list)
+    sha256: list[str] = field(default_factory=list)  # of each file sent, in order
+    held: dict[int, str] = field(default_factory=dict)  # item id -> reason
+    folder: Path | None = None
+
+
+def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
+    """The file to send for each pending item (its instance preloaded), or why it is held."""
+    prepared = Prepared()
+    profile = delivery.transform
+    if profile is None:
+        for item in items:
+            _add(prepared, item, settings.STORAGE_ROOT / item.instance.path, item.instance.sha256)
+        return prepared
+    try:
+        secret = profile.secret_bytes()
+    except SecretUnavailable as exc:
+        prepared.held = {item.pk: str(exc) for item in items}
+        return prepared
+    transform = profile.engine_profile(_pseudonym_table(profile))
+    prepared.folder = settings.STORAGE_ROOT / FOLDER / str(delivery.pk)
+    prepared.folder.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        target = prepared.folder / f"{item.instance_id}.dcm"
+        try:
+            made = engine.transform(settings.STORAGE_ROOT / item.instance.path, target, transform, secret)
+        except engine.Held as held:
+            prepared.held[item.pk] = f"held by profile {profile.name}: {held.reason}"
+            continue
+        except ValueError as exc:  # the profile itself (checked at import: edited since?) or its secret
+            prepared.held[item.pk] = f"profile {profile.name} cannot be applied: {exc}"
+            continue
+        _add(prepared, item, target, made.sha256)
+    return prepared
+
+
+def _add(prepared: Prepared, item: DeliveryItem, path: Path, sha256: str) -> None:
+    instance = item.instance
+    prepared.sendable.append(item)
+    prepared.files.append(dicom_send.File(instance.sop_class_uid, instance.transfer_syntax_uid, path))
+    prepared.sha256.append(sha256)
+
+
+def _pseudonym_table(profile: TransformProfile) -> dict[str, str] | None:
+    if not profile.use_pseudonym_table:
+        return None
+    return dict(profile.pseudonyms.values_list("patient_id", "pseudonym"))
+
+
+def hold(prepared: Prepared) -> None:
+    """Record the held items (still pending: a duplicate attempt may have sent them meanwhile, never)."""
+    for item_id, reason in prepared.held.items():
+        DeliveryItem.objects.filter(pk=item_id, state=DeliveryItem.State.PENDING).update(
+            state=DeliveryItem.State.HELD, error=reason[:2000]
+        )
+        logger.warning("deliver: item %s held: %s", item_id, reason)
+
+
+def clean(prepared: Prepared) -> None:
+    if prepared.folder is not None:
+        shutil.rmtree(prepared.folder, ignore_errors=True)
