@@ -27,6 +27,21 @@ def pytest_configure(config) -> None:
         )
     if not django_settings.CELERY_BROKER_URL.startswith("redis://"):
         raise pytest.UsageError("CELERY_BROKER_URL must point to Redis for the integration tests (see `make test`).")
+    _broker_per_xdist_worker()
+
+
+def _broker_per_xdist_worker() -> None:
+    """Under pytest-xdist each worker gets its own Redis database (pytest-django already gives it its own
+    PostgreSQL database), so one worker's Celery processes never take another's messages."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw"):
+        return
+    base, _, db = django_settings.CELERY_BROKER_URL.rpartition("/")
+    index = int(db or 0) + int(worker[2:])
+    if index > 15:
+        raise pytest.UsageError(f"too many xdist workers for Redis databases above {db}: {worker}")
+    django_settings.CELERY_BROKER_URL = f"{base}/{index}"
+    os.environ["CELERY_BROKER_URL"] = django_settings.CELERY_BROKER_URL  # Celery's broker_url reads it first
 
 
 def require_tool(name: str) -> str:
