@@ -5,6 +5,7 @@ filesystem transport under ./var, so `make run` works on a machine with nothing 
 Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (Redis).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -52,10 +53,11 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.accounts",
     "apps.studies",
     "apps.ingest",
     "apps.routing",
@@ -142,10 +144,26 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "worklist"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Accounts: API tokens (django-rest-knox); docs/security.md ------------------------------------------
+# Tokens are stored as SHA-512 digests, named, and expire API_TOKEN_DAYS after they are issued (no sliding).
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
+if API_TOKEN_DAYS < 1:
+    raise ImproperlyConfigured("API_TOKEN_DAYS must be 1 or more")
+KNOX_TOKEN_MODEL = "accounts.ApiToken"  # knox's own AuthToken is swapped out for ours, which has a name
+# knox's migrations hold nothing but that AuthToken and create its table even when it is swapped out (they do
+# not declare it swappable): an empty table whose key to auth_user blocks `flush`. Without them there is none.
+MIGRATION_MODULES = {"knox": None}
+REST_KNOX = {
+    "TOKEN_MODEL": KNOX_TOKEN_MODEL,
+    "TOKEN_TTL": timedelta(days=API_TOKEN_DAYS),
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",  # what clients of rest_framework.authtoken already send
+}
+
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -156,7 +174,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "DICOM router API",
-    "DESCRIPTION": "Studies, deliveries and reading assignments. Token or session authentication.",
+    "DESCRIPTION": (
+        "Studies, deliveries and reading assignments. Token or session authentication: POST HTTP Basic "
+        "credentials to auth/login/ for a token, then send 'Authorization: Token ...'."
+    ),
     "VERSION": "1",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
