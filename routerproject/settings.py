@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "knox",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
@@ -79,6 +80,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a refused login on the worklist or admin form into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "routerproject.urls"
@@ -144,7 +147,26 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "worklist"
 LOGOUT_REDIRECT_URL = "login"
 
-# --- Accounts: API tokens (django-rest-knox); docs/security.md ------------------------------------------
+# --- Accounts: login lockout (django-axes) and API tokens (django-rest-knox); docs/security.md -----------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After AXES_FAILURE_LIMIT failures, logins are refused for that username, and separately for that address,
+# on the worklist, admin and API logins, until the failures are AXES_COOLOFF_MINUTES old (axes dates each
+# username/address/browser row by its latest failure) or staff delete them in admin. A refused attempt is
+# audited but not counted, so it does not extend the lock.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_MINUTES = env_float("AXES_COOLOFF_MINUTES", 15.0)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own, not the pair
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The same address as the audit trail: the connection's. Behind a proxy, the proxy must pass the real one.
+AXES_CLIENT_IP_CALLABLE = "apps.audit.services.client_address"
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_MINUTES <= 0:
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must be above 0")
+
 # Tokens are stored as SHA-512 digests, named, and expire API_TOKEN_DAYS after they are issued (no sliding).
 API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 if API_TOKEN_DAYS < 1:
