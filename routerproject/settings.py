@@ -44,6 +44,11 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
+# A worklist or admin session with no request from its user for this long is logged out; the worklist's
+# background poll does not count (apps/accounts/middleware.py, docs/security.md).
+SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 1800)
+if SESSION_IDLE_TIMEOUT < 1:
+    raise ImproperlyConfigured("SESSION_IDLE_TIMEOUT must be 1 second or more")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -78,6 +83,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.accounts.middleware.IdleSessionTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it turns a refused login on the worklist or admin form into the lockout page.
@@ -166,7 +172,6 @@ AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_CLIENT_IP_CALLABLE = "apps.audit.services.client_address"
 if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_MINUTES <= 0:
     raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must be above 0")
-
 # Tokens are stored as SHA-512 digests, named, and expire API_TOKEN_DAYS after they are issued (no sliding).
 API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
 if API_TOKEN_DAYS < 1:
