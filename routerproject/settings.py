@@ -5,6 +5,7 @@ filesystem transport under ./var, so `make run` works on a machine with nothing 
 Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (Redis).
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -43,6 +44,11 @@ if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
+# A worklist or admin session with no request from its user for this long is logged out; the worklist's
+# background poll does not count (apps/accounts/middleware.py, docs/security.md).
+SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 1800)
+if SESSION_IDLE_TIMEOUT < 1:
+    raise ImproperlyConfigured("SESSION_IDLE_TIMEOUT must be 1 second or more")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -52,10 +58,12 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
+    "axes",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "apps.core",
+    "apps.accounts",
     "apps.studies",
     "apps.ingest",
     "apps.transforms",
@@ -76,8 +84,11 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "apps.accounts.middleware.IdleSessionTimeoutMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a refused login on the worklist or admin form into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "routerproject.urls"
@@ -143,10 +154,44 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "worklist"
 LOGOUT_REDIRECT_URL = "login"
 
+# --- Accounts: login lockout (django-axes) and API tokens (django-rest-knox); docs/security.md -----------
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: refuses a locked-out login before the password is checked
+    "django.contrib.auth.backends.ModelBackend",
+]
+# After AXES_FAILURE_LIMIT failures, logins are refused for that username, and separately for that address,
+# on the worklist, admin and API logins, until the failures are AXES_COOLOFF_MINUTES old (axes dates each
+# username/address/browser row by its latest failure) or staff delete them in admin. A refused attempt is
+# audited but not counted, so it does not extend the lock.
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_MINUTES = env_float("AXES_COOLOFF_MINUTES", 15.0)
+AXES_COOLOFF_TIME = timedelta(minutes=AXES_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]  # each on its own, not the pair
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# The same address as the audit trail: the connection's. Behind a proxy, the proxy must pass the real one.
+AXES_CLIENT_IP_CALLABLE = "apps.audit.services.client_address"
+if AXES_FAILURE_LIMIT < 1 or AXES_COOLOFF_MINUTES <= 0:
+    raise ImproperlyConfigured("AXES_FAILURE_LIMIT and AXES_COOLOFF_MINUTES must be above 0")
+# Tokens are stored as SHA-512 digests, named, and expire API_TOKEN_DAYS after they are issued (no sliding).
+API_TOKEN_DAYS = env_int("API_TOKEN_DAYS", 90)
+if API_TOKEN_DAYS < 1:
+    raise ImproperlyConfigured("API_TOKEN_DAYS must be 1 or more")
+KNOX_TOKEN_MODEL = "accounts.ApiToken"  # knox's own AuthToken is swapped out for ours, which has a name
+# knox's migrations hold nothing but that AuthToken and create its table even when it is swapped out (they do
+# not declare it swappable): an empty table whose key to auth_user blocks `flush`. Without them there is none.
+MIGRATION_MODULES = {"knox": None}
+REST_KNOX = {
+    "TOKEN_MODEL": KNOX_TOKEN_MODEL,
+    "TOKEN_TTL": timedelta(days=API_TOKEN_DAYS),
+    "AUTO_REFRESH": False,
+    "AUTH_HEADER_PREFIX": "Token",  # what clients of rest_framework.authtoken already send
+}
+
 # --- REST API ---------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -157,7 +202,10 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "DICOM router API",
-    "DESCRIPTION": "Studies, deliveries and reading assignments. Token or session authentication.",
+    "DESCRIPTION": (
+        "Studies, deliveries and reading assignments. Token or session authentication: POST HTTP Basic "
+        "credentials to auth/login/ for a token, then send 'Authorization: Token ...'."
+    ),
     "VERSION": "1",
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

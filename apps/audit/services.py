@@ -30,13 +30,26 @@ def audit_views(*, request, action: str, studies: Iterable[Study]) -> int:
     return len(events)
 
 
-def audit_action(*, request, action: str, study_instance_uid: str, detail: str, study: Study | None = None) -> None:
+def audit_action(
+    *,
+    request,
+    action: str,
+    study_instance_uid: str,
+    detail: str,
+    study: Study | None = None,
+    username: str | None = None,
+) -> None:
     """One event for an action a person took on a study, with what and why (never patient data). A study
-    deleted by the action is named by its UID alone."""
-    user = request.user if request.user.is_authenticated else None
+    deleted by the action is named by its UID alone. An attempt by someone not logged in (a refused login) is
+    on no study, with an empty UID, and `username` is the name they gave; the event has no user then, and
+    `request.user` is not read (inside DRF's authentication, reading it would authenticate again)."""
+    user = None
+    if username is None:
+        user = request.user if request.user.is_authenticated else None
+        username = user.get_username() if user else ""
     AuditEvent.objects.create(
         user=user,
-        username=user.get_username() if user else "",
+        username=username,
         action=action,
         study=study,
         study_instance_uid=study_instance_uid,

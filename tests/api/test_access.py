@@ -4,9 +4,9 @@ from datetime import time
 
 import pytest
 from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from apps.accounts.services import token_issue
 from apps.audit.models import AuditEvent
 from apps.reading.models import Assignment, Radiologist, Shift
 from apps.routing.models import Delivery, Destination
@@ -52,8 +52,8 @@ def world(db):
 def client_for(role: str) -> APIClient:
     client = APIClient()
     if role != "anonymous":
-        token, _ = Token.objects.get_or_create(user=User.objects.get(username=role))
-        client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+        _, token = token_issue(user=User.objects.get(username=role), name="access matrix")
+        client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
     return client
 
 

@@ -6,8 +6,8 @@ import schemathesis
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from hypothesis import HealthCheck, settings
-from rest_framework.authtoken.models import Token
 
+from apps.accounts.services import token_issue
 from routerproject.wsgi import application
 
 from .test_access import world  # noqa: F401 - the same studies, assignments and users
@@ -32,7 +32,7 @@ def tokens(world):  # noqa: F811
     if not supervisor.groups.filter(name="supervisors").exists():
         supervisor.groups.add(Group.objects.get(name="supervisors"))
     return [
-        Token.objects.get_or_create(user=User.objects.get(username=name))[0].key for name in ("supervisor", "reader_a")
+        token_issue(user=User.objects.get(username=name), name="schemathesis")[1] for name in ("supervisor", "reader_a")
     ]
 
 

@@ -52,13 +52,15 @@ def test_loaddemo_is_idempotent_and_gives_the_demo_logins():
 
 
 def test_the_printed_demo_logins_work(client):
-    """`make run` prints admin / demo for /admin/ and a radiologist / demo for /worklist/."""
+    """`make run` prints admin / demo for /admin/ and a radiologist / demo for /worklist/. Through the login
+    forms: the lockout backend refuses an authentication without a request (as client.login makes)."""
     call_command("loaddemo")
 
-    assert client.login(username="admin", password="demo")
+    admin_login = client.post("/admin/login/", {"username": "admin", "password": "demo", "next": "/admin/"})
+    assert admin_login.status_code == 302, admin_login.content[:300]
     assert client.get("/admin/").status_code == 200
     client.logout()
-    assert client.login(username="achen", password="demo")
+    assert client.post("/accounts/login/", {"username": "achen", "password": "demo"}).status_code == 302
     assert client.get("/worklist/").status_code == 200
 
 

@@ -116,3 +116,24 @@ def test_another_readers_assignment_cannot_be_acted_on(live_server, browser):
     )
     assert response.status == 404
     assert Assignment.objects.get(pk=theirs.pk).status == "assigned"
+
+
+def test_an_unattended_worklist_goes_back_to_the_login_page_when_its_session_idles_out(
+    live_server, browser, settings, monkeypatch
+):
+    """The 5-second poll is background: it neither keeps the session alive nor shows a login form in the table."""
+    settings.SESSION_IDLE_TIMEOUT = 60
+    start = timezone.now()
+    clock = {"now": start}
+    monkeypatch.setattr("apps.core.clock.now", lambda: clock["now"])
+    assign(reader("ann"), "ACC-I07", "ROUTINE")
+    page = browser.new_page()
+    log_in(page, live_server.url, "ann")
+
+    clock["now"] = start + timedelta(seconds=50)
+    with page.expect_response(lambda r: "partial=1" in r.url, timeout=15000) as polled:
+        pass
+    assert polled.value.status == 200 and "/worklist/" in page.url
+    clock["now"] = start + timedelta(seconds=70)  # 70 s after the login, 20 s after that poll
+    page.wait_for_url("**/accounts/login/**", timeout=15000)
+    assert page.is_visible("input[name=password]") and "ACC-I07" not in page.content()
