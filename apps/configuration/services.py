@@ -15,10 +15,12 @@ from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
 from apps.routing.health import destination_resume
-from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleWindow
+from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleTransform, RuleWindow
 from apps.studies.models import PriorityKeyword, QcCheck, RetentionPolicy, SpecialtyMapping, WorkloadWeight
+from apps.transforms.models import TransformProfile
 
 SECTIONS = (
+    "transforms",
     "callers",
     "destinations",
     "rules",
@@ -81,6 +83,7 @@ def config_import(text: str) -> Report:
     report = Report()
     with transaction.atomic():
         for name, apply in (
+            ("transforms", _import_transform),
             ("callers", _import_caller),
             ("destinations", _import_destination),
             ("rules", _import_rule),
@@ -226,13 +229,51 @@ def _export_tls(obj, keys: dict[str, str], defaults: dict) -> dict:
     return {key: getattr(obj, field) for key, field in keys.items() if getattr(obj, field) != defaults.get(key, "")}
 
 
+TRANSFORM_FIELDS = ("description", "deidentify", "options", "allow_burned_in", "operations", "secret")
+OPERATION_KEYS = ("op", "tag", "value", "pattern", "keep_creators")
+
+
+def _import_transform(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"name", "pseudonym_table", *TRANSFORM_FIELDS}, {"name"})
+    operations = entry.get("operations") or []
+    if not isinstance(operations, list) or not all(isinstance(o, dict) for o in operations):
+        raise ValueError("operations must be a list of mappings (op, tag, value, pattern, keep_creators)")
+    values = {
+        "description": str(entry.get("description", "")),
+        "deidentify": bool(entry.get("deidentify", False)),
+        "options": [str(o) for o in entry.get("options") or []],
+        "allow_burned_in": bool(entry.get("allow_burned_in", False)),
+        "operations": [{k: o[k] for k in OPERATION_KEYS if k in o} | _extra_keys(o) for o in operations],
+        "secret": str(entry.get("secret", "")),
+        "use_pseudonym_table": bool(entry.get("pseudonym_table", False)),
+    }
+    _upsert(TransformProfile, {"name": str(entry["name"])}, values, report, f"transform {entry['name']}")
+
+
+def _extra_keys(operation: dict) -> dict:
+    """Unknown keys are kept, so the profile's validation names them."""
+    return {k: v for k, v in operation.items() if k not in OPERATION_KEYS}
+
+
+def _profile_id(name) -> int | None:
+    if name in (None, ""):
+        return None
+    profile_id = TransformProfile.objects.filter(name=str(name)).values_list("pk", flat=True).first()
+    if profile_id is None:
+        raise ValueError(f"unknown transform {name!r}")
+    return profile_id
+
+
 def _import_destination(entry: dict, report: Report) -> None:
     _check_keys(
-        entry, {"name", "alternate", "windows", "tls", *DESTINATION_FIELDS}, {"name", "ae_title", "host", "port"}
+        entry,
+        {"name", "alternate", "windows", "tls", "transform", *DESTINATION_FIELDS},
+        {"name", "ae_title", "host", "port"},
     )
     defaults = {f.name: f.get_default() for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
     values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
     values |= _destination_tls_fields(entry.get("tls"))
+    values["transform_id"] = _profile_id(entry.get("transform"))
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
     values["host"] = str(values["host"])
@@ -297,7 +338,7 @@ def _criteria_from(entry: dict) -> list[tuple[str, str, str, str]]:
 
 
 def _import_rule(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"name", "match", "criteria", "windows", "destinations", *RULE_FIELDS}, {"name"})
+    _check_keys(entry, {"name", "match", "criteria", "windows", "destinations", "transforms", *RULE_FIELDS}, {"name"})
     values = {k: entry.get(k, RoutingRule._meta.get_field(k).get_default()) for k in RULE_FIELDS}
     values["priority"] = int(values["priority"])
     label = f"rule {entry['name']}"
@@ -326,10 +367,32 @@ def _import_rule(entry: dict, report: Report) -> None:
         changed = True
     if _windows_sync(rule.windows, RuleWindow, {"rule": rule}, _windows_from(entry, "windows")):
         changed = True
+    if _rule_transforms_sync(rule, entry.get("transforms") or {}, destinations):
+        changed = True
     if changed:
         # Criteria and windows are children: bump the rule so the compiled rules are rebuilt.
         rule.save(update_fields=["updated_at"])
         _mark_updated(report, label)
+
+
+def _rule_transforms_sync(rule: RoutingRule, wanted: dict, destinations: list[Destination]) -> bool:
+    """`transforms: {destination: profile}`: the profile this rule's use of each destination goes through."""
+    if not isinstance(wanted, dict):
+        raise ValueError("transforms must map destination names to transform names")
+    by_name = {d.name: d for d in destinations}
+    rows = {}
+    for destination, profile in wanted.items():
+        if str(destination) not in by_name:
+            raise ValueError(f"transforms: {destination!r} is not one of this rule's destinations")
+        rows[by_name[str(destination)].pk] = _profile_id(profile)
+    current = dict(RuleTransform.objects.filter(rule=rule).values_list("destination_id", "profile_id"))
+    if current == rows:
+        return False
+    RuleTransform.objects.filter(rule=rule).delete()
+    RuleTransform.objects.bulk_create(
+        RuleTransform(rule=rule, destination_id=d, profile_id=p) for d, p in sorted(rows.items())
+    )
+    return True
 
 
 def _parse_time(value) -> time:
@@ -515,12 +578,20 @@ def _import_table(name: str, entries: list, report: Report) -> None:
 
 def config_export() -> str:
     document = {
+        "transforms": [_export_transform(t) for t in TransformProfile.objects.order_by("name")],
         "callers": [_export_caller(c) for c in AllowedCaller.objects.order_by("ae_title", "host")],
         "destinations": [
             _export_destination(d)
-            for d in Destination.objects.select_related("alternate").prefetch_related("windows").order_by("name")
+            for d in Destination.objects.select_related("alternate", "transform")
+            .prefetch_related("windows")
+            .order_by("name")
         ],
-        "rules": [_export_rule(r) for r in RoutingRule.objects.prefetch_related("criteria", "destinations", "windows")],
+        "rules": [
+            _export_rule(r)
+            for r in RoutingRule.objects.prefetch_related(
+                "criteria", "destinations", "windows", "transforms__destination", "transforms__profile"
+            )
+        ],
         "radiologists": [
             _export_radiologist(r)
             for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
@@ -558,6 +629,8 @@ def _export_destination(d: Destination) -> dict:
     out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS if getattr(d, f) is not None}}
     if d.tls_enabled:
         out["tls"] = _export_tls(d, DESTINATION_TLS_KEYS, {"verify": True, "check_hostname": False})
+    if d.transform_id:
+        out["transform"] = d.transform.name
     if d.alternate:
         out["alternate"] = d.alternate.name
     if windows := _export_windows(d.windows):
@@ -576,6 +649,16 @@ def _export_rule(rule: RoutingRule) -> dict:
     if windows := _export_windows(rule.windows):
         out["windows"] = windows
     out["destinations"] = sorted(d.name for d in rule.destinations.all())
+    transforms = {t.destination.name: t.profile.name for t in rule.transforms.all()}
+    if transforms:
+        out["transforms"] = dict(sorted(transforms.items()))
+    return out
+
+
+def _export_transform(t: TransformProfile) -> dict:
+    out = {"name": t.name, **{f: getattr(t, f) for f in TRANSFORM_FIELDS if getattr(t, f) not in ("", [], False)}}
+    if t.use_pseudonym_table:
+        out["pseudonym_table"] = True
     return out
 
 

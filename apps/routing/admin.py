@@ -20,6 +20,7 @@ from .models import (
     RoutingDecision,
     RoutingRule,
     RuleCriterion,
+    RuleTransform,
     RuleWindow,
 )
 from .retention import FilesPurged, StudyBusy, study_delete
@@ -29,6 +30,7 @@ from .services import (
     destination_echo,
     destination_health_set,
     destination_resume,
+    destinations_through,
     dry_run,
     dry_run_study,
     facts_from_dataset,
@@ -73,7 +75,10 @@ class DestinationAdmin(admin.ModelAdmin):
         "tls_peer_fingerprint",
     )
     fieldsets = [
-        (None, {"fields": ["name", "ae_title", "host", "port", "enabled", "alternate", "alternate_after"]}),
+        (
+            None,
+            {"fields": ["name", "ae_title", "host", "port", "enabled", "alternate", "alternate_after", "transform"]},
+        ),
         (
             "Delivery",
             {
@@ -157,6 +162,13 @@ class RuleWindowInline(admin.TabularInline):
     extra = 0
 
 
+class RuleTransformInline(admin.TabularInline):
+    """When this rule sends to a destination, the profile it goes through (instead of the destination's)."""
+
+    model = RuleTransform
+    extra = 0
+
+
 class DryRunForm(forms.Form):
     study_instance_uid = forms.CharField(required=False, max_length=64, label="Study Instance UID")
     dicom_file = forms.FileField(required=False, label="or a DICOM file")
@@ -174,7 +186,7 @@ class RoutingRuleAdmin(admin.ModelAdmin):
     list_filter = ("enabled", "exclusive", "fallback")
     search_fields = ("name",)
     filter_horizontal = ("destinations",)
-    inlines = [RuleCriterionInline, RuleWindowInline]
+    inlines = [RuleCriterionInline, RuleWindowInline, RuleTransformInline]
     actions = ["replay"]
     change_list_template = "admin/routing/routingrule_change_list.html"
 
@@ -213,6 +225,8 @@ class RoutingRuleAdmin(admin.ModelAdmin):
                             "stored": None,
                         }
                     )
+        for item in decisions:
+            item["through"] = destinations_through(item["decision"].destinations, item["decision"].matched)
         context = {
             **self.admin_site.each_context(request),
             "title": "Dry run of the routing rules",
@@ -240,7 +254,7 @@ class DeliveryItemInline(admin.TabularInline):
     model = DeliveryItem
     extra = 0
     can_delete = False
-    fields = ("instance", "state", "status", "attempts", "error", "updated_at")
+    fields = ("instance", "state", "status", "attempts", "error", "sent_sha256", "updated_at")
     readonly_fields = fields
 
 
@@ -251,6 +265,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         "study",
         "destination",
         "target",
+        "transform",
         "state",
         "attempts",
         "next_attempt_at",
@@ -262,7 +277,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     inlines = [DeliveryItemInline]
     actions = ["retry", "give_up"]
 
-    @admin.action(description="Retry failed deliveries (sends only what is missing)")
+    @admin.action(description="Retry failed or held deliveries (sends only what is missing)")
     def retry(self, request, queryset) -> None:
         count = 0
         for delivery in queryset:
@@ -272,7 +287,7 @@ class DeliveryAdmin(admin.ModelAdmin):
                 self.message_user(request, f"Delivery {delivery.pk}: {exc}", messages.ERROR)
         self.message_user(request, f"{count} deliveries queued again.")
 
-    @admin.action(description="Give up failed deliveries (stop retrying; their files may then be purged)")
+    @admin.action(description="Give up failed or held deliveries (stop retrying; their files may then be purged)")
     def give_up(self, request, queryset) -> None:
         given_up = [d for d in queryset.select_related("study", "destination") if delivery_give_up(delivery_id=d.pk)]
         for delivery in given_up:
@@ -370,6 +385,8 @@ class RoutingDecisionAdmin(admin.ModelAdmin):
             {"label": f"Study {d.study_id}", "decision": dry_run_study(study_id=d.study_id), "stored": d.destinations}
             for d in queryset.select_related("study")
         ]
+        for item in decisions:
+            item["through"] = destinations_through(item["decision"].destinations, item["decision"].matched)
         context = {
             **self.admin_site.each_context(request),
             "title": "Dry run of the routing rules",

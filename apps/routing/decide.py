@@ -17,6 +17,7 @@ from apps.core import clock
 from apps.studies.headers import header_from_dataset
 from apps.studies.models import FileState, Stage, Study
 from apps.studies.services import header_priority
+from apps.transforms.models import TransformProfile
 
 from . import rules
 from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule, RuleTransform
@@ -244,17 +245,41 @@ def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None =
     recent = RoutingDecision.objects.filter(decided_at__gte=now - timedelta(days=days)).select_related("study")
     for decision in recent.order_by("decided_at"):
         replayed = engine.evaluate(study_facts(decision.study, keywords), at=decision.decided_at)
-        if replayed.destinations != decision.destinations:
+        was = _went_through(decision)
+        would_be = destinations_through(replayed.destinations, replayed.matched)
+        if would_be != was:
             changed.append(
                 {
                     "study": decision.study,
                     "decided_at": decision.decided_at,
-                    "was": decision.destinations,
-                    "would_be": replayed.destinations,
+                    "was": was,
+                    "would_be": would_be,
                     "matched": replayed.matched,
                 }
             )
     return changed
+
+
+def destinations_through(names: list[str], matched_rules: list[str]) -> list[str]:
+    """Each destination with the transform it would receive the study through: "archive", "research (via
+    research-deid)"."""
+    labels = []
+    for destination in Destination.objects.filter(name__in=names).order_by("name"):
+        profile_id = transform_for(destination, matched_rules)
+        labels.append(
+            _through(destination.name, TransformProfile.objects.get(pk=profile_id).name if profile_id else "")
+        )
+    return labels
+
+
+def _went_through(decision: RoutingDecision) -> list[str]:
+    deliveries = Delivery.objects.filter(study_id=decision.study_id).select_related("destination", "transform")
+    went = {d.destination.name: d.transform.name if d.transform else "" for d in deliveries}
+    return [_through(name, went.get(name, "")) for name in sorted(decision.destinations)]
+
+
+def _through(name: str, profile: str) -> str:
+    return f"{name} (via {profile})" if profile else name
 
 
 def study_reroute(*, study_id: int) -> bool:

@@ -2,6 +2,7 @@
 (deliver.py) and destination health (health.py). Callers import from here."""
 
 from .decide import (
+    destinations_through,
     dry_run,
     dry_run_study,
     facts_from_dataset,
@@ -40,6 +41,7 @@ __all__ = [
     "destination_echo",
     "destination_health_set",
     "destination_resume",
+    "destinations_through",
     "destinations_check",
     "dry_run",
     "dry_run_study",

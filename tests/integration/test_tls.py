@@ -74,13 +74,23 @@ def storescu_tls(port: int, files: list[Path], *, cert, ca: str, calling: str = 
     )
 
 
-def storescp_tls(log_dir: Path, folder: Path, cert, ca: str) -> tuple[Process, int]:
-    port = free_port()
-    folder.mkdir(exist_ok=True)
-    args = [require_tool("storescp"), "+tls", str(cert.key), str(cert.cert), "+cf", ca, "-aet", "PACS"]
-    proc = Process("storescp-tls", [*args, "-od", str(folder), str(port)], env=dict(os.environ), log_dir=log_dir)
-    proc.wait_for_port(port)
-    return proc, port
+@pytest.fixture
+def storescp_tls(log_dir):
+    """dcmtk's storescp +tls as a destination: start(folder, cert, ca) -> (process, port); stopped after."""
+    started: list[Process] = []
+
+    def start(folder: Path, cert, ca: str) -> tuple[Process, int]:
+        port = free_port()
+        folder.mkdir(exist_ok=True)
+        args = [require_tool("storescp"), "+tls", str(cert.key), str(cert.cert), "+cf", ca, "-aet", "PACS"]
+        proc = Process("storescp-tls", [*args, "-od", str(folder), str(port)], env=dict(os.environ), log_dir=log_dir)
+        started.append(proc)
+        proc.wait_for_port(port)
+        return proc, port
+
+    yield start
+    for proc in started:
+        proc.stop()
 
 
 def tls_hello(port: int, ca: str, **context_options) -> bytes:
@@ -104,10 +114,10 @@ def stored_nothing(storage: Path) -> bool:
 
 
 def test_a_study_travels_modality_tls_router_tls_pacs_with_dcmtk(
-    start_scp, start_worker, tls_env, pki, tmp_path, log_dir, default_mapping
+    start_scp, start_worker, storescp_tls, tls_env, pki, tmp_path, default_mapping
 ):
     ca = pki["ca"].ca_file
-    pacs, pacs_port = storescp_tls(log_dir, tmp_path / "pacs", pki["pacs"], ca)
+    pacs, pacs_port = storescp_tls(tmp_path / "pacs", pki["pacs"], ca)
     client = pki["router-client"]
     config_import(
         f"""
@@ -281,11 +291,11 @@ def test_a_caller_that_must_use_tls_is_rejected_on_the_plain_port_as_unknown(sta
 
 
 def test_a_destination_with_an_expired_certificate_is_paused_and_staff_are_told(
-    pki, tmp_path, log_dir, storage, default_mapping, django_user_model
+    storescp_tls, pki, tmp_path, storage, default_mapping, django_user_model
 ):
     django_user_model.objects.create(username="ops", is_staff=True, email="ops@example.org")
     ca = pki["ca"].ca_file
-    expired, expired_port = storescp_tls(log_dir, tmp_path / "expired", pki["pacs-expired"], ca)
+    expired, expired_port = storescp_tls(tmp_path / "expired", pki["pacs-expired"], ca)
     client = pki["router-client"]
     config_import(
         f"""
@@ -314,7 +324,7 @@ rules:
 
     # The operator renews the destination's certificate and resumes: everything goes, once.
     expired.stop()
-    _, good_port = storescp_tls(log_dir, tmp_path / "renewed", pki["pacs"], ca)
+    _, good_port = storescp_tls(tmp_path / "renewed", pki["pacs"], ca)
     Destination.objects.filter(pk=destination.pk).update(port=good_port)
     assert destination_resume(destination_id=destination.pk)
     assert delivery_send(delivery_id=delivery_id) == "delivered"
