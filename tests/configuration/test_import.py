@@ -234,3 +234,63 @@ def test_a_destination_paused_for_its_tls_is_resumed_when_its_tls_changes():
 def test_bad_tls_terms_are_refused(broken, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_import(broken)
+
+
+TRANSFORMS = """
+transforms:
+  - name: north-prefix
+    operations:
+      - {op: prefix, tag: AccessionNumber, value: "N-"}
+      - {op: set, tag: InstitutionName, value: "{InstitutionName} North"}
+      - {op: replace, tag: StudyDescription, pattern: "(?i)^ct ", value: "CT: "}
+  - name: research
+    deidentify: true
+    options: [retain_longitudinal_modified_dates, clean_descriptors]
+    secret: env:ROUTER_SECRET_RESEARCH
+    pseudonym_table: true
+destinations:
+  - {name: reading, ae_title: READ, host: 10.0.0.1, port: 104}
+  - {name: archive, ae_title: ARCH, host: 10.0.0.2, port: 104, transform: research}
+rules:
+  - name: north to reading
+    match: {calling_ae: CT_NORTH}
+    destinations: [reading, archive]
+    transforms: {reading: north-prefix}
+"""
+
+
+def test_transform_profiles_import_attach_and_export_unchanged():
+    from apps.routing.models import RuleTransform
+    from apps.transforms.models import TransformProfile
+
+    config_import(TRANSFORMS)
+    research = TransformProfile.objects.get(name="research")
+    assert research.deidentify and research.use_pseudonym_table and research.secret == "env:ROUTER_SECRET_RESEARCH"
+    assert Destination.objects.get(name="archive").transform == research
+    [chosen] = RuleTransform.objects.all()
+    assert (chosen.destination.name, chosen.profile.name) == ("reading", "north-prefix")
+    exported = config_export()
+    assert "ROUTER_SECRET_RESEARCH" in exported  # the reference, never a secret
+    assert not config_import(exported).changed
+    assert not config_import(TRANSFORMS).changed
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (TRANSFORMS.replace("tag: AccessionNumber", "tag: AccesionNumber"), "transforms[0] (north-prefix): "),
+        (TRANSFORMS.replace('pattern: "(?i)^ct "', 'pattern: "(unclosed"'), "transforms[0] (north-prefix): "),
+        (TRANSFORMS.replace("{InstitutionName} North", "{InstitutionNam} North"), "transforms[0] (north-prefix): "),
+        (TRANSFORMS.replace("clean_descriptors]", "clean_everything]"), "transforms[1] (research): "),
+        (TRANSFORMS.replace("secret: env:", "secret: plain:"), "transforms[1] (research): secret"),
+        (TRANSFORMS.replace("transform: research", "transform: nowhere"), "unknown transform 'nowhere'"),
+        (TRANSFORMS.replace("{reading: north-prefix}", "{elsewhere: north-prefix}"), "not one of this rule's"),
+    ],
+    ids=["keyword", "regex", "template", "option", "secret", "destination-transform", "rule-transform"],
+)
+def test_a_bad_transform_profile_is_refused_at_import_with_the_entry_named(broken, message):
+    from apps.transforms.models import TransformProfile
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_import(broken)
+    assert not TransformProfile.objects.exists()

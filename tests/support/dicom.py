@@ -60,8 +60,11 @@ def synthetic_study(
     priority: str = "",
     patient_name: str = "Doe^Jane",
     study_uid: str | None = None,
+    patient_id: str | None = None,
+    sop_class_uid: str | None = None,
 ) -> tuple[str, list[Path]]:
-    """`count` instances of one new study, made from CT_small with fresh UIDs."""
+    """`count` instances of one new study (a new series of it, given `study_uid`), made from CT_small with
+    fresh UIDs."""
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     series_uid = generate_uid()
@@ -78,6 +81,10 @@ def synthetic_study(
         ds.BodyPartExamined = body_part
         ds.Modality = modality
         ds.PatientName = patient_name
+        if patient_id is not None:
+            ds.PatientID = patient_id
+        if sop_class_uid is not None:
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class_uid
         ds.AccessionNumber = f"ACC{study_uid[-6:]}"
         if priority:
             ds.RequestedProcedurePriority = priority
