@@ -91,6 +91,7 @@ bench: venv services
 	$(BIN)/python bench/memory_bench.py || status=1; \
 	$(BIN)/python bench/stall_bench.py || status=1; \
 	$(BIN)/python bench/tls_bench.py || status=1; \
+	$(BIN)/python bench/transform_bench.py || status=1; \
 	exit $$status
 
 clean:

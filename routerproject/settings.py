@@ -5,6 +5,7 @@ filesystem transport under ./var, so `make run` works on a machine with nothing 
 Production sets DATABASE_URL (PostgreSQL) and CELERY_BROKER_URL (Redis).
 """
 
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -339,5 +340,9 @@ LOGGING = {
     "loggers": {
         # pynetdicom logs identifiers and PDU dumps at DEBUG/INFO: keep it to warnings.
         "pynetdicom": {"level": "WARNING"},
+        # pydicom's warnings quote the value they found invalid (a patient's name, say): errors only.
+        "pydicom": {"level": "ERROR"},
     },
 }
+# The same warnings also go through the warnings module, value included: not to our logs either.
+warnings.filterwarnings("ignore", message=r"Invalid value for VR", category=UserWarning)
