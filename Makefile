@@ -61,6 +61,7 @@ system-test-deps:
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
+	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v pg_ctlcluster >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi

@@ -4,6 +4,7 @@ export writes the same format back. The format is documented in docs/configurati
 
 from dataclasses import dataclass, field
 from datetime import time
+from urllib.parse import urlsplit
 
 import yaml
 from django.contrib.auth import get_user_model
@@ -15,7 +16,15 @@ from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
 from apps.reading.models import Radiologist, Shift
 from apps.routing.health import destination_resume
-from apps.routing.models import DeliveryWindow, Destination, RoutingRule, RuleCriterion, RuleTransform, RuleWindow
+from apps.routing.models import (
+    DeliveryWindow,
+    Destination,
+    Protocol,
+    RoutingRule,
+    RuleCriterion,
+    RuleTransform,
+    RuleWindow,
+)
 from apps.studies.models import PriorityKeyword, QcCheck, RetentionPolicy, SpecialtyMapping, WorkloadWeight
 from apps.transforms.models import TransformProfile
 
@@ -264,15 +273,48 @@ def _profile_id(name) -> int | None:
     return profile_id
 
 
+# `dicomweb:` of a destination with `protocol: dicomweb` (docs/configuration.md).
+DICOMWEB_KEYS = {
+    "url": "dicomweb_url",
+    "auth": "dicomweb_auth",
+    "credentials": "dicomweb_credentials",
+    "timeout": "request_timeout",
+    "batch_count": "batch_count",
+    "batch_bytes": "batch_bytes",
+}
+
+
+def _dicomweb_fields(entry: dict) -> dict:
+    """A DICOMweb destination's fields; its host and port (for the admin's list) come from its URL."""
+    protocol = str(entry.get("protocol", Protocol.DICOM))
+    section = entry.get("dicomweb")
+    if protocol != Protocol.DICOMWEB:
+        if section is not None:
+            raise ValueError("dicomweb: only with protocol: dicomweb")
+        return {"protocol": protocol, "dicomweb_url": ""}
+    if not isinstance(section, dict) or "url" not in section:
+        raise ValueError("protocol dicomweb needs dicomweb: {url: ...}")
+    _check_keys(section, set(DICOMWEB_KEYS), {"url"})
+    defaults = {f: Destination._meta.get_field(f).get_default() for f in DICOMWEB_KEYS.values()}
+    values = {field: section.get(key, defaults[field]) for key, field in DICOMWEB_KEYS.items()}
+    url = urlsplit(str(section["url"]))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return {"protocol": protocol, **values, "host": url.hostname or "", "port": port}
+
+
 def _import_destination(entry: dict, report: Report) -> None:
+    web = entry.get("protocol") == Protocol.DICOMWEB
     _check_keys(
         entry,
-        {"name", "alternate", "windows", "tls", "transform", *DESTINATION_FIELDS},
-        {"name", "ae_title", "host", "port"},
+        {"name", "alternate", "windows", "tls", "transform", "protocol", "dicomweb", *DESTINATION_FIELDS},
+        {"name"} if web else {"name", "ae_title", "host", "port"},
     )
+    if web:
+        entry = {"ae_title": "DICOMWEB", "host": "", "port": 0, **entry}
     defaults = {f.name: f.get_default() for f in Destination._meta.fields if f.name in DESTINATION_FIELDS}
     values = {k: entry.get(k, defaults.get(k)) for k in DESTINATION_FIELDS}
     values |= _destination_tls_fields(entry.get("tls"))
+    values |= _dicomweb_fields(entry)
     values["transform_id"] = _profile_id(entry.get("transform"))
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
@@ -631,6 +673,12 @@ def _export_destination(d: Destination) -> dict:
         out["tls"] = _export_tls(d, DESTINATION_TLS_KEYS, {"verify": True, "check_hostname": False})
     if d.transform_id:
         out["transform"] = d.transform.name
+    if d.protocol == Protocol.DICOMWEB:
+        for derived in ("ae_title", "host", "port"):
+            out.pop(derived)
+        out["protocol"] = d.protocol
+        defaults = {f: Destination._meta.get_field(f).get_default() for f in DICOMWEB_KEYS.values()}
+        out["dicomweb"] = {k: getattr(d, f) for k, f in DICOMWEB_KEYS.items() if getattr(d, f) != defaults[f]}
     if d.alternate:
         out["alternate"] = d.alternate.name
     if windows := _export_windows(d.windows):

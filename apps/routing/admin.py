@@ -51,6 +51,7 @@ class DeliveryWindowInline(admin.TabularInline):
 class DestinationAdmin(admin.ModelAdmin):
     list_display = (
         "name",
+        "protocol",
         "ae_title",
         "host",
         "port",
@@ -60,7 +61,7 @@ class DestinationAdmin(admin.ModelAdmin):
         "config_error",
         "max_associations",
     )
-    list_filter = ("enabled", "health", "tls_enabled")
+    list_filter = ("enabled", "protocol", "health", "tls_enabled")
     search_fields = ("name", "ae_title", "host")
     readonly_fields = (
         "health",
@@ -91,6 +92,20 @@ class DestinationAdmin(admin.ModelAdmin):
                     "dimse_timeout",
                     "network_timeout",
                     "retention_hours",
+                ]
+            },
+        ),
+        (
+            "DICOMweb (protocol DICOMweb: STOW-RS instead of C-STORE; docs/configuration.md)",
+            {
+                "fields": [
+                    "protocol",
+                    "dicomweb_url",
+                    "dicomweb_auth",
+                    "dicomweb_credentials",
+                    "request_timeout",
+                    "batch_count",
+                    "batch_bytes",
                 ]
             },
         ),

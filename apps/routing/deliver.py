@@ -14,7 +14,7 @@ from apps.core import clock
 from apps.studies.models import Priority, Study
 
 from . import dicom_send, transformed
-from .health import association_limit, destination_health_from_results, dicom_target, is_busy
+from .health import association_limit, destination_health_from_results, is_busy, sender
 from .models import Delivery, DeliveryItem, Destination, Health
 from .retention import files_purged_error, files_purged_on
 
@@ -60,11 +60,8 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     prepared = transformed.prepare(delivery, items)
     try:
         transformed.hold(prepared)
-        results = dicom_send.send(
-            dicom_target(delivery.target),
-            prepared.files,
-            on_sent=_Answers(delivery.pk, prepared.sendable, prepared.sha256),
-        )
+        send, target = sender(delivery.target)  # C-STORE or STOW-RS
+        results = send(target, prepared.files, on_sent=_Answers(delivery.pk, prepared.sendable, prepared.sha256))
     finally:
         transformed.clean(prepared)
     busy = destination_health_from_results(delivery.target, results, clock.now())  # none sent: learns nothing
@@ -230,6 +227,7 @@ def _record(
         elif pending and delivery.attempts < delivery.destination.max_attempts:
             delivery.state = Delivery.State.PENDING
             delay = 0 if busy else retry_delay(delivery.destination, delivery.attempts)
+            delay = max([delay, *(r.retry_after for r in results if r.retry_after is not None)])
             delivery.next_attempt_at = now + timedelta(seconds=delay)
         else:
             delivery.state = Delivery.State.FAILED

@@ -60,6 +60,7 @@ class Result:
     # files): no retry mends it, the destination is paused for an operator. The items stay pending.
     config_error: bool = False
     peer_certificate: bytes | None = None  # DER, over TLS: what the destination presented
+    retry_after: float | None = None  # seconds the destination asked us to wait (STOW-RS 429 Retry-After)
 
 
 class _Connection:

@@ -10,8 +10,8 @@ from django.db.models import Q
 
 from apps.core import clock, signals, tls
 
-from . import dicom_send
-from .models import Delivery, Destination, Health
+from . import dicom_send, stow
+from .models import Delivery, Destination, Health, Protocol
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def destinations_check(*, now: datetime | None = None, interval: float | None = 
     for destination in due:
         if _sending_now(destination, now):
             continue  # its answers are proof of life; an echo would wait behind them and could time out
-        result = dicom_send.echo(dicom_target(destination))
+        result = echo(destination)
         if result.peer_certificate:
             peer_certificate_record(destination, result.peer_certificate)
         if result.config_error:
@@ -187,4 +187,32 @@ def peer_certificate_record(destination: Destination, der: bytes) -> None:
 
 
 def destination_echo(*, destination_id: int) -> dicom_send.Result:
-    return dicom_send.echo(dicom_target(Destination.objects.get(pk=destination_id)))
+    return echo(Destination.objects.get(pk=destination_id))
+
+
+def sender(destination: Destination) -> tuple:
+    """How to send to this destination: (send function, target) for C-STORE or STOW-RS; both take
+    (target, files, on_sent) and answer one dicom_send.Result per file."""
+    if destination.protocol == Protocol.DICOMWEB:
+        return stow.send, web_target(destination)
+    return dicom_send.send, dicom_target(destination)
+
+
+def echo(destination: Destination) -> dicom_send.Result:
+    """Is it there: C-ECHO, or a QIDO-RS search for a DICOMweb destination."""
+    if destination.protocol == Protocol.DICOMWEB:
+        return stow.probe(web_target(destination))
+    return dicom_send.echo(dicom_target(destination))
+
+
+def web_target(destination: Destination) -> stow.WebTarget:
+    return stow.WebTarget(
+        url=destination.dicomweb_url,
+        auth=destination.dicomweb_auth,
+        credentials=destination.dicomweb_credentials,
+        timeout=destination.request_timeout,
+        verify=destination.tls_verify,
+        ca_file=destination.tls_ca_file,
+        batch_count=destination.batch_count,
+        batch_bytes=destination.batch_bytes,
+    )

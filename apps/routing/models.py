@@ -18,8 +18,20 @@ class Health(models.TextChoices):
     DOWN = "down"
 
 
+class Protocol(models.TextChoices):
+    DICOM = "dicom", "DICOM (C-STORE)"
+    DICOMWEB = "dicomweb", "DICOMweb (STOW-RS)"
+
+
+class WebAuth(models.TextChoices):
+    NONE = "none"
+    BASIC = "basic"
+    BEARER = "bearer"
+
+
 class Destination(models.Model):
     name = models.SlugField(max_length=64, unique=True)
+    protocol = models.CharField(max_length=8, choices=Protocol.choices, default=Protocol.DICOM)
     ae_title = models.CharField(max_length=16)
     host = models.CharField(max_length=255)
     port = models.PositiveIntegerField()
@@ -73,6 +85,19 @@ class Destination(models.Model):
     # What its certificate said at our last TLS association, for the expiry warning.
     tls_peer_not_after = models.DateTimeField(null=True, blank=True)
     tls_peer_fingerprint = models.CharField(max_length=64, blank=True)
+    # DICOMweb (protocol dicomweb): STOW-RS to `dicomweb_url` + /studies, in batches (docs/configuration.md).
+    dicomweb_url = models.CharField("DICOMweb base URL", max_length=500, blank=True)
+    dicomweb_auth = models.CharField("authentication", max_length=8, choices=WebAuth.choices, default=WebAuth.NONE)
+    dicomweb_credentials = models.CharField(
+        "credentials",
+        max_length=255,
+        blank=True,
+        help_text="Where they are, never what: env:VARIABLE or file:/path holding user:password (basic) or the "
+        "token (bearer).",
+    )
+    request_timeout = models.PositiveIntegerField(default=60, help_text="Seconds for one STOW-RS request.")
+    batch_count = models.PositiveIntegerField(default=10, help_text="Instances per STOW-RS request, at most.")
+    batch_bytes = models.PositiveBigIntegerField(default=10 * 2**20, help_text="Bytes per STOW-RS request, at most.")
     transform = models.ForeignKey(
         TransformProfile,
         null=True,
@@ -87,6 +112,13 @@ class Destination(models.Model):
         return f"{self.name} ({self.ae_title}@{self.host}:{self.port})"
 
     def clean(self) -> None:
+        if self.protocol == Protocol.DICOMWEB:
+            if not self.dicomweb_url.startswith(("http://", "https://")):
+                raise ValidationError({"dicomweb_url": "A DICOMweb destination needs an http(s):// base URL."})
+            if self.dicomweb_auth != WebAuth.NONE and not self.dicomweb_credentials.startswith(("env:", "file:")):
+                raise ValidationError({"dicomweb_credentials": "env:VARIABLE or file:/path"})
+            if not self.batch_count or not self.batch_bytes:
+                raise ValidationError({"batch_count": "Batches need at least one instance and one byte."})
         if not 1 <= self.port <= 65535:
             raise ValidationError({"port": "Port must be between 1 and 65535."})
         if not self.ae_title.strip() or "\\" in self.ae_title:
