@@ -281,6 +281,7 @@ DICOMWEB_KEYS = {
     "timeout": "request_timeout",
     "batch_count": "batch_count",
     "batch_bytes": "batch_bytes",
+    "verify": "dicomweb_verify",
 }
 
 

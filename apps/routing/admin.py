@@ -106,6 +106,7 @@ class DestinationAdmin(admin.ModelAdmin):
                     "request_timeout",
                     "batch_count",
                     "batch_bytes",
+                    "dicomweb_verify",
                 ]
             },
         ),

@@ -215,4 +215,5 @@ def web_target(destination: Destination) -> stow.WebTarget:
         ca_file=destination.tls_ca_file,
         batch_count=destination.batch_count,
         batch_bytes=destination.batch_bytes,
+        verify_stored=destination.dicomweb_verify,
     )

@@ -98,6 +98,12 @@ class Destination(models.Model):
     request_timeout = models.PositiveIntegerField(default=60, help_text="Seconds for one STOW-RS request.")
     batch_count = models.PositiveIntegerField(default=10, help_text="Instances per STOW-RS request, at most.")
     batch_bytes = models.PositiveBigIntegerField(default=10 * 2**20, help_text="Bytes per STOW-RS request, at most.")
+    dicomweb_verify = models.BooleanField(
+        "verify by QIDO-RS",
+        default=False,
+        help_text="After each batch, look up the instances the answer said were stored (one QIDO-RS search): "
+        "Orthanc's DICOMweb plugin up to 1.9 reports instances it did not store as stored.",
+    )
     transform = models.ForeignKey(
         TransformProfile,
         null=True,

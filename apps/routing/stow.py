@@ -48,6 +48,7 @@ class WebTarget:
     ca_file: str = ""
     batch_count: int = 10
     batch_bytes: int = 10 * 2**20
+    verify_stored: bool = False  # look each "stored" instance up by QIDO-RS (servers that answer stored wrongly)
 
 
 class CredentialsUnavailable(Exception):
@@ -184,7 +185,37 @@ def _send_batch(target: WebTarget, files: list[File], auth: dict) -> list[Result
         return [Result(TRANSIENT, error=error, unreachable=body.given == 0)] * len(files)
     except requests.exceptions.RequestException as exc:
         return [Result(TRANSIENT, error=f"request failed: {type(exc).__name__}")] * len(files)
-    return outcomes(response.status_code, response.headers, response.content, uids)
+    results = outcomes(response.status_code, response.headers, response.content, uids)
+    if target.verify_stored:
+        results = _verified(target, auth, uids, results)
+    return results
+
+
+def _verified(target: WebTarget, auth: dict, uids: list[str], results: list[Result]) -> list[Result]:
+    """Instances the answer called stored that a QIDO-RS search does not find were not stored: they go again
+    (and fail for good after the retry budget, as any instance the destination keeps refusing)."""
+    claimed = [uid for uid, r in zip(uids, results, strict=True) if r.kind in (DELIVERED, WARNING)]
+    if not claimed:
+        return results
+    try:
+        response = requests.get(
+            target.url.rstrip("/") + "/instances",
+            params={"SOPInstanceUID": ",".join(claimed), "includefield": "00080018", "limit": str(len(claimed))},
+            headers={"Accept": "application/dicom+json", **auth.get("headers", {})},
+            auth=auth.get("auth"),
+            timeout=target.timeout,
+            verify=_verify(target),
+        )
+        found = {_value(item, "00080018") for item in response.json()} if response.status_code == 200 else set()
+    except (requests.exceptions.RequestException, ValueError, TypeError, AttributeError):
+        found = set()
+    unverified = Result(TRANSIENT, error="answered as stored, but a QIDO-RS search does not find it")
+    return [unverified if uid in claimed and uid not in found else r for uid, r in zip(uids, results, strict=True)]
+
+
+def _value(item: dict, tag: str) -> str:
+    value = (item.get(tag) or {}).get("Value") or [""]
+    return str(value[0])
 
 
 def outcomes(status: int, headers, content: bytes, uids: list[str]) -> list[Result]:

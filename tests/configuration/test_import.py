@@ -294,3 +294,26 @@ def test_a_bad_transform_profile_is_refused_at_import_with_the_entry_named(broke
     with pytest.raises(ConfigError, match=re.escape(message)):
         config_import(broken)
     assert not TransformProfile.objects.exists()
+
+
+def test_a_dicomweb_destination_imports_and_exports_unchanged():
+    text = """
+destinations:
+  - name: cloud-pacs
+    protocol: dicomweb
+    dicomweb:
+      url: https://pacs.example.org/dicom-web
+      auth: bearer
+      credentials: env:ROUTER_CLOUD_TOKEN
+      batch_count: 20
+      verify: true
+    tls: {ca: /etc/router/tls/cloud-ca.pem}
+"""
+    config_import(text)
+    cloud = Destination.objects.get(name="cloud-pacs")
+    assert (cloud.protocol, cloud.host, cloud.port, cloud.batch_count) == ("dicomweb", "pacs.example.org", 443, 20)
+    assert cloud.dicomweb_credentials == "env:ROUTER_CLOUD_TOKEN" and cloud.dicomweb_verify
+    exported = config_export()
+    assert not config_import(exported).changed and not config_import(text).changed
+    with pytest.raises(ConfigError, match=re.escape("destinations[0] (cloud-pacs): dicomweb_url")):
+        config_import(text.replace("url: https://", "url: ftp://"))

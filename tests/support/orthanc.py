@@ -9,6 +9,7 @@ from typing import Any
 from .processes import Process, free_port
 
 ORTHANC = "/usr/sbin/Orthanc"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian's orthanc-dicomweb
 
 
 class Orthanc:
@@ -24,6 +25,7 @@ class Orthanc:
         self.ae_title = ae_title
         self.dicom_port = free_port()
         self.http_port = free_port()
+        self.folder, self.log_dir, self.name = folder, log_dir, name
         folder.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": name,
@@ -41,13 +43,21 @@ class Orthanc:
             "Plugins": [],
             **(extra or {}),
         }
-        config_path = folder / "orthanc.json"
-        config_path.write_text(json.dumps(config, indent=2))
+        self.config_path = folder / "orthanc.json"
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self.start()
+
+    def start(self) -> None:
+        """Start (again, after stop(): same configuration, same storage)."""
         # Debian's dcmtk-based Orthanc leaves Nagle on and stalls ~40 ms per C-STORE without this.
         env = {**os.environ, "TCP_NODELAY": "1"}
-        self.process = Process(name, [ORTHANC, str(config_path)], env=env, log_dir=log_dir)
+        self.process = Process(self.name, [ORTHANC, str(self.config_path)], env=env, log_dir=self.log_dir)
         self.process.wait_for_port(self.dicom_port)
         self.process.wait_for_port(self.http_port)
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=10) as response:
