@@ -323,7 +323,9 @@ class Orthanc(Receiver):
 
     name = "orthanc"
 
-    def __init__(self, folder: Path, log_dir: Path, *, forward_to: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, folder: Path, log_dir: Path, *, forward_to: tuple[str, int] | None = None, dicomweb: bool = False
+    ) -> None:
         self.ae_title = "ORTHANC"
         self.port = free_port()
         self.http_port = free_port()
@@ -339,7 +341,9 @@ class Orthanc(Receiver):
             "AuthenticationEnabled": False,
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": False,
-            "Plugins": [],
+            # With `dicomweb`, Debian's orthanc-dicomweb plugin (STOW-RS at /dicom-web/studies).
+            "Plugins": ["/usr/share/orthanc/plugins/libOrthancDicomWeb.so"] if dicomweb else [],
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
             # Orthanc's default since 1.7.4, stated: each stored file is fsync'ed before the answer.
             "SyncStorageArea": True,
         }
