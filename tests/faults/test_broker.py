@@ -51,8 +51,14 @@ def studies(folder, name: str, studies: int, instances: int) -> tuple[set[str], 
 
 
 def all_done(count: int) -> bool:
+    """Every study notified, delivered, and its notifications sent (a study reaches `notified` when its
+    notifications are created: sending them is a task of its own)."""
     notified = Study.objects.filter(stage=Stage.NOTIFIED).count()
-    return notified == count and not Delivery.objects.exclude(state=Delivery.State.DELIVERED).exists()
+    return (
+        notified == count
+        and not Delivery.objects.exclude(state=Delivery.State.DELIVERED).exists()
+        and not Notification.objects.exclude(state=Notification.State.SENT).exists()
+    )
 
 
 def assert_workflow_once(study_count: int, tmp_path) -> None:
