@@ -42,9 +42,7 @@ class Part(Protocol):
         """The body stopped (cut short, malformed, too large) inside this part."""
 
 
-def parts_read(
-    stream: BinaryIO, *, boundary: str, max_bytes: int, new_part: Callable[[dict[str, str]], Part]
-) -> int:
+def parts_read(stream: BinaryIO, *, boundary: str, max_bytes: int, new_part: Callable[[dict[str, str]], Part]) -> int:
     """Read `stream` to its end, calling `new_part(headers)` at each part (header names in lower case) and
     feeding it the part's bytes. Returns the number of parts read whole.
 
