@@ -97,8 +97,9 @@ def instances_receive(
     except multipart.BodyError as exc:
         receipt.body_error = exc
         if current and not current[0].done:
+            part = current[0]
             reason = ingest.OUT_OF_RESOURCES if isinstance(exc, multipart.TooLarge) else ingest.CANNOT_UNDERSTAND
-            receipt.add(current[0].result(reason, str(exc)))
+            receipt.add(part.result(*part.refusal) if part.refusal else part.result(reason, str(exc)))
         logger.warning("STOW-RS from %s: %s", origin.calling_ae_title, exc)
     finally:
         _hand_over(receipt.studies, on_studies_received)

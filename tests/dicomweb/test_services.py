@@ -3,9 +3,11 @@ limit half way; the file meta however it is laid out; the hand-over to the pipel
 
 import io
 import struct
+from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.data import get_testdata_file
 
 from apps.dicomweb import multipart, part10, services
 from apps.dicomweb.views import http_status, store_response
@@ -14,7 +16,15 @@ from apps.ingest.storage import Spool
 from apps.studies.models import ReceivedInstance
 
 from ..support.dicom import dataset_bytes, shipped, synthetic_study
-from .stow import BOUNDARY, CANNOT_UNDERSTAND, OUT_OF_RESOURCES, failed, multipart_body, referenced
+from .stow import (
+    BOUNDARY,
+    CANNOT_UNDERSTAND,
+    OUT_OF_RESOURCES,
+    TRANSFER_SYNTAX_NOT_SUPPORTED,
+    failed,
+    multipart_body,
+    referenced,
+)
 
 ORIGIN = Origin(calling_ae_title="gateway", called_ae_title="ROUTER", peer_address="10.0.0.7")
 
@@ -184,3 +194,14 @@ def test_a_file_meta_with_a_uid_that_is_not_one_is_refused():
 
     with pytest.raises(part10.NotPart10, match="MediaStorageSOPClassUID is not a valid UID"):
         part10.file_meta(broken)
+
+
+@pytest.mark.django_db
+def test_a_refused_part_cut_short_keeps_its_own_reason(storage):
+    deflated = Path(get_testdata_file("image_dfl.dcm")).read_bytes()
+
+    receipt, response, _ = receive(storage, multipart_body(deflated)[:-40])
+
+    assert isinstance(receipt.body_error, multipart.Malformed)
+    assert [reason for _, _, reason in failed(response)] == [TRANSFER_SYNTAX_NOT_SUPPORTED]
+    assert http_status(receipt) == 400 and temp_files(storage) == []
