@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "apps.configuration",
     "apps.audit",
     "apps.api",
+    "apps.dicomweb",
     "apps.ops",
 ]
 
@@ -255,6 +256,9 @@ SCP_IDLE_TIMEOUT = env_float("SCP_IDLE_TIMEOUT", 120.0)
 SCP_MAX_ASSOCIATE_PDU = env_int("SCP_MAX_ASSOCIATE_PDU", 65536)
 # Below this much free space the SCP answers 0xA700 (senders retry later) instead of filling the disk.
 STORAGE_MIN_FREE_BYTES = env_int("STORAGE_MIN_FREE_BYTES", 1024 * 1024 * 1024)
+# STOW-RS (POST /dicomweb/studies): the largest request body taken, and so the largest instance. A body
+# declaring more answers 413 unread; a chunked one is cut off there (docs/configuration.md).
+STOW_MAX_BYTES = env_int("STOW_MAX_BYTES", 4 * 1024 * 1024 * 1024)
 WEB_PORT = env_int("WEB_PORT", 8000)
 # QC decodes pixel data in the worker; an instance needing more memory than this is not decoded (and says so).
 QC_MAX_DECODE_BYTES = env_int("QC_MAX_DECODE_BYTES", 256 * 1024 * 1024)

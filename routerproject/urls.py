@@ -13,6 +13,7 @@ urlpatterns = [
     path("healthz", ops_views.healthz, name="healthz"),
     path("metrics", ops_views.metrics, name="metrics"),
     path("api/v1/", include("apps.api.urls")),
+    path("dicomweb/", include("apps.dicomweb.urls")),
     path("accounts/", include("django.contrib.auth.urls")),
     path("worklist/", reading_views.worklist, name="worklist"),
     path("worklist/<int:assignment_id>/<str:name>/", reading_views.transition, name="worklist-transition"),

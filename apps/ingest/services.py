@@ -45,12 +45,14 @@ def instance_receive(
     sop_class_uid: str,
     sop_instance_uid: str,
     origin: Origin,
+    study_instance_uid: str | None = None,
 ) -> Outcome:
     """Take custody of one instance, received into a temp file of the spool, or say why not.
 
     0. A dataset that could not be written (disk full, say) answers 0xA700.
     1. Inspect the dataset strictly: truncated or unparseable data, or bad UIDs, answer 0xC000.
-    2. The dataset's SOP class and instance must be the ones in the command, else 0xA900.
+    2. The dataset's SOP class and instance must be the ones in the command, else 0xA900; so must its study,
+       when the request names one (a STOW-RS URL does).
     3. Below the storage's free-space watermark, answer 0xA700: the sender retries once space is freed.
     4. Put the file in place (fsync, rename, fsync of the folder); a disk error answers 0xA700.
     5. Commit the received-instance row; a database error removes the file and answers 0xA700 (any other
@@ -73,6 +75,8 @@ def instance_receive(
         return Outcome(OUT_OF_RESOURCES, "storage unavailable")
     if identity.sop_class_uid != sop_class_uid or identity.sop_instance_uid != sop_instance_uid:
         return Outcome(DATASET_MISMATCH, "dataset UIDs differ from the C-STORE request")
+    if study_instance_uid is not None and identity.study_instance_uid != study_instance_uid:
+        return Outcome(DATASET_MISMATCH, "the dataset belongs to another study than the request names")
     try:
         if spool.free_bytes() < settings.STORAGE_MIN_FREE_BYTES:
             logger.error("C-STORE refused: storage below its free-space watermark")
