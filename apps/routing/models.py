@@ -27,6 +27,7 @@ class WebAuth(models.TextChoices):
     NONE = "none"
     BASIC = "basic"
     BEARER = "bearer"
+    TOKEN = "token", "token (Authorization: Token …, as this router's own STOW-RS receiver takes it)"
 
 
 class Destination(models.Model):

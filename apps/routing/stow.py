@@ -41,7 +41,7 @@ MAX_RETRY_AFTER = 3600.0  # seconds: a longer Retry-After is taken as this
 @dataclass(frozen=True)
 class WebTarget:
     url: str  # the DICOMweb base URL (…/dicom-web); STOW-RS goes to url + /studies
-    auth: str = "none"  # none | basic | bearer
+    auth: str = "none"  # none | basic | bearer | token
     credentials: str = ""  # env:VARIABLE or file:/path
     timeout: float = 60
     verify: bool = True
@@ -67,7 +67,8 @@ def _credentials(target: WebTarget) -> dict:
     if target.auth == "basic":
         user, _, password = value.partition(":")
         return {"auth": (user, password)}
-    return {"headers": {"Authorization": f"Bearer {value}"}}
+    scheme = "Token" if target.auth == "token" else "Bearer"
+    return {"headers": {"Authorization": f"{scheme} {value}"}}
 
 
 def _verify(target: WebTarget):
