@@ -80,15 +80,16 @@ class Change:
 class Transformed:
     sha256: str
     size: int
-    changes: list[Change]
+    changes: list[Change] | None  # None unless asked for: a delivery needs the digest only
 
 
-def transform(source: Path, target: Path, profile: Profile, secret: bytes) -> Transformed:
+def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, changes: bool = False) -> Transformed:
     """Write the transformed instance to `target` (atomically: a temporary file beside it, then a rename).
-    Raises Held when the instance must not go to this destination, ValueError for an invalid profile."""
+    Raises Held when the instance must not go to this destination, ValueError for an invalid profile.
+    With `changes`, the result lists them as `preview` does (it costs as much as the rest of the transform)."""
     with open(source, "rb") as fh:
         header = _Header.read(fh)
-        changes = header.transform(profile, secret)
+        made = header.transform(profile, secret, changes=changes)
         encoded = header.encode()
         tail = _tail(fh, header, profile)
         digest = hashlib.sha256()
@@ -103,13 +104,13 @@ def transform(source: Path, target: Path, profile: Profile, secret: bytes) -> Tr
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    return Transformed(sha256=digest.hexdigest(), size=size, changes=changes)
+    return Transformed(sha256=digest.hexdigest(), size=size, changes=made)
 
 
 def preview(source: Path, profile: Profile, secret: bytes) -> list[Change]:
     """The changes `transform` would make; nothing is written. Raises Held as `transform` would."""
     with open(source, "rb") as fh:
-        return _Header.read(fh).transform(profile, secret)
+        return _Header.read(fh).transform(profile, secret, changes=True)
 
 
 class _Header:
@@ -127,14 +128,15 @@ class _Header:
             raise Held("the Deflated Explicit VR Little Endian transfer syntax cannot be transformed")
         return cls(dataset, fh.tell())
 
-    def transform(self, profile: Profile, secret: bytes) -> list[Change]:
+    def transform(self, profile: Profile, secret: bytes, *, changes: bool) -> list[Change] | None:
         errors = validate(profile)
         if errors:
             raise ValueError(f"invalid transform profile {profile.name!r}: " + "; ".join(errors))
         dataset = self.dataset
         patient_id = str(dataset.get("PatientID", "") or "").strip()
-        before = _snapshot(dataset)
-        meta_before = _flatten(dataset.file_meta)
+        if changes:
+            before = _snapshot(dataset)
+            meta_before = _flatten(dataset.file_meta)
         if profile.deidentify:
             if not profile.allow_burned_in:
                 check_burned_in(dataset, self.sop_class_uid)
@@ -147,6 +149,8 @@ class _Header:
         apply_operations(dataset, profile.operations, secret=secret, patient_id=patient_id)
         _drop_group_lengths(dataset)
         self._update_meta()
+        if not changes:
+            return None
         return _changes(meta_before, _flatten(dataset.file_meta)) + _diff(before, dataset)
 
     @property
