@@ -4,9 +4,10 @@
 2. Refuse what must not go: burned-in pixels, a patient missing from the pseudonym table (Held).
 3. De-identify (Annex E with options), then apply the operations in order.
 4. Write the Part 10 file: preamble, file meta (Media Storage SOP Instance UID follows the SOP Instance
-   UID; the transfer syntax is kept), the new header in the file's own encoding, then Pixel Data and what
-   follows it copied byte for byte from the source (private blocks and digital signatures after Pixel Data
-   are left out when the profile removes them).
+   UID; the transfer syntax is kept), the new header in the file's own encoding (elements no step changed
+   copied as their source bytes, splice.py), then Pixel Data and what follows it copied byte for byte from
+   the source (private blocks and digital signatures after Pixel Data are left out when the profile removes
+   them).
 
 Nothing depends on the clock, the process or a random source, so a retry or another worker writes the same
 bytes; the SHA-256 returned is what the ledger records.
@@ -29,7 +30,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from . import annex_e, paths
+from . import annex_e, paths, splice
 from .coerce import apply_operations, creator_name
 from .deidentify import check_burned_in, deidentify, pseudonym_for
 from .profile import OPS, OPTIONS, REMOVE_PRIVATE, Held, Operation, Profile, validate
@@ -90,7 +91,7 @@ def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, ch
     with open(source, "rb") as fh:
         header = _Header.read(fh)
         made = header.transform(profile, secret, changes=changes)
-        encoded = header.encode()
+        encoded = header.encode(fh)
         tail = _tail(fh, header, profile)
         digest = hashlib.sha256()
         target = Path(target)
@@ -119,6 +120,7 @@ class _Header:
     def __init__(self, dataset: Dataset, tail_start: int) -> None:
         self.dataset = dataset
         self.tail_start = tail_start
+        self.as_read = splice.AsRead.of(dataset, tail_start)  # the splice writer copies what is still there
 
     @classmethod
     def read(cls, fh) -> "_Header":
@@ -164,8 +166,13 @@ class _Header:
         if "SOPClassUID" in self.dataset:
             meta.MediaStorageSOPClassUID = self.dataset.SOPClassUID
 
-    def encode(self) -> bytes:
-        """Preamble, file meta and header, in the file's own transfer syntax."""
+    def encode(self, fh) -> bytes:
+        """Preamble, file meta and header, in the file's own transfer syntax: spliced from the source `fh`
+        when splice.py can vouch for the result, else written by pydicom."""
+        encoded = splice.part10(fh, self.dataset, self.as_read)
+        return self.dcmwrite() if encoded is None else encoded
+
+    def dcmwrite(self) -> bytes:
         buffer = io.BytesIO()
         dcmwrite(buffer, self.dataset, enforce_file_format=True)
         return buffer.getvalue()

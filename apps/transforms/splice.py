@@ -1,0 +1,210 @@
+"""Writing a transformed header by splicing: every element that no step changed is copied from the source file
+as the bytes it was read from; only the changed ones are encoded by pydicom.
+
+pydicom's `dcmwrite` encodes every element again, about 7 µs each, so writing a small CT's 260 elements cost
+more than sending it, while a profile changes a handful. For a dataset read from a well-formed file the bytes
+are those `dcmwrite(..., enforce_file_format=True)` writes (it too writes an untouched element's raw value
+as it was read): preamble, file meta, then the elements in tag order, retired group lengths left out.
+
+An element counts as unchanged when it is still the element pydicom read, or when a step decoded it (to read
+it, or to set it again) and its value is still the value read. A top-level sequence that a step decoded is
+encoded again whole; its untouched items' elements are raw and pydicom writes them as read.
+
+`part10` returns None whenever it cannot vouch for the result, and the engine then writes with `dcmwrite`: a
+transfer syntax that is private or that the body was not encoded in, a changed character set (pydicom then
+encodes every element again), command or file meta elements in the dataset, or a source whose elements do not
+lie end to end as read (stray bytes, a tag given twice).
+"""
+
+import struct
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import BinaryIO
+
+from pydicom.charset import default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset, validate_file_meta
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+Element = DataElement | RawDataElement
+Spans = dict[int, tuple[RawDataElement, int, int]]  # tag -> (the element as read, start, end) in the source
+
+UNDEFINED_LENGTH = 0xFFFFFFFF
+PREAMBLE = b"\0" * 128
+META_START = len(PREAMBLE) + 4  # after b"DICM"
+META_ENCODING = (False, True)  # explicit VR little endian, always (PS3.10 7.1)
+GROUP_LENGTH = struct.Struct("<HH2sHL")  # (0002,0000) UL, 4 bytes: the group's length after it
+LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+
+
+@dataclass(frozen=True)
+class AsRead:
+    """The elements of a dataset just read, before any step ran, and where Pixel Data (or the file's end)
+    starts. The elements are pydicom's own objects: a step that changes one replaces or decodes it."""
+
+    meta: dict[int, Element]
+    body: dict[int, Element]
+    end: int
+
+    @classmethod
+    def of(cls, dataset: Dataset, end: int) -> "AsRead":
+        return cls(dict(dataset.file_meta.items()), dict(dataset.items()), end)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The source file up to Pixel Data, and where each element read from it lies in it."""
+
+    data: bytes
+    body: Spans
+    meta: Spans | None  # None when the file meta must be written by pydicom
+
+    @classmethod
+    def read(cls, fh: BinaryIO, as_read: AsRead, encoding: tuple) -> "_Source | None":
+        """None when the body's elements do not lie end to end in the file."""
+        if None in encoding:
+            return None
+        fh.seek(0)
+        data = fh.read(as_read.end)
+        laid_out = _layout(data, as_read.body, encoding, as_read.end)
+        if laid_out is None:
+            return None
+        body_start, body_spans = laid_out
+        meta_laid_out = _layout(data, as_read.meta, META_ENCODING, body_start)
+        meta_spans = meta_laid_out[1] if meta_laid_out and meta_laid_out[0] == META_START else None
+        return cls(data, body_spans, meta_spans)
+
+
+def part10(fh: BinaryIO, dataset: Dataset, as_read: AsRead) -> bytes | None:
+    """Preamble, file meta and dataset as `dcmwrite(..., enforce_file_format=True)` writes them, with the
+    unchanged elements copied from the source `fh`; None when that cannot be vouched for."""
+    syntax = dataset.file_meta.get("TransferSyntaxUID")
+    elements = dict(dataset.items())  # as they are: raw elements stay undecoded
+    order = sorted(elements, key=int)
+    if (
+        syntax is None
+        or not syntax.is_transfer_syntax
+        or syntax.is_private
+        or (syntax.is_implicit_VR, syntax.is_little_endian) != dataset.original_encoding
+        or dataset.original_character_set != dataset._character_set
+        or len(dataset.preamble or PREAMBLE) != len(PREAMBLE)
+        or (order and order[0] >> 16 <= 0x0002)  # dcmwrite refuses command and file meta elements here
+    ):
+        return None
+    source = _Source.read(fh, as_read, dataset.original_encoding)
+    if source is None:
+        return None
+    out = DicomBytesIO()
+    out.is_implicit_VR, out.is_little_endian = META_ENCODING
+    out.write((dataset.preamble or PREAMBLE) + b"DICM")
+    _write_meta(out, dataset, source)
+    out.is_implicit_VR, out.is_little_endian = syntax.is_implicit_VR, syntax.is_little_endian
+    charset = dataset.get("SpecificCharacterSet", default_encoding)
+    order = [tag for tag in order if tag & 0xFFFF or tag >> 16 <= 6]  # retired group lengths: not written
+    _splice(out, dataset, elements, order, source.body, memoryview(source.data), charset)
+    return out.getvalue()
+
+
+def _write_meta(out: DicomBytesIO, dataset: Dataset, source: _Source) -> None:
+    """As write_file_meta_info(enforce_standard=True): completed, checked, its group length first."""
+    meta = dataset.file_meta
+    if source.meta is None:
+        write_file_meta_info(out, meta, enforce_standard=True)
+        return
+    validate_file_meta(meta, enforce_standard=True)  # adds what dcmwrite adds, raises for what is missing
+    group = DicomBytesIO()
+    group.is_implicit_VR, group.is_little_endian = META_ENCODING
+    elements = dict(meta.items())
+    order = sorted((tag for tag in elements if tag != 0x00020000), key=int)
+    _splice(group, meta, elements, order, source.meta, memoryview(source.data), default_encoding)
+    encoded = group.getvalue()
+    out.write(GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, len(encoded)) + encoded)
+
+
+def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int], spans: Spans, data, charset):
+    """pydicom's write_dataset for `order`, with unchanged elements copied: a run of them in one write."""
+    run_start = run_end = None
+    for tag in order:
+        element = elements[tag]
+        span = spans.get(tag)
+        if span is None or not (span[0] is element or _same(span[0], element, dataset)):
+            if run_start is not None:
+                out.write(data[run_start:run_end])
+                run_start = run_end = None
+            write_data_element(out, dataset.get_item(tag), charset)
+        elif span[1] == run_end:
+            run_end = span[2]
+        else:
+            if run_start is not None:
+                out.write(data[run_start:run_end])
+            run_start, run_end = span[1], span[2]
+    if run_start is not None:
+        out.write(data[run_start:run_end])
+
+
+def _same(original: RawDataElement, element: Element, dataset: Dataset) -> bool:
+    """A step decoded the element (to read it, or to set it again) and its value is still the one read."""
+    if element.is_raw or element.VR == "SQ":
+        return False  # another raw element: a step put it there; a sequence: its items may have changed
+    return convert_raw_data_element(original, encoding=dataset._character_set, ds=dataset) == element
+
+
+def _layout(data: bytes, elements: dict[int, Element], encoding: tuple, end: int) -> tuple[int, Spans] | None:
+    """(where the first element starts, the raw elements' spans), each element running from its header to
+    the next one's; None unless the elements tile the bytes up to `end` exactly as pydicom read them."""
+    implicit, little = encoding
+    if not elements:
+        return end, {}
+    long_vrs = () if implicit else EXPLICIT_VR_LENGTH_32
+    found = []
+    for tag, element in elements.items():
+        if isinstance(element, RawDataElement):
+            if element.is_implicit_VR != implicit or element.is_little_endian != little:
+                return None  # pydicom read a body not in its transfer syntax: a splice would mix the two
+            tell = element.value_tell
+            start = tell - (12 if element.VR in long_vrs else 8)  # as pydicom's reader decided
+            stop = None if element.length == UNDEFINED_LENGTH else tell + element.length
+        else:  # decoded while reading (a sequence of undefined length, the character set)
+            header = _decoded_header(data, tag, element.file_tell, implicit, "<" if little else ">")
+            if header is None:
+                return None
+            start, stop = header
+        found.append((start, stop, tag, element))
+    found.sort(key=itemgetter(0))
+    delimiter = struct.pack("<HH" if little else ">HH", 0xFFFE, 0xE0DD)
+    spans: Spans = {}
+    for number, (start, stop, tag, element) in enumerate(found):
+        following = found[number + 1][0] if number + 1 < len(found) else end
+        if stop is None:  # undefined length: up to the next element, after a sequence delimitation item
+            stop = following
+            if data[stop - 8 : stop - 4] != delimiter:
+                return None
+        elif stop != following:
+            return None
+        if isinstance(element, RawDataElement):
+            spans[tag] = (element, start, stop)
+    return found[0][0], spans
+
+
+def _decoded_header(data: bytes, tag: int, tell: int | None, implicit: bool, endian: str) -> tuple | None:
+    """(start, end or None for an undefined length) of an element pydicom decoded while reading, from the
+    header bytes before its value; None when those are not its header."""
+    if tell is None or tell < 8 or tell > len(data):
+        return None
+    tag_at = struct.Struct(endian + "HH").unpack_from
+    group_element = (tag >> 16, tag & 0xFFFF)
+    if (
+        not implicit
+        and tell >= 12
+        and tag_at(data, tell - 12) == group_element
+        and data[tell - 8 : tell - 6] in LONG_VRS
+    ):
+        start, length = tell - 12, struct.unpack_from(endian + "L", data, tell - 4)[0]
+    elif tag_at(data, tell - 8) == group_element:
+        start = tell - 8
+        length = struct.unpack_from(endian + ("L" if implicit else "H"), data, tell - (4 if implicit else 2))[0]
+    else:
+        return None
+    return start, None if length == UNDEFINED_LENGTH else tell + length
