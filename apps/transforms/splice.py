@@ -7,8 +7,8 @@ are those `dcmwrite(..., enforce_file_format=True)` writes (it too writes an unt
 as it was read): preamble, file meta, then the elements in tag order, retired group lengths left out.
 
 An element counts as unchanged when it is still the element pydicom read, or when a step decoded it (to read
-it, or to set it again) and its value is still the value read. A top-level sequence that a step decoded is
-encoded again whole; its untouched items' elements are raw and pydicom writes them as read.
+it, or to set it again) and it still encodes as the value read, padding aside. A top-level sequence that a
+step decoded is encoded again whole; its untouched items' elements are raw and pydicom writes them as read.
 
 `part10` returns None whenever it cannot vouch for the result, and the engine then writes with `dcmwrite`: a
 transfer syntax that is private or that the body was not encoded in, a changed character set (pydicom then
@@ -22,11 +22,13 @@ from operator import itemgetter
 from typing import BinaryIO
 
 from pydicom.charset import default_encoding
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+
+from .profile import TEXT_VRS
 
 Element = DataElement | RawDataElement
 Spans = dict[int, tuple[RawDataElement, int, int]]  # tag -> (the element as read, start, end) in the source
@@ -129,11 +131,16 @@ def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int
     for tag in order:
         element = elements[tag]
         span = spans.get(tag)
-        if span is None or not (span[0] is element or _same(span[0], element, dataset)):
+        encoded = None
+        if span is None or span[0] is not element:
+            encoded = _encode(out, dataset.get_item(tag), charset)
+            if span is not None and _same_value(span[0], element, encoded, out.is_implicit_VR):
+                encoded = None
+        if encoded is not None:
             if run_start is not None:
                 out.write(data[run_start:run_end])
                 run_start = run_end = None
-            write_data_element(out, dataset.get_item(tag), charset)
+            out.write(encoded)
         elif span[1] == run_end:
             run_end = span[2]
         else:
@@ -144,11 +151,26 @@ def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int
         out.write(data[run_start:run_end])
 
 
-def _same(original: RawDataElement, element: Element, dataset: Dataset) -> bool:
-    """A step decoded the element (to read it, or to set it again) and its value is still the one read."""
+def _encode(out: DicomBytesIO, element: Element, charset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR, buffer.is_little_endian = out.is_implicit_VR, out.is_little_endian
+    write_data_element(buffer, element, charset)
+    return buffer.getvalue()
+
+
+def _same_value(original: RawDataElement, element: Element, encoded: bytes, implicit: bool) -> bool:
+    """A step decoded the element (to read it, or to set it again) and it still encodes as the value read,
+    padding aside: then the source's bytes keep it as it came (its padding, an UN VR). Comparing encodings
+    costs nothing: a changed element is encoded anyway, where decoding the original would cost as much."""
     if element.is_raw or element.VR == "SQ":
         return False  # another raw element: a step put it there; a sequence: its items may have changed
-    return convert_raw_data_element(original, encoding=dataset._character_set, ds=dataset) == element
+    if original.value is None and original.length:
+        return False  # a deferred read: nothing to compare with
+    read = original.value or b""  # None for an empty value
+    value = encoded[12 if not implicit and encoded[4:6] in LONG_VRS else 8 :]
+    if element.VR in TEXT_VRS:  # padding, a space or a NUL, is not part of a text value (PS3.5 6.2)
+        return value.rstrip(b" \0") == read.rstrip(b" \0")
+    return value == read
 
 
 def _layout(data: bytes, elements: dict[int, Element], encoding: tuple, end: int) -> tuple[int, Spans] | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataelem import RawDataElement
 from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
@@ -172,6 +173,17 @@ def test_an_element_read_and_set_to_the_same_value_keeps_its_source_bytes(tmp_pa
     profile = Profile("same", operations=(Operation("set", "StationName", "{StationName}"),))
     transform(source, tmp_path / "out.dcm", profile, SECRET)
     assert (tmp_path / "out.dcm").read_bytes() == source.read_bytes()
+
+
+def test_an_element_read_with_an_explicit_un_vr_stays_as_it_came(tmp_path):
+    source = Path(get_testdata_file("rtdose_rle_1frame.dcm"))  # its SOP Class UID is UN
+    target = tmp_path / "out.dcm"
+    transform(source, target, PROFILES["site"], SECRET)  # the engine reads it for the file meta
+    data = source.read_bytes()
+    start = data.index(b"\x08\x00\x16\x00UN")
+    element = data[start : start + 12 + struct.unpack_from("<L", data, start + 8)[0]]
+    assert element in target.read_bytes()
+    assert dcmread(target).SOPClassUID == dcmread(source).SOPClassUID
 
 
 def test_a_new_character_set_is_written_by_pydicom_with_every_value_encoded_again(tmp_path, ct, spliced):
