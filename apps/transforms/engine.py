@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
@@ -64,6 +64,7 @@ PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Fl
 META_AE_AND_ADDRESSES = tuple(
     Tag(0x0002, element) for element in (0x0016, 0x0017, 0x0018, 0x0026, 0x0027, 0x0028, 0x0100, 0x0102)
 )
+META_FOLLOWS = (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID"))
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,23 @@ class _Header:
         return str(self.dataset.get("SOPClassUID") or self.dataset.file_meta.get("MediaStorageSOPClassUID") or "")
 
     def _update_meta(self) -> None:
-        meta: FileMetaDataset = self.dataset.file_meta
-        if "SOPInstanceUID" in self.dataset:
-            meta.MediaStorageSOPInstanceUID = self.dataset.SOPInstanceUID
-        if "SOPClassUID" in self.dataset:
-            meta.MediaStorageSOPClassUID = self.dataset.SOPClassUID
+        """The file meta's SOP Class and Instance UIDs follow the dataset's. Both still as read, with the same
+        bytes: nothing to do (decoding and setting them again cost as much as a whole coercion)."""
+        dataset, meta = self.dataset, self.dataset.file_meta
+        for keyword, meta_keyword in META_FOLLOWS:
+            tag, meta_tag = Tag(keyword), Tag(meta_keyword)
+            if tag not in dataset:
+                continue
+            ours, theirs = dataset.get_item(tag, keep_deferred=True), meta.get_item(meta_tag, keep_deferred=True)
+            if (
+                ours is self.as_read.body.get(tag)
+                and theirs is self.as_read.meta.get(meta_tag)
+                and isinstance(ours, RawDataElement)
+                and isinstance(theirs, RawDataElement)
+                and ours.value == theirs.value
+            ):
+                continue
+            setattr(meta, meta_keyword, getattr(dataset, keyword))
 
     def encode(self, fh) -> bytes:
         """Preamble, file meta and header, in the file's own transfer syntax: spliced from the source `fh`

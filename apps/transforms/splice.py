@@ -39,6 +39,8 @@ META_START = len(PREAMBLE) + 4  # after b"DICM"
 META_ENCODING = (False, True)  # explicit VR little endian, always (PS3.10 7.1)
 GROUP_LENGTH = struct.Struct("<HH2sHL")  # (0002,0000) UL, 4 bytes: the group's length after it
 LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+# Version, SOP class and instance, transfer syntax, implementation class (PS3.10 Table 7.1-1, Type 1).
+REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,8 @@ def _write_meta(out: DicomBytesIO, dataset: Dataset, source: _Source) -> None:
     if source.meta is None:
         write_file_meta_info(out, meta, enforce_standard=True)
         return
-    validate_file_meta(meta, enforce_standard=True)  # adds what dcmwrite adds, raises for what is missing
+    if not _complete(meta):
+        validate_file_meta(meta, enforce_standard=True)  # adds what dcmwrite adds, raises for what is missing
     group = DicomBytesIO()
     group.is_implicit_VR, group.is_little_endian = META_ENCODING
     elements = dict(meta.items())
@@ -123,6 +126,18 @@ def _write_meta(out: DicomBytesIO, dataset: Dataset, source: _Source) -> None:
     _splice(group, meta, elements, order, source.meta, memoryview(source.data), default_encoding)
     encoded = group.getvalue()
     out.write(GROUP_LENGTH.pack(0x0002, 0x0000, b"UL", 4, len(encoded)) + encoded)
+
+
+def _complete(meta: Dataset) -> bool:
+    """Nothing for validate_file_meta to add or refuse, seen without decoding the raw elements: required
+    ones present and not blank, and an Implementation Version Name."""
+    for tag in REQUIRED_META:
+        element = meta.get_item(tag, keep_deferred=True)
+        if element is None:
+            return False
+        if not (element.value or b"").strip(b" \0") if element.is_raw else element.is_empty:
+            return False
+    return 0x00020013 in meta
 
 
 def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int], spans: Spans, data, charset):

@@ -175,6 +175,29 @@ def test_an_element_read_and_set_to_the_same_value_keeps_its_source_bytes(tmp_pa
     assert (tmp_path / "out.dcm").read_bytes() == source.read_bytes()
 
 
+def test_file_meta_is_completed_as_pydicom_completes_it(tmp_path, monkeypatch, ct, spliced):
+    ds = dcmread(ct)
+    for tag in (0x00020000, 0x00020001, 0x00020013):  # group length, version, implementation version name
+        del ds.file_meta[tag]
+    source = tmp_path / "sparse-meta.dcm"
+    dcmwrite(source, ds, enforce_file_format=False)
+    target = tmp_path / "out.dcm"
+    transform(source, target, PROFILES["site"], SECRET)
+    assert spliced == [True]
+    assert target.read_bytes() == by_pydicom(monkeypatch, source, tmp_path / "pydicom.dcm", PROFILES["site"])
+    meta = dcmread(target).file_meta
+    assert meta.FileMetaInformationVersion == b"\0\1" and meta.ImplementationVersionName
+
+
+def test_the_file_meta_follows_the_dataset_where_the_source_disagreed(tmp_path, ct):
+    ds = dcmread(ct)
+    ds.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    source = tmp_path / "disagrees.dcm"
+    dcmwrite(source, ds, enforce_file_format=False)
+    transform(source, tmp_path / "out.dcm", PROFILES["nothing"], SECRET)
+    assert dcmread(tmp_path / "out.dcm").file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+
+
 def test_an_element_read_with_an_explicit_un_vr_stays_as_it_came(tmp_path):
     source = Path(get_testdata_file("rtdose_rle_1frame.dcm"))  # its SOP Class UID is UN
     target = tmp_path / "out.dcm"
