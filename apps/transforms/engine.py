@@ -20,7 +20,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
@@ -92,7 +91,7 @@ def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, ch
     with open(source, "rb") as fh:
         header = _Header.read(fh)
         made = header.transform(profile, secret, changes=changes)
-        encoded = header.encode(fh)
+        encoded = header.encode()
         tail = _tail(fh, header, profile)
         digest = hashlib.sha256()
         target = Path(target)
@@ -118,18 +117,18 @@ def preview(source: Path, profile: Profile, secret: bytes) -> list[Change]:
 class _Header:
     """The dataset before Pixel Data, its file meta, and where the rest of the file starts."""
 
-    def __init__(self, dataset: Dataset, tail_start: int) -> None:
+    def __init__(self, dataset: Dataset, tail_start: int, source: splice.Source | None) -> None:
         self.dataset = dataset
         self.tail_start = tail_start
-        self.as_read = splice.AsRead.of(dataset, tail_start)  # the splice writer copies what is still there
+        self.source = source  # where each element read lies in the file: unchanged ones are copied from there
 
     @classmethod
     def read(cls, fh) -> "_Header":
-        dataset = dcmread(fh, stop_before_pixels=True)
+        dataset, source = splice.read(fh)
         if dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
             # The whole dataset is one deflate stream: there are no Pixel Data bytes to copy as they are.
             raise Held("the Deflated Explicit VR Little Endian transfer syntax cannot be transformed")
-        return cls(dataset, fh.tell())
+        return cls(dataset, fh.tell(), source)
 
     def transform(self, profile: Profile, secret: bytes, *, changes: bool) -> list[Change] | None:
         errors = validate(profile)
@@ -166,23 +165,23 @@ class _Header:
         dataset, meta = self.dataset, self.dataset.file_meta
         for keyword, meta_keyword in META_FOLLOWS:
             tag, meta_tag = Tag(keyword), Tag(meta_keyword)
-            if tag not in dataset:
-                continue
-            ours, theirs = dataset.get_item(tag, keep_deferred=True), meta.get_item(meta_tag, keep_deferred=True)
-            if (
-                ours is self.as_read.body.get(tag)
-                and theirs is self.as_read.meta.get(meta_tag)
-                and isinstance(ours, RawDataElement)
-                and isinstance(theirs, RawDataElement)
-                and ours.value == theirs.value
-            ):
-                continue
-            setattr(meta, meta_keyword, getattr(dataset, keyword))
+            if tag in dataset and not self._read_alike(tag, meta_tag):
+                setattr(meta, meta_keyword, getattr(dataset, keyword))
 
-    def encode(self, fh) -> bytes:
-        """Preamble, file meta and header, in the file's own transfer syntax: spliced from the source `fh`
-        when splice.py can vouch for the result, else written by pydicom."""
-        encoded = splice.part10(fh, self.dataset, self.as_read)
+    def _read_alike(self, tag: Tag, meta_tag: Tag) -> bool:
+        ours, theirs = self.dataset.get_item(tag, keep_deferred=True), self.dataset.file_meta.get_item(meta_tag)
+        source = self.source
+        return (
+            source is not None
+            and source.read_as(tag, ours)
+            and source.read_as(meta_tag, theirs, meta=True)
+            and ours.value == theirs.value
+        )
+
+    def encode(self) -> bytes:
+        """Preamble, file meta and header, in the file's own transfer syntax: spliced from the source when
+        splice.py can vouch for the result, else written by pydicom."""
+        encoded = splice.part10(self.dataset, self.source)
         return self.dcmwrite() if encoded is None else encoded
 
     def dcmwrite(self) -> bytes:

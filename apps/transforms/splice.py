@@ -1,14 +1,18 @@
-"""Writing a transformed header by splicing: every element that no step changed is copied from the source file
-as the bytes it was read from; only the changed ones are encoded by pydicom.
+"""Reading and writing a header by byte ranges: every element that no step changed is copied from the source
+file as the bytes it was read from; only the changed ones are encoded by pydicom.
 
 pydicom's `dcmwrite` encodes every element again, about 7 µs each, so writing a small CT's 260 elements cost
 more than sending it, while a profile changes a handful. For a dataset read from a well-formed file the bytes
 are those `dcmwrite(..., enforce_file_format=True)` writes (it too writes an untouched element's raw value
 as it was read): preamble, file meta, then the elements in tag order, retired group lengths left out.
 
-An element counts as unchanged when it is still the element pydicom read, or when a step decoded it (to read
-it, or to set it again) and it still encodes as the value read, padding aside. A top-level sequence that a
-step decoded is encoded again whole; its untouched items' elements are raw and pydicom writes them as read.
+`read` is `dcmread(fh, stop_before_pixels=True)` and where each element lies in the file. The common file (a
+standard transfer syntax, defined lengths at the top level) is read in one pass that builds the same raw
+elements pydicom's reader builds, at half its cost; anything else is read by dcmread and laid out after.
+
+An element counts as unchanged when it is still the element read, or when a step decoded it (to read it, or
+to set it again) and it still encodes as the value read, padding aside. A top-level sequence that a step
+decoded is encoded again whole; its untouched items' elements are raw and pydicom writes them as read.
 
 `part10` returns None whenever it cannot vouch for the result, and the engine then writes with `dcmwrite`: a
 transfer syntax that is private or that the body was not encoded in, a changed character set (pydicom then
@@ -16,17 +20,22 @@ encodes every element again), command or file meta elements in the dataset, or a
 lie end to end as read (stray bytes, a tag given twice).
 """
 
+import io
 import struct
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import BinaryIO
 
-from pydicom.charset import default_encoding
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, validate_file_meta
+from pydicom import dcmread
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
+from pydicom.dataset import Dataset, FileDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_data_element, write_file_meta_info
-from pydicom.valuerep import EXPLICIT_VR_LENGTH_32
+from pydicom.tag import BaseTag
+from pydicom.uid import UID
+from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
 
 from .profile import TEXT_VRS
 
@@ -39,51 +48,56 @@ META_START = len(PREAMBLE) + 4  # after b"DICM"
 META_ENCODING = (False, True)  # explicit VR little endian, always (PS3.10 7.1)
 GROUP_LENGTH = struct.Struct("<HH2sHL")  # (0002,0000) UL, 4 bytes: the group's length after it
 LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+VRS = {str(vr).encode(): str(vr) for vr in VR if len(vr) == 2}
+PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # where stop_before_pixels stops
+ITEM_DELIMITER = 0xFFFEE00D
+READ_AHEAD = 1 << 16  # the header of most instances, and the first read
 # Version, SOP class and instance, transfer syntax, implementation class (PS3.10 Table 7.1-1, Type 1).
 REQUIRED_META = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
 
 
 @dataclass(frozen=True)
-class AsRead:
-    """The elements of a dataset just read, before any step ran, and where Pixel Data (or the file's end)
-    starts. The elements are pydicom's own objects: a step that changes one replaces or decodes it."""
-
-    meta: dict[int, Element]
-    body: dict[int, Element]
-    end: int
-
-    @classmethod
-    def of(cls, dataset: Dataset, end: int) -> "AsRead":
-        return cls(dict(dataset.file_meta.items()), dict(dataset.items()), end)
-
-
-@dataclass(frozen=True)
-class _Source:
+class Source:
     """The source file up to Pixel Data, and where each element read from it lies in it."""
 
     data: bytes
     body: Spans
     meta: Spans | None  # None when the file meta must be written by pydicom
 
-    @classmethod
-    def read(cls, fh: BinaryIO, as_read: AsRead, encoding: tuple) -> "_Source | None":
-        """None when the body's elements do not lie end to end in the file."""
-        if None in encoding:
-            return None
-        fh.seek(0)
-        data = fh.read(as_read.end)
-        laid_out = _layout(data, as_read.body, encoding, as_read.end)
-        if laid_out is None:
-            return None
-        body_start, body_spans = laid_out
-        meta_laid_out = _layout(data, as_read.meta, META_ENCODING, body_start)
-        meta_spans = meta_laid_out[1] if meta_laid_out and meta_laid_out[0] == META_START else None
-        return cls(data, body_spans, meta_spans)
+    def read_as(self, tag: int, element: Element | None, *, meta: bool = False) -> bool:
+        """Whether `element` is still the raw element read for `tag`, untouched."""
+        span = ((self.meta or {}) if meta else self.body).get(tag)
+        return span is not None and span[0] is element
 
 
-def part10(fh: BinaryIO, dataset: Dataset, as_read: AsRead) -> bytes | None:
+def read(fh: BinaryIO) -> tuple[FileDataset, Source | None]:
+    """`dcmread(fh, stop_before_pixels=True)`, leaving `fh` where Pixel Data (or the file's end) starts, and
+    the source's layout; None for the layout when the elements do not lie end to end as read."""
+    fh.seek(0)
+    fast = _read_common(fh)
+    if fast is not None:
+        return fast
+    fh.seek(0)
+    dataset = dcmread(fh, stop_before_pixels=True)
+    end = fh.tell()
+    encoding = dataset.original_encoding
+    if None in encoding:
+        return dataset, None
+    fh.seek(0)
+    data = fh.read(end)
+    fh.seek(end)
+    body = _layout(data, dict(dataset.items()), encoding, end)
+    if body is None:
+        return dataset, None
+    meta = _layout(data, dict(dataset.file_meta.items()), META_ENCODING, body[0])
+    return dataset, Source(data, body[1], meta[1] if meta and meta[0] == META_START else None)
+
+
+def part10(dataset: Dataset, source: Source | None) -> bytes | None:
     """Preamble, file meta and dataset as `dcmwrite(..., enforce_file_format=True)` writes them, with the
-    unchanged elements copied from the source `fh`; None when that cannot be vouched for."""
+    unchanged elements copied from `source`; None when that cannot be vouched for."""
+    if source is None:
+        return None
     syntax = dataset.file_meta.get("TransferSyntaxUID")
     elements = dict(dataset.items())  # as they are: raw elements stay undecoded
     order = sorted(elements, key=int)
@@ -97,9 +111,6 @@ def part10(fh: BinaryIO, dataset: Dataset, as_read: AsRead) -> bytes | None:
         or (order and order[0] >> 16 <= 0x0002)  # dcmwrite refuses command and file meta elements here
     ):
         return None
-    source = _Source.read(fh, as_read, dataset.original_encoding)
-    if source is None:
-        return None
     out = DicomBytesIO()
     out.is_implicit_VR, out.is_little_endian = META_ENCODING
     out.write((dataset.preamble or PREAMBLE) + b"DICM")
@@ -111,7 +122,7 @@ def part10(fh: BinaryIO, dataset: Dataset, as_read: AsRead) -> bytes | None:
     return out.getvalue()
 
 
-def _write_meta(out: DicomBytesIO, dataset: Dataset, source: _Source) -> None:
+def _write_meta(out: DicomBytesIO, dataset: Dataset, source: Source) -> None:
     """As write_file_meta_info(enforce_standard=True): completed, checked, its group length first."""
     meta = dataset.file_meta
     if source.meta is None:
@@ -245,3 +256,97 @@ def _decoded_header(data: bytes, tag: int, tell: int | None, implicit: bool, end
     else:
         return None
     return start, None if length == UNDEFINED_LENGTH else tell + length
+
+
+def _read_common(fh: BinaryIO) -> tuple[FileDataset, Source] | None:
+    """What dcmread(fh, stop_before_pixels=True) reads, for the common file: a standard transfer syntax the
+    body is encoded in, defined lengths at the top level, each tag once. One pass over the bytes, noting each
+    element's span on the way, where pydicom's generator costs twice as much (a read and a tell per element,
+    then the layout). None for anything else, which dcmread reads."""
+    data = fh.read(READ_AHEAD)
+    head = io.BytesIO(data)
+    preamble = read_preamble(head, False)  # raises for what dcmread refuses
+    meta = _read_file_meta_info(head)
+    start = head.tell()
+    encoding = _body_encoding(meta.get("TransferSyntaxUID"))
+    if encoding is None or start + 8 > len(data):  # no dataset, or file meta longer than the first read
+        return None
+    parsed = _parse(fh, data, start, *encoding)
+    if parsed is None:
+        return None
+    data, elements, spans, end = parsed
+    fh.seek(end)
+    # As read_dataset and read_partial build it.
+    body = Dataset(elements)
+    charset = default_encoding
+    if 0x00080005 in elements:
+        charset = convert_encodings(convert_raw_data_element(elements[0x00080005]).value)
+    body.set_original_encoding(*encoding, charset)
+    dataset = FileDataset(fh, body, preamble, meta, *encoding)
+    dataset.set_original_encoding(*encoding, body._character_set)
+    meta_layout = _layout(data, dict(meta.items()), META_ENCODING, start)
+    return dataset, Source(data, spans, meta_layout[1] if meta_layout and meta_layout[0] == META_START else None)
+
+
+def _body_encoding(syntax: UID | None) -> tuple[bool, bool] | None:
+    if syntax is None or not syntax.is_transfer_syntax or syntax.is_private or syntax.is_deflated:
+        return None  # read_partial guesses, inflates, or looks the syntax up: dcmread does it
+    return syntax.is_implicit_VR, syntax.is_little_endian
+
+
+def _parse(fh: BinaryIO, data: bytes, pos: int, implicit: bool, little: bool) -> tuple | None:
+    """(data, elements, spans, end) of the body from `pos` up to Pixel Data, reading on from `fh` as needed;
+    None where pydicom's reader would do something this loop does not (see _read_common)."""
+    endian = "<" if little else ">"
+    unpack_header = struct.Struct(endian + ("HHL" if implicit else "HH2sH")).unpack_from
+    unpack_length = struct.Struct(endian + "L").unpack_from
+    # pydicom tells implicit from explicit VR by the first element's VR bytes, and warns on a mismatch.
+    first_vr = data[pos + 4 : pos + 6]
+    if (b"A" <= first_vr[:1] <= b"Z" and b"A" <= first_vr[1:] <= b"Z") == implicit:
+        return None
+    elements: dict[BaseTag, RawDataElement] = {}
+    spans: Spans = {}
+    ended = len(data) < READ_AHEAD
+    while True:
+        if pos + 12 > len(data) and not ended:
+            data, ended = _read_on(fh, data, pos + 12)
+        if pos + 8 > len(data):
+            if pos < len(data):
+                return None  # a few bytes after the last element: pydicom skips them
+            return data, elements, spans, pos
+        if implicit:
+            group, number, length = unpack_header(data, pos)
+            vr, tell = None, pos + 8
+        else:
+            group, number, vr_bytes, length = unpack_header(data, pos)
+            vr, tell = VRS.get(vr_bytes), pos + 8
+            if vr is None:
+                return None  # an unknown VR, or implicit VR within explicit: pydicom guesses
+            if vr in EXPLICIT_VR_LENGTH_32:
+                if pos + 12 > len(data):
+                    return None
+                length, tell = unpack_length(data, pos + 8)[0], pos + 12
+        tag = group << 16 | number
+        if tag in PIXEL_TAGS:
+            return data, elements, spans, pos
+        if group == 0 or length == UNDEFINED_LENGTH or tag == ITEM_DELIMITER or tag in elements:
+            return None  # a command set, a sequence to parse, a stray delimiter, a tag given twice
+        stop = tell + length
+        if stop > len(data) and not ended:
+            data, ended = _read_on(fh, data, stop)
+        if stop > len(data):
+            return None  # truncated
+        key = BaseTag(tag)
+        element = RawDataElement(
+            key, vr, length, data[tell:stop] if length else empty_value_for_VR(vr, raw=True), tell, implicit, little
+        )
+        elements[key] = element
+        spans[key] = (element, pos, stop)
+        pos = stop
+
+
+def _read_on(fh: BinaryIO, data: bytes, needed: int) -> tuple[bytes, bool]:
+    """`data` and what follows it in the file, up to `needed` bytes or more; and whether the file ended."""
+    wanted = max(READ_AHEAD, needed - len(data))
+    more = fh.read(wanted)
+    return data + more, len(more) < wanted

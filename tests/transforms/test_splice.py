@@ -48,8 +48,8 @@ def spliced(monkeypatch) -> list[bool]:
     made = []
     part10 = splice.part10
 
-    def spy(fh, dataset, as_read):
-        encoded = part10(fh, dataset, as_read)
+    def spy(dataset, source):
+        encoded = part10(dataset, source)
         made.append(encoded is not None)
         return encoded
 
@@ -60,7 +60,7 @@ def spliced(monkeypatch) -> list[bool]:
 def by_pydicom(monkeypatch, source: Path, target: Path, profile: Profile) -> bytes:
     """The file the engine writes with dcmwrite alone."""
     with monkeypatch.context() as patch:
-        patch.setattr(splice, "part10", lambda fh, dataset, as_read: None)
+        patch.setattr(splice, "part10", lambda dataset, source: None)
         transform(source, target, profile, SECRET)
     return target.read_bytes()
 
@@ -87,6 +87,36 @@ def tricky(folder: Path, identified: Path, syntax: str) -> Path:
     ds[0x00081030] = RawDataElement(Tag(0x00081030), None if implicit else "LO", 7, b"CT HEAD", 0, implicit, little)
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_it_reads_what_dcmread_reads(name):
+    with open(shipped(name), "rb") as fh:
+        expected = dcmread(fh, stop_before_pixels=True)
+        pixel_data = fh.tell()
+        fh.seek(0)
+        dataset, source = splice.read(fh)
+        assert fh.tell() == pixel_data
+    assert source is not None
+    assert dict(dataset.items()) == dict(expected.items())  # raw elements as pydicom reads them
+    assert dict(dataset.file_meta.items()) == dict(expected.file_meta.items())
+    assert dataset.preamble == expected.preamble
+    assert dataset.original_encoding == expected.original_encoding
+    assert dataset.original_character_set == expected.original_character_set
+
+
+# Every source but the two with sequences of undefined length at the top level.
+DEFINED_LENGTHS = [name for name in SOURCES if name not in ("jpeg_lossless", "jpeg2000")]
+
+
+@pytest.mark.parametrize("name", DEFINED_LENGTHS)
+def test_a_file_with_defined_lengths_is_read_in_one_pass_without_dcmread(monkeypatch, name):
+    def dcmread_not_expected(*args, **kwargs):
+        raise AssertionError("dcmread called")
+
+    monkeypatch.setattr(splice, "dcmread", dcmread_not_expected)
+    with open(shipped(name), "rb") as fh:
+        splice.read(fh)
 
 
 @pytest.mark.parametrize("name", SOURCES)
