@@ -33,6 +33,7 @@ from pydicom.dataset import Dataset, FileDataset, validate_file_meta
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_32, VR
@@ -48,6 +49,11 @@ META_START = len(PREAMBLE) + 4  # after b"DICM"
 META_ENCODING = (False, True)  # explicit VR little endian, always (PS3.10 7.1)
 GROUP_LENGTH = struct.Struct("<HH2sHL")  # (0002,0000) UL, 4 bytes: the group's length after it
 LONG_VRS = frozenset(vr.encode() for vr in EXPLICIT_VR_LENGTH_32)
+# pydicom's write_string: VR -> the padding to an even length. Other VRs go through its charset encoders.
+PLAIN_TEXT_PADDING = {"AE": b" ", "AS": b" ", "CS": b" ", "DA": b" ", "DT": b" ", "TM": b" ", "UI": b"\0"}
+IMPLICIT_HEADER = struct.Struct("<HHL")
+EXPLICIT_HEADER_LE = struct.Struct("<HH2sH")
+EXPLICIT_HEADER_BE = struct.Struct(">HH2sH")
 VRS = {str(vr).encode(): str(vr) for vr in VR if len(vr) == 2}
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # where stop_before_pixels stops
 ITEM_DELIMITER = 0xFFFEE00D
@@ -154,12 +160,14 @@ def _complete(meta: Dataset) -> bool:
 def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int], spans: Spans, data, charset):
     """pydicom's write_dataset for `order`, with unchanged elements copied: a run of them in one write."""
     run_start = run_end = None
+    scratch = DicomBytesIO()
+    scratch.is_implicit_VR, scratch.is_little_endian = out.is_implicit_VR, out.is_little_endian
     for tag in order:
         element = elements[tag]
         span = spans.get(tag)
         encoded = None
         if span is None or span[0] is not element:
-            encoded = _encode(out, dataset.get_item(tag), charset)
+            encoded = encode(scratch, dataset.get_item(tag), charset)
             if span is not None and _same_value(span[0], element, encoded, out.is_implicit_VR):
                 encoded = None
         if encoded is not None:
@@ -177,11 +185,43 @@ def _splice(out, dataset: Dataset, elements: dict[int, Element], order: list[int
         out.write(data[run_start:run_end])
 
 
-def _encode(out: DicomBytesIO, element: Element, charset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_implicit_VR, buffer.is_little_endian = out.is_implicit_VR, out.is_little_endian
-    write_data_element(buffer, element, charset)
-    return buffer.getvalue()
+def encode(scratch: DicomBytesIO, element: Element, charset) -> bytes:
+    """The element as write_data_element encodes it in `scratch`'s encoding (`scratch` is overwritten)."""
+    plain = _encode_plain(element, scratch.is_implicit_VR, scratch.is_little_endian)
+    if plain is not None:
+        return plain
+    scratch.seek(0)
+    write_data_element(scratch, element, charset)
+    return scratch.getvalue()[: scratch.tell()]
+
+
+def _encode_plain(element: Element, implicit: bool, little: bool) -> bytes | None:
+    """What write_data_element writes for text of the VRs that pydicom's write_string encodes as ISO 8859-1
+    whatever the character set, in 1 µs instead of 9 (UIDs, codes, dates and times: most of what
+    de-identification rewrites); None for any other element or value, which pydicom encodes."""
+    padding = PLAIN_TEXT_PADDING.get(element.VR)
+    if padding is None or element.is_raw or element.is_buffered or element.is_undefined_length:
+        return None
+    value = element.value
+    if value is None or isinstance(value, str):
+        text = value or ""
+    elif isinstance(value, MultiValue | list | tuple) and all(isinstance(v, str) for v in value):
+        text = "\\".join(value)
+    else:
+        return None  # a date or time object, say: pydicom formats it
+    try:
+        encoded = text.encode("latin-1")
+    except UnicodeEncodeError:
+        return None  # pydicom raises, and says why
+    if len(encoded) % 2:
+        encoded += padding
+    if len(encoded) > 0xFFFF:
+        return None  # pydicom writes it as UN, with a warning
+    group, number = element.tag >> 16, element.tag & 0xFFFF
+    if implicit:
+        return IMPLICIT_HEADER.pack(group, number, len(encoded)) + encoded
+    header = EXPLICIT_HEADER_LE if little else EXPLICIT_HEADER_BE
+    return header.pack(group, number, element.VR.encode(), len(encoded)) + encoded
 
 
 def _same_value(original: RawDataElement, element: Element, encoded: bytes, implicit: bool) -> bool:
@@ -306,12 +346,13 @@ def _parse(fh: BinaryIO, data: bytes, pos: int, implicit: bool, little: bool) ->
         return None
     elements: dict[BaseTag, RawDataElement] = {}
     spans: Spans = {}
-    ended = len(data) < READ_AHEAD
+    size, ended = len(data), len(data) < READ_AHEAD
     while True:
-        if pos + 12 > len(data) and not ended:
+        if pos + 12 > size and not ended:
             data, ended = _read_on(fh, data, pos + 12)
-        if pos + 8 > len(data):
-            if pos < len(data):
+            size = len(data)
+        if pos + 8 > size:
+            if pos < size:
                 return None  # a few bytes after the last element: pydicom skips them
             return data, elements, spans, pos
         if implicit:
@@ -323,7 +364,7 @@ def _parse(fh: BinaryIO, data: bytes, pos: int, implicit: bool, little: bool) ->
             if vr is None:
                 return None  # an unknown VR, or implicit VR within explicit: pydicom guesses
             if vr in EXPLICIT_VR_LENGTH_32:
-                if pos + 12 > len(data):
+                if pos + 12 > size:
                     return None
                 length, tell = unpack_length(data, pos + 8)[0], pos + 12
         tag = group << 16 | number
@@ -332,10 +373,12 @@ def _parse(fh: BinaryIO, data: bytes, pos: int, implicit: bool, little: bool) ->
         if group == 0 or length == UNDEFINED_LENGTH or tag == ITEM_DELIMITER or tag in elements:
             return None  # a command set, a sequence to parse, a stray delimiter, a tag given twice
         stop = tell + length
-        if stop > len(data) and not ended:
-            data, ended = _read_on(fh, data, stop)
-        if stop > len(data):
-            return None  # truncated
+        if stop > size:
+            if not ended:
+                data, ended = _read_on(fh, data, stop)
+                size = len(data)
+            if stop > size:
+                return None  # truncated
         key = BaseTag(tag)
         element = RawDataElement(
             key, vr, length, data[tell:stop] if length else empty_value_for_VR(vr, raw=True), tell, implicit, little

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
-from pydicom.dataelem import RawDataElement
-from pydicom.filewriter import dcmwrite
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite, write_data_element
 from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -117,6 +118,37 @@ def test_a_file_with_defined_lengths_is_read_in_one_pass_without_dcmread(monkeyp
     monkeypatch.setattr(splice, "dcmread", dcmread_not_expected)
     with open(shipped(name), "rb") as fh:
         splice.read(fh)
+
+
+PLAIN_TEXT = [
+    ("UI", "1.2.840.10008.1.2.1"),
+    ("UI", "1.2.3"),
+    ("CS", "ORIGINAL\\PRIMARY"),
+    ("CS", ["ORIGINAL", "PRIMARY", "AXIAL"]),
+    ("CS", ["", ""]),
+    ("CS", None),
+    ("DA", "20240601"),
+    ("DA", ""),
+    ("DT", "20240601101500.123+0100"),
+    ("TM", "101500.12"),
+    ("AS", "063Y"),
+    ("AE", "STORESCP"),
+    ("SH", "NE-A-1"),  # pydicom's own text encoder: not the plain path
+    ("US", 1),
+]
+
+
+@pytest.mark.parametrize("syntax", SYNTAXES)
+@pytest.mark.parametrize(("vr", "value"), PLAIN_TEXT)
+def test_an_element_is_encoded_as_write_data_element_encodes_it(syntax, vr, value):
+    element = DataElement(0x00091010, vr, value)
+    implicit, little = SYNTAXES[syntax].is_implicit_VR, SYNTAXES[syntax].is_little_endian
+    scratch, expected = DicomBytesIO(), DicomBytesIO()
+    for buffer in (scratch, expected):
+        buffer.is_implicit_VR, buffer.is_little_endian = implicit, little
+    write_data_element(expected, element, ["iso8859"])
+    assert splice.encode(scratch, element, ["iso8859"]) == expected.getvalue()
+    assert (splice._encode_plain(element, implicit, little) is None) == (vr in ("SH", "US"))
 
 
 @pytest.mark.parametrize("name", SOURCES)
