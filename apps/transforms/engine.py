@@ -205,6 +205,8 @@ def _tail(fh, header: _Header, profile: Profile) -> list[tuple[int, int]]:
         if tag.is_private and 0x0010 <= tag.element <= 0x00FF and element.value is not None:
             creators[(tag.group, tag.element)] = creator_name(element.value)
         if _tail_keeps(tag, profile, keep_creators, creators):
+            if ranges and ranges[-1][1] == start:  # one copy for elements that follow each other
+                start = ranges.pop()[0]
             ranges.append((start, end))
         start = end
     return ranges
