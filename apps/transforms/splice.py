@@ -389,7 +389,9 @@ def _parse(fh: BinaryIO, data: bytes, pos: int, implicit: bool, little: bool) ->
 
 
 def _read_on(fh: BinaryIO, data: bytes, needed: int) -> tuple[bytes, bool]:
-    """`data` and what follows it in the file, up to `needed` bytes or more; and whether the file ended."""
-    wanted = max(READ_AHEAD, needed - len(data))
+    """`data` and what follows it in the file, up to `needed` bytes or more; and whether the file ended. The
+    buffer at least doubles each time, so a header of many megabytes is copied a few times, not once per
+    element."""
+    wanted = max(READ_AHEAD, len(data), needed - len(data))
     more = fh.read(wanted)
     return data + more, len(more) < wanted

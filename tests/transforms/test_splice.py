@@ -151,6 +151,22 @@ def test_an_element_is_encoded_as_write_data_element_encodes_it(syntax, vr, valu
     assert (splice._encode_plain(element, implicit, little) is None) == (vr in ("SH", "US"))
 
 
+def test_a_header_of_megabytes_is_read_in_one_pass_and_spliced(tmp_path, monkeypatch, ct, spliced):
+    ds = dcmread(ct)
+    block = ds.private_block(0x0011, "BIG VENDOR", create=True)
+    for number in range(0x10, 0xF0):  # many elements after the first read, and one larger than it
+        block.add_new(number, "OB", bytes([number]) * (20_000 if number != 0x20 else 3_000_000))
+    source = tmp_path / "big-header.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    monkeypatch.setattr(splice, "dcmread", None)  # the one-pass reader, or a TypeError
+    target = tmp_path / "out.dcm"
+    transform(source, target, PROFILES["site"], SECRET)
+    monkeypatch.undo()
+    assert spliced == [True]
+    assert dcmread(target)[0x00111120].value == b"\x20" * 3_000_000
+    assert target.read_bytes() == by_pydicom(monkeypatch, source, tmp_path / "pydicom.dcm", PROFILES["site"])
+
+
 @pytest.mark.parametrize("name", SOURCES)
 @pytest.mark.parametrize("profile", ["nothing", "site", "research"])
 def test_it_writes_what_pydicom_writes_for_every_encoding(tmp_path, monkeypatch, spliced, name, profile):
