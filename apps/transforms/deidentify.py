@@ -25,6 +25,7 @@ from .values import BINARY_VRS, FLOAT_VRS, INT_VRS, peek_vr, text, texts
 
 KEEP, CLEAN, SHIFT = "K", "C", "S"
 DATE_VRS = frozenset({"DA", "DT", "TM"})
+SHIFTED_VRS = frozenset({"DA", "DT", "UN"})  # UN: decoded with its dictionary VR, which may be DA or DT
 # Dummy values for D, per VR; dates far from any real study so that nobody mistakes them for one.
 DUMMY_TEXT = {
     "AE": "ANONYMIZED", "AS": "000Y", "CS": "ANONYMIZED", "DA": "19000101", "DS": "0", "DT": "19000101000000",
@@ -33,6 +34,10 @@ DUMMY_TEXT = {
 }  # fmt: skip
 ACCESSION_LENGTH = 16  # SH
 NO_PSEUDONYM = "no pseudonym for this patient in the profile's table"
+# The options whose attributes are cleaned (C) rather than kept or removed (_Rules.action).
+CLEANING_OPTIONS = frozenset(
+    {annex_e.CLEAN_DESCRIPTORS, annex_e.RETAIN_DEVICE_IDENTITY, annex_e.RETAIN_PATIENT_CHARACTERISTICS}
+)
 
 PATIENT_ID = Tag(tag_for_keyword("PatientID"))
 PATIENT_NAME = Tag(tag_for_keyword("PatientName"))
@@ -85,6 +90,8 @@ class _Cleaner:
 
     @classmethod
     def of(cls, dataset: Dataset, options: frozenset[str]) -> "_Cleaner":
+        if not options & CLEANING_OPTIONS:
+            return cls(set())  # nothing will be cleaned: reading the identifiers would only cost
         keywords = annex_e.IDENTIFYING_TEXT
         if annex_e.RETAIN_INSTITUTION_IDENTITY not in options:
             keywords += annex_e.INSTITUTION_TEXT
@@ -145,6 +152,8 @@ class _Rules:
                 del dataset[tag]
             elif peek_vr(dataset, tag) == "SQ":
                 self._sequence(dataset[tag], action)
+            elif action == SHIFT and peek_vr(dataset, tag) not in SHIFTED_VRS:
+                continue  # times are kept (a whole-day shift keeps them true): not worth decoding
             elif action not in (None, KEEP):
                 self._value(dataset[tag], action)
 

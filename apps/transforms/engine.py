@@ -4,9 +4,10 @@
 2. Refuse what must not go: burned-in pixels, a patient missing from the pseudonym table (Held).
 3. De-identify (Annex E with options), then apply the operations in order.
 4. Write the Part 10 file: preamble, file meta (Media Storage SOP Instance UID follows the SOP Instance
-   UID; the transfer syntax is kept), the new header in the file's own encoding, then Pixel Data and what
-   follows it copied byte for byte from the source (private blocks and digital signatures after Pixel Data
-   are left out when the profile removes them).
+   UID; the transfer syntax is kept), the new header in the file's own encoding (elements no step changed
+   copied as their source bytes, splice.py), then Pixel Data and what follows it copied byte for byte from
+   the source (private blocks and digital signatures after Pixel Data are left out when the profile removes
+   them).
 
 Nothing depends on the clock, the process or a random source, so a retry or another worker writes the same
 bytes; the SHA-256 returned is what the ledger records.
@@ -19,9 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator
 from pydicom.filewriter import dcmwrite
 from pydicom.multival import MultiValue
@@ -29,7 +29,7 @@ from pydicom.sequence import Sequence
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from . import annex_e, paths
+from . import annex_e, paths, splice
 from .coerce import apply_operations, creator_name
 from .deidentify import check_burned_in, deidentify, pseudonym_for
 from .profile import OPS, OPTIONS, REMOVE_PRIVATE, Held, Operation, Profile, validate
@@ -63,6 +63,7 @@ PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})  # Float, Double Fl
 META_AE_AND_ADDRESSES = tuple(
     Tag(0x0002, element) for element in (0x0016, 0x0017, 0x0018, 0x0026, 0x0027, 0x0028, 0x0100, 0x0102)
 )
+META_FOLLOWS = (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID"))
 
 
 @dataclass(frozen=True)
@@ -80,15 +81,16 @@ class Change:
 class Transformed:
     sha256: str
     size: int
-    changes: list[Change]
+    changes: list[Change] | None  # None unless asked for: a delivery needs the digest only
 
 
-def transform(source: Path, target: Path, profile: Profile, secret: bytes) -> Transformed:
+def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, changes: bool = False) -> Transformed:
     """Write the transformed instance to `target` (atomically: a temporary file beside it, then a rename).
-    Raises Held when the instance must not go to this destination, ValueError for an invalid profile."""
+    Raises Held when the instance must not go to this destination, ValueError for an invalid profile.
+    With `changes`, the result lists them as `preview` does (it costs as much as the rest of the transform)."""
     with open(source, "rb") as fh:
         header = _Header.read(fh)
-        changes = header.transform(profile, secret)
+        made = header.transform(profile, secret, changes=changes)
         encoded = header.encode()
         tail = _tail(fh, header, profile)
         digest = hashlib.sha256()
@@ -103,38 +105,40 @@ def transform(source: Path, target: Path, profile: Profile, secret: bytes) -> Tr
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    return Transformed(sha256=digest.hexdigest(), size=size, changes=changes)
+    return Transformed(sha256=digest.hexdigest(), size=size, changes=made)
 
 
 def preview(source: Path, profile: Profile, secret: bytes) -> list[Change]:
     """The changes `transform` would make; nothing is written. Raises Held as `transform` would."""
     with open(source, "rb") as fh:
-        return _Header.read(fh).transform(profile, secret)
+        return _Header.read(fh).transform(profile, secret, changes=True)
 
 
 class _Header:
     """The dataset before Pixel Data, its file meta, and where the rest of the file starts."""
 
-    def __init__(self, dataset: Dataset, tail_start: int) -> None:
+    def __init__(self, dataset: Dataset, tail_start: int, source: splice.Source | None) -> None:
         self.dataset = dataset
         self.tail_start = tail_start
+        self.source = source  # where each element read lies in the file: unchanged ones are copied from there
 
     @classmethod
     def read(cls, fh) -> "_Header":
-        dataset = dcmread(fh, stop_before_pixels=True)
+        dataset, source = splice.read(fh)
         if dataset.file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
             # The whole dataset is one deflate stream: there are no Pixel Data bytes to copy as they are.
             raise Held("the Deflated Explicit VR Little Endian transfer syntax cannot be transformed")
-        return cls(dataset, fh.tell())
+        return cls(dataset, fh.tell(), source)
 
-    def transform(self, profile: Profile, secret: bytes) -> list[Change]:
+    def transform(self, profile: Profile, secret: bytes, *, changes: bool) -> list[Change] | None:
         errors = validate(profile)
         if errors:
             raise ValueError(f"invalid transform profile {profile.name!r}: " + "; ".join(errors))
         dataset = self.dataset
         patient_id = str(dataset.get("PatientID", "") or "").strip()
-        before = _snapshot(dataset)
-        meta_before = _flatten(dataset.file_meta)
+        if changes:
+            before = _snapshot(dataset)
+            meta_before = _flatten(dataset.file_meta)
         if profile.deidentify:
             if not profile.allow_burned_in:
                 check_burned_in(dataset, self.sop_class_uid)
@@ -147,6 +151,8 @@ class _Header:
         apply_operations(dataset, profile.operations, secret=secret, patient_id=patient_id)
         _drop_group_lengths(dataset)
         self._update_meta()
+        if not changes:
+            return None
         return _changes(meta_before, _flatten(dataset.file_meta)) + _diff(before, dataset)
 
     @property
@@ -154,14 +160,31 @@ class _Header:
         return str(self.dataset.get("SOPClassUID") or self.dataset.file_meta.get("MediaStorageSOPClassUID") or "")
 
     def _update_meta(self) -> None:
-        meta: FileMetaDataset = self.dataset.file_meta
-        if "SOPInstanceUID" in self.dataset:
-            meta.MediaStorageSOPInstanceUID = self.dataset.SOPInstanceUID
-        if "SOPClassUID" in self.dataset:
-            meta.MediaStorageSOPClassUID = self.dataset.SOPClassUID
+        """The file meta's SOP Class and Instance UIDs follow the dataset's. Both still as read, with the same
+        bytes: nothing to do (decoding and setting them again cost as much as a whole coercion)."""
+        dataset, meta = self.dataset, self.dataset.file_meta
+        for keyword, meta_keyword in META_FOLLOWS:
+            tag, meta_tag = Tag(keyword), Tag(meta_keyword)
+            if tag in dataset and not self._read_alike(tag, meta_tag):
+                setattr(meta, meta_keyword, getattr(dataset, keyword))
+
+    def _read_alike(self, tag: Tag, meta_tag: Tag) -> bool:
+        ours, theirs = self.dataset.get_item(tag, keep_deferred=True), self.dataset.file_meta.get_item(meta_tag)
+        source = self.source
+        return (
+            source is not None
+            and source.read_as(tag, ours)
+            and source.read_as(meta_tag, theirs, meta=True)
+            and ours.value == theirs.value
+        )
 
     def encode(self) -> bytes:
-        """Preamble, file meta and header, in the file's own transfer syntax."""
+        """Preamble, file meta and header, in the file's own transfer syntax: spliced from the source when
+        splice.py can vouch for the result, else written by pydicom."""
+        encoded = splice.part10(self.dataset, self.source)
+        return self.dcmwrite() if encoded is None else encoded
+
+    def dcmwrite(self) -> bytes:
         buffer = io.BytesIO()
         dcmwrite(buffer, self.dataset, enforce_file_format=True)
         return buffer.getvalue()
@@ -182,6 +205,8 @@ def _tail(fh, header: _Header, profile: Profile) -> list[tuple[int, int]]:
         if tag.is_private and 0x0010 <= tag.element <= 0x00FF and element.value is not None:
             creators[(tag.group, tag.element)] = creator_name(element.value)
         if _tail_keeps(tag, profile, keep_creators, creators):
+            if ranges and ranges[-1][1] == start:  # one copy for elements that follow each other
+                start = ranges.pop()[0]
             ranges.append((start, end))
         start = end
     return ranges

@@ -13,7 +13,7 @@ from .conftest import SECRET
 
 def coerce(source: Path, tmp_path: Path, *operations: Operation):
     target = tmp_path / "out.dcm"
-    result = transform(source, target, Profile("coercion", operations=operations), SECRET)
+    result = transform(source, target, Profile("coercion", operations=operations), SECRET, changes=True)
     return dcmread(target), result
 
 

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
 from apps.transforms.annex_e import basic_action
 from apps.transforms.engine import Held, Operation, Profile, date_offset_days, patient_pseudonym, transform
@@ -178,6 +180,15 @@ def test_modified_dates_are_shifted_by_the_patients_offset(tmp_path, identified)
     assert ds.AcquisitionDateTime == _date("20240601", days) + "101500.123+0100"
     assert ds.StudyTime == source.StudyTime
     assert ds.PatientBirthDate == ""  # no option keeps the birth date
+
+
+def test_a_date_written_with_an_unknown_vr_is_shifted_too(tmp_path, identified):
+    ds = dcmread(identified)
+    ds[0x00080021] = RawDataElement(Tag(0x00080021), "UN", 8, b"20240601", 0, False, True)  # SeriesDate
+    source = tmp_path / "un.dcm"
+    ds.save_as(source, enforce_file_format=True)
+    shifted, _ = deidentify(source, tmp_path, with_options("retain_longitudinal_modified_dates"))
+    assert shifted.SeriesDate == _date("20240601", date_offset_days("MRN-1234567", SECRET))
 
 
 def test_full_dates_are_kept(tmp_path, identified):

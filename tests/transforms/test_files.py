@@ -77,7 +77,7 @@ def test_another_process_writes_the_same_bytes(tmp_path, identified):
 
 
 def test_a_profile_that_changes_nothing_writes_the_source_bytes(tmp_path, ct):
-    result = transform(ct, tmp_path / "out.dcm", Profile("nothing"), b"")
+    result = transform(ct, tmp_path / "out.dcm", Profile("nothing"), b"", changes=True)
     assert (tmp_path / "out.dcm").read_bytes() == ct.read_bytes()
     assert result.changes == []
 
@@ -86,7 +86,7 @@ def test_preview_lists_what_transform_changes_and_writes_nothing(tmp_path, ident
     before = sorted(tmp_path.rglob("*"))
     changes = preview(identified, RESEARCH, SECRET)
     assert sorted(tmp_path.rglob("*")) == before
-    assert changes == transform(identified, tmp_path / "out.dcm", RESEARCH, SECRET).changes
+    assert changes == transform(identified, tmp_path / "out.dcm", RESEARCH, SECRET, changes=True).changes
     by_keyword = {change.keyword: change for change in changes}
     assert by_keyword["PatientName"].before == "Doe^Jane"
     assert by_keyword["OtherPatientIDs"].after is None
