@@ -2,8 +2,8 @@
 
 An upgrade that renames one of them would silently disable what the patch does (the SCP's PDU limits
 against hostile peers, its wakeups, the sender's cure for lost responses, Beat's restart over a cut-short
-schedule file, the embedded broker's atomic writes): a system check (core.E005) refuses to start any
-process when a version differs or a part is missing. Each entry names a part as `module:Class.attribute`;
+schedule file, the embedded broker's atomic writes, the transform engine's splice of unchanged elements): a
+system check (core.E005) refuses to start any process when a version differs or a part is missing. Each entry names a part as `module:Class.attribute`;
 an attribute that exists only on instances is named by the source text that assigns it (`source:`).
 Names only: this module imports each library when the check runs, never at import.
 """
@@ -56,6 +56,18 @@ PATCHES = (
             "pynetdicom.association:Association.__init__ source:self.dimse",
             "pynetdicom.dimse:DIMSEServiceProvider.get_msg",
         ),
+    ),
+    Patch(
+        "apps.transforms.splice",
+        "pydicom",
+        "3.0.2",
+        ("pydicom.filereader:_read_file_meta_info", "pydicom.dataset:Dataset._character_set"),
+    ),
+    Patch(
+        "apps.transforms.engine",
+        "pydicom",
+        "3.0.2",
+        ("pydicom.dataset:Dataset._character_set",),
     ),
     Patch(
         "routerproject.beat",

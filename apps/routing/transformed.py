@@ -61,6 +61,13 @@ def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
         except ValueError as exc:  # the profile itself (checked at import: edited since?) or its secret
             prepared.held[item.pk] = f"profile {profile.name} cannot be applied: {exc}"
             continue
+        except Exception as exc:  # noqa: BLE001 - a file the engine cannot rewrite: held, never a crashed delivery
+            # The message could quote a value of the file: its type only.
+            logger.error(
+                "deliver: profile %s failed on instance %s: %s", profile.name, item.instance_id, type(exc).__name__
+            )
+            prepared.held[item.pk] = f"profile {profile.name} could not rewrite this file ({type(exc).__name__})"
+            continue
         _add(prepared, item, target, made.sha256)
     return prepared
 

@@ -4,15 +4,24 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('routing', '0008_dicomweb_verify'),
+        ("routing", "0008_dicomweb_verify"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='destination',
-            name='dicomweb_auth',
-            field=models.CharField(choices=[('none', 'None'), ('basic', 'Basic'), ('bearer', 'Bearer'), ('token', "token (Authorization: Token …, as this router's own STOW-RS receiver takes it)")], default='none', max_length=8, verbose_name='authentication'),
+            model_name="destination",
+            name="dicomweb_auth",
+            field=models.CharField(
+                choices=[
+                    ("none", "None"),
+                    ("basic", "Basic"),
+                    ("bearer", "Bearer"),
+                    ("token", "token (Authorization: Token …, as this router's own STOW-RS receiver takes it)"),
+                ],
+                default="none",
+                max_length=8,
+                verbose_name="authentication",
+            ),
         ),
     ]
