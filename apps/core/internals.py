@@ -3,8 +3,9 @@
 An upgrade that renames one of them would silently disable what the patch does (the SCP's PDU limits
 against hostile peers, its wakeups, the sender's cure for lost responses, Beat's restart over a cut-short
 schedule file, the embedded broker's atomic writes, the transform engine's splice of unchanged elements): a
-system check (core.E005) refuses to start any process when a version differs or a part is missing. Each entry names a part as `module:Class.attribute`;
-an attribute that exists only on instances is named by the source text that assigns it (`source:`).
+system check (core.E005) refuses to start any process when a version differs or a part is missing. Each
+entry names a part as `module:Class.attribute`; an attribute that exists only on instances is named by the
+source text that assigns it (`source:`).
 Names only: this module imports each library when the check runs, never at import.
 """
 
