@@ -670,7 +670,8 @@ def _export_caller(c: AllowedCaller) -> dict:
 
 def _export_destination(d: Destination) -> dict:
     out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS if getattr(d, f) is not None}}
-    if d.tls_enabled:
+    # A DICOMweb destination's https verification uses the same fields without turning DICOM TLS on.
+    if d.tls_enabled or (d.protocol == Protocol.DICOMWEB and (d.tls_ca_file or not d.tls_verify)):
         out["tls"] = _export_tls(d, DESTINATION_TLS_KEYS, {"verify": True, "check_hostname": False})
     if d.transform_id:
         out["transform"] = d.transform.name

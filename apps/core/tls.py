@@ -74,8 +74,10 @@ class ClientTls:
 
 
 def client_context(tls: ClientTls) -> ssl.SSLContext:
+    """Verification on by default. Against the system's CA store (no `ca`) the host name is always checked:
+    any publicly trusted certificate would pass otherwise."""
     context = _profile(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    context.check_hostname = tls.verify and tls.check_hostname
+    context.check_hostname = tls.verify and (tls.check_hostname or not tls.ca)
     if tls.verify:
         context.verify_mode = ssl.CERT_REQUIRED
         if tls.ca:

@@ -151,7 +151,12 @@ class StoreSCP:
             certificate=peer_certificate(raw),
         )
         title = str(primitive.calling_ae_title or "")
-        if not services.caller_allowed(self._allow_list, ae_title=title, peer=peer):
+        try:
+            allowed = services.caller_allowed(self._allow_list, ae_title=title, peer=peer)
+        except Exception as exc:  # noqa: BLE001 - pynetdicom would log it and admit the caller: refuse instead
+            logger.error("association from %s refused: its admission check failed (%s)", peer.host, type(exc).__name__)
+            allowed = False
+        if not allowed:
             over = "TLS" if peer.tls else "plain TCP"
             logger.warning(
                 "association from %s at %s over %s refused: not on the allow-list", title.strip(), peer.host, over

@@ -71,6 +71,13 @@ def _credentials(target: WebTarget) -> dict:
     return {"headers": {"Authorization": f"{scheme} {value}"}}
 
 
+def _tls_refusal(exc: Exception) -> bool:
+    """A certificate that does not verify, or a TLS alert: configuration. A handshake cut short (EOF, reset:
+    a load balancer restarting) is not."""
+    text = str(exc).lower()
+    return "certificate" in text or "alert" in text or "wrong version number" in text
+
+
 def _verify(target: WebTarget):
     return (target.ca_file or True) if target.verify else False
 
@@ -138,8 +145,19 @@ def send(target: WebTarget, files: list[File], on_sent: Callable[[int, Result], 
     except CredentialsUnavailable as exc:
         failure = Result(TRANSIENT, error=str(exc), unreachable=True, config_error=True)
         return _all(range(len(files)), failure, results, on_sent)
-    for indexes in batches(files, count=target.batch_count, size=target.batch_bytes):
-        outcome = _send_batch(target, [files[i] for i in indexes], auth)
+    readable = []
+    for index, file in enumerate(files):
+        try:
+            uid = _sop_instance_uid(file.path)
+        except Exception as exc:  # noqa: BLE001 - a file we cannot read is that file's failure, never the batch's
+            _all([index], Result(TRANSIENT, error=f"file not readable ({type(exc).__name__})"), results, on_sent)
+            continue
+        readable.append((index, uid))
+    uids = dict(readable)
+    sendable = [files[i] for i, _ in readable]
+    for batch in batches(sendable, count=target.batch_count, size=target.batch_bytes):
+        indexes = [readable[i][0] for i in batch]
+        outcome = _send_batch(target, [files[i] for i in indexes], [uids[i] for i in indexes], auth)
         for i, result in zip(indexes, outcome, strict=True):
             results[i] = result
             if on_sent is not None:
@@ -159,8 +177,7 @@ def _all(indexes, failure: Result, results: list, on_sent) -> list[Result]:
     return [r or failure for r in results]
 
 
-def _send_batch(target: WebTarget, files: list[File], auth: dict) -> list[Result]:
-    uids = [_sop_instance_uid(f.path) for f in files]
+def _send_batch(target: WebTarget, files: list[File], uids: list[str], auth: dict) -> list[Result]:
     boundary = secrets.token_hex(16)
     body = _Body([f.path for f in files], boundary)
     headers = {
@@ -178,7 +195,7 @@ def _send_batch(target: WebTarget, files: list[File], auth: dict) -> list[Result
             verify=_verify(target),
         )
     except requests.exceptions.SSLError as exc:
-        return [Result(TRANSIENT, error=f"TLS: {exc}", unreachable=True, config_error=True)] * len(files)
+        return [Result(TRANSIENT, error=f"TLS: {exc}", unreachable=True, config_error=_tls_refusal(exc))] * len(files)
     except requests.exceptions.ConnectionError as exc:
         # Refused or never connected: unreachable (the destination may be down). Dropped while the body went:
         # reached, and nothing of this batch is known stored.
@@ -229,9 +246,11 @@ def outcomes(status: int, headers, content: bytes, uids: list[str]) -> list[Resu
         return [Result(TRANSIENT, error=f"{http}: try again later", retry_after=retry_after)] * len(uids)
     reason = _short(content)
     if status in PERMANENT_HTTP:
-        config = status in (401, 403, 404)  # the destination's configuration, not the data
         error = f"{http} ({_HTTP_MEANING.get(status, '')}){': ' + reason if reason else ''}"
-        return [Result(PERMANENT, error=error, config_error=config, unreachable=config)] * len(uids)
+        if status in (401, 403, 404):
+            # The destination's configuration, not the data: paused, the items kept pending for Resume.
+            return [Result(TRANSIENT, error=error, config_error=True, unreachable=True)] * len(uids)
+        return [Result(PERMANENT, error=error)] * len(uids)
     return [Result(TRANSIENT, error=f"{http}: unexpected answer")] * len(uids)
 
 
@@ -338,12 +357,12 @@ def probe(target: WebTarget) -> Result:
             verify=_verify(target),
         )
     except requests.exceptions.SSLError as exc:
-        return Result(TRANSIENT, error=f"TLS: {exc}", unreachable=True, config_error=True)
+        return Result(TRANSIENT, error=f"TLS: {exc}", unreachable=True, config_error=_tls_refusal(exc))
     except requests.exceptions.RequestException as exc:
         return Result(TRANSIENT, error=f"QIDO-RS failed: {type(exc).__name__}", unreachable=True)
     if response.status_code in (200, 204):
         return Result(DELIVERED, status=response.status_code)
     if response.status_code in (401, 403):
         error = f"HTTP {response.status_code} ({_HTTP_MEANING[response.status_code]})"
-        return Result(PERMANENT, error=error, config_error=True, unreachable=True)
+        return Result(TRANSIENT, error=error, config_error=True, unreachable=True)
     return Result(TRANSIENT, error=f"QIDO-RS answered HTTP {response.status_code}", unreachable=True)

@@ -10,6 +10,7 @@ destination with the reason; the other instances and the other destinations go o
 
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +36,21 @@ class Prepared:
     folder: Path | None = None
 
 
+def profile_for(delivery: Delivery) -> TransformProfile | None:
+    """The profile the receiving destination gets this delivery through. The one chosen at routing, unless
+    the destination receiving it now has its own that routing did not know: a profile added to the
+    destination since, or an alternate's. Never the original bytes to a destination that has a profile."""
+    target = delivery.target or delivery.destination
+    if target.pk != delivery.destination_id:  # an alternate: its own profile first, else the rule's choice
+        return target.transform or delivery.transform
+    return delivery.transform or target.transform
+
+
 def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
-    """The file to send for each pending item (its instance preloaded), or why it is held."""
+    """The file to send for each pending item (its instance preloaded), or why it is held. An item whose copy
+    could not be written (a full disk) is neither: it stays pending and goes at the next attempt."""
     prepared = Prepared()
-    profile = delivery.transform
+    profile = profile_for(delivery)
     if profile is None:
         for item in items:
             _add(prepared, item, settings.STORAGE_ROOT / item.instance.path, item.instance.sha256)
@@ -48,9 +60,14 @@ def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
     except SecretUnavailable as exc:
         prepared.held = {item.pk: str(exc) for item in items}
         return prepared
+    if not secret and (profile.deidentify or any(o.op in ("hash", "date_shift") for o in profile.operations_parsed())):
+        prepared.held = {item.pk: f"profile {profile.name} needs a secret (env: or file:)" for item in items}
+        return prepared
     transform = profile.engine_profile(_pseudonym_table(profile))
-    prepared.folder = settings.STORAGE_ROOT / FOLDER / str(delivery.pk)
-    prepared.folder.mkdir(parents=True, exist_ok=True)
+    # A folder of this attempt's own: a second worker given the same delivery after a lease never shares it.
+    root = settings.STORAGE_ROOT / FOLDER
+    root.mkdir(parents=True, exist_ok=True)
+    prepared.folder = Path(tempfile.mkdtemp(prefix=f"{delivery.pk}-", dir=root))
     for item in items:
         target = prepared.folder / f"{item.instance_id}.dcm"
         try:
@@ -58,8 +75,8 @@ def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
         except engine.Held as held:
             prepared.held[item.pk] = f"held by profile {profile.name}: {held.reason}"
             continue
-        except ValueError as exc:  # the profile itself (checked at import: edited since?) or its secret
-            prepared.held[item.pk] = f"profile {profile.name} cannot be applied: {exc}"
+        except OSError as exc:  # our disk, not the data: the item stays pending and goes again
+            logger.error("deliver: transformed copy of instance %s not written: %s", item.instance_id, exc.strerror)
             continue
         except Exception as exc:  # noqa: BLE001 - a file the engine cannot rewrite: held, never a crashed delivery
             # The message could quote a value of the file: its type only.

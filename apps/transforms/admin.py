@@ -2,8 +2,11 @@
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
 from django.urls import path
+
+from apps.audit.services import audit_action
 
 from . import services
 from .models import PseudonymEntry, TransformProfile
@@ -26,10 +29,19 @@ class TransformProfileAdmin(admin.ModelAdmin):
     def preview_view(self, request, profile_id: int):
         """Apply the profile to a stored instance and show every changed attribute, before and after."""
         profile = TransformProfile.objects.get(pk=profile_id)
+        if not self.has_change_permission(request, profile):
+            raise PermissionDenied  # a preview shows an instance's identifying values
         form = PreviewForm(request.POST or None)
         outcome = None
         if request.method == "POST" and form.is_valid():
-            outcome = services.profile_preview(profile=profile, sop_instance_uid=form.cleaned_data["sop_instance_uid"])
+            uid = form.cleaned_data["sop_instance_uid"]
+            outcome = services.profile_preview(profile=profile, sop_instance_uid=uid)
+            audit_action(
+                request=request,
+                action="transforms.preview",
+                study_instance_uid="",
+                detail=f"previewed profile {profile.name} on instance {uid.strip()[:64]}",
+            )
         context = {
             **self.admin_site.each_context(request),
             "title": f"Preview of transform profile {profile.name}",

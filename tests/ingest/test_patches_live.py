@@ -53,3 +53,33 @@ def test_the_guard_and_the_reactor_are_installed_on_a_live_association(storage, 
     finally:
         guard.PduGuard.read = original
         scp.stop([server], grace=1)
+
+
+def test_an_admission_check_that_fails_refuses_the_caller_instead_of_admitting_it(storage, monkeypatch):
+    from apps.ingest import services
+    from apps.ingest.models import AllowedCaller
+
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", _config.STORE_RECV_CHUNKED_DATASET)
+    monkeypatch.setattr(dimse_messages, "NamedTemporaryFile", dimse_messages.NamedTemporaryFile)
+    AllowedCaller.objects.create(ae_title="MODALITY")
+
+    def broken(*args, **kwargs):
+        raise ValueError("a certificate cryptography cannot parse")
+
+    monkeypatch.setattr(services, "caller_allowed", broken)
+    port = free_port()
+    servers = scp.serve(
+        host="127.0.0.1",
+        listeners=[scp.Listener(port)],
+        ae_title="ROUTER",
+        spool=Spool(storage),
+        on_studies_received=dict,
+    )
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+        assert assoc.is_rejected
+        assert assoc.acceptor.primitive.diagnostic == 0x03  # calling AE title not recognised
+    finally:
+        scp.stop(servers, grace=1)

@@ -71,9 +71,10 @@ def test_busy_and_broken_servers_are_transient_and_retry_after_is_honoured():
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
-def test_refused_credentials_or_a_wrong_url_are_a_configuration_error(status):
+def test_refused_credentials_or_a_wrong_url_are_a_configuration_error_that_keeps_the_items(status):
     [result] = stow.outcomes(status, {}, b"nope", ["1"])
-    assert result.kind == dicom_send.PERMANENT and result.config_error and f"HTTP {status}" in result.error
+    # Transient for the items (they wait, pending, for Resume), a configuration error for the destination.
+    assert result.kind == dicom_send.TRANSIENT and result.config_error and f"HTTP {status}" in result.error
 
 
 @pytest.mark.parametrize("status", [400, 413, 415])
@@ -226,3 +227,32 @@ def test_a_dicomweb_destination_is_probed_by_qido_and_bad_credentials_pause_it(s
     assert result.config_error and "cannot be read" in result.error
     monkeypatch.setenv("ROUTER_TEST_NO_SUCH_TOKEN", "abc")
     assert echo(destination).kind != dicom_send.DELIVERED  # the scripted server has no QIDO: 501, down
+
+
+def test_a_401_pauses_the_destination_and_resume_sends_what_waited(web_delivery):
+    from apps.routing.services import destination_resume
+
+    delivery_id, _ = web_delivery
+    Scripted.script = [lambda sent: (401, {}, b"bad token")]
+    assert delivery_send(delivery_id=delivery_id) == "pending"
+    destination = Destination.objects.get(name="cloud")
+    assert "HTTP 401" in destination.config_error
+    assert set(ledger(delivery_id).values()) == {"pending"} and Delivery.objects.get(pk=delivery_id).attempts == 0
+
+    Scripted.script = [lambda sent: (200, {}, answer(stored=sent))] * 2
+    assert destination_resume(destination_id=destination.pk)
+    assert delivery_send(delivery_id=delivery_id) == "delivered"
+
+
+def test_an_unreadable_file_is_that_files_failure_not_the_batchs(server, tmp_path, storage, db):
+    good = synthetic_study(tmp_path / "in", count=1)[1][0]
+    missing = tmp_path / "gone.dcm"
+    Scripted.script = [lambda sent: (200, {}, answer(stored=sent))]
+    target = stow.WebTarget(url=f"http://127.0.0.1:{server.server_address[1]}/dicom-web")
+    files = [
+        dicom_send.File("1.2", "1.2.840.10008.1.2.1", missing),
+        dicom_send.File("1.2", "1.2.840.10008.1.2.1", good),
+    ]
+    lost, sent = stow.send(target, files)
+    assert lost.kind == dicom_send.TRANSIENT and "FileNotFoundError" in lost.error
+    assert sent.kind == dicom_send.DELIVERED

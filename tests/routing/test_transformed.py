@@ -47,3 +47,40 @@ def test_a_file_the_engine_cannot_rewrite_is_held_with_the_error_type_only(
     assert reason == "profile site could not rewrite this file (TypeError)"
     assert DeliveryItem.objects.filter(state=DeliveryItem.State.HELD).count() == 1
     assert not (storage / transformed.FOLDER / str(delivery_id)).exists()
+
+
+def test_a_destination_given_a_profile_after_routing_never_gets_the_original_bytes(storage, tmp_path, default_mapping):
+    from apps.routing.models import RoutingRule
+
+    destination = Destination.objects.create(name="research", ae_title="RES", host="127.0.0.1", port=1)
+    RoutingRule.objects.create(name="all", priority=1).destinations.add(destination)
+    _, paths = synthetic_study(tmp_path / "in", count=1)
+    [delivery_id] = run_steps(receive_study(storage, paths), until="route")
+    assert Delivery.objects.get(pk=delivery_id).transform is None  # routed before the profile existed
+    profile = TransformProfile.objects.create(name="research", deidentify=True, secret="env:ROUTER_NO_SUCH_SECRET")
+    Destination.objects.filter(pk=destination.pk).update(transform=profile)
+
+    delivery = Delivery.objects.select_related("transform", "destination").get(pk=delivery_id)
+    prepared = transformed.prepare(delivery, list(delivery.items.select_related("instance")))
+
+    assert prepared.files == [] and len(prepared.held) == 1  # held (its secret is missing), not sent as is
+    assert "ROUTER_NO_SUCH_SECRET" in next(iter(prepared.held.values()))
+
+
+def test_an_alternate_with_its_own_profile_receives_through_it(storage, tmp_path, default_mapping, monkeypatch):
+    from apps.routing.models import RoutingRule
+
+    monkeypatch.setenv("ROUTER_TEST_SECRET", "0123456789abcdef0123456789abcdef")
+    profile = TransformProfile.objects.create(name="alt", deidentify=True, secret="env:ROUTER_TEST_SECRET")
+    alternate = Destination.objects.create(name="alt", ae_title="ALT", host="127.0.0.1", port=2, transform=profile)
+    primary = Destination.objects.create(name="main", ae_title="MAIN", host="127.0.0.1", port=1, alternate=alternate)
+    RoutingRule.objects.create(name="all", priority=1).destinations.add(primary)
+    _, paths = synthetic_study(tmp_path / "in", count=1)
+    [delivery_id] = run_steps(receive_study(storage, paths), until="route")
+    Delivery.objects.filter(pk=delivery_id).update(target=alternate)
+
+    delivery = Delivery.objects.select_related("transform", "destination").get(pk=delivery_id)
+    assert transformed.profile_for(delivery) == profile
+    prepared = transformed.prepare(delivery, list(delivery.items.select_related("instance")))
+    assert len(prepared.files) == 1 and prepared.sha256[0] != delivery.items.get().instance.sha256
+    transformed.clean(prepared)

@@ -70,3 +70,17 @@ def test_a_pseudonym_table_imports_from_csv_and_refuses_a_pseudonym_given_twice(
     assert dict(profile.pseudonyms.values_list("patient_id", "pseudonym")) == {"P-1": "A1"}
     with pytest.raises(CommandError, match="no transform profile"):
         call_command("importpseudonyms", "nobody", str(table))
+
+
+def test_a_preview_needs_the_right_to_change_profiles_and_is_audited(admin_client, storage, tmp_path, db):
+    from django.test import Client
+
+    from apps.audit.models import AuditEvent
+
+    profile = TransformProfile.objects.create(name="north")
+    url = reverse("admin:transforms_preview", args=[profile.pk])
+    viewer = Client()
+    viewer.force_login(User.objects.create(username="viewer", is_staff=True))  # staff, no permission
+    assert viewer.post(url, {"sop_instance_uid": "1.2.3"}).status_code == 403
+    admin_client.post(url, {"sop_instance_uid": "1.2.3"})
+    assert AuditEvent.objects.filter(action="transforms.preview", detail__contains="1.2.3").count() == 1
