@@ -271,8 +271,8 @@ def _from_body(status: int, content: bytes, uids: list[str]) -> list[Result]:
         answer = {}
     if isinstance(answer, list):  # some servers wrap the dataset in a list
         answer = answer[0] if answer else {}
-    stored = {_uid(item): _warning(item) for item in _items(answer, REFERENCED)}
-    failed = {_uid(item): _reason(item) for item in _items(answer, FAILED)}
+    stored = {_uid(item): _number(item, WARNING_REASON) for item in _items(answer, REFERENCED)}
+    failed = {_uid(item): _number(item, FAILURE_REASON) for item in _items(answer, FAILED)}
     out = []
     for uid in uids:
         if uid in failed:
@@ -299,16 +299,8 @@ def _uid(item: dict) -> str:
     return str(value[0])
 
 
-def _reason(item: dict) -> int | None:
-    value = (item.get(FAILURE_REASON) or {}).get("Value") or [None]
-    try:
-        return int(value[0]) if value[0] is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _warning(item: dict) -> int | None:
-    value = (item.get(WARNING_REASON) or {}).get("Value") or [None]
+def _number(item: dict, tag: str) -> int | None:
+    value = (item.get(tag) or {}).get("Value") or [None]
     try:
         return int(value[0]) if value[0] is not None else None
     except (TypeError, ValueError):
