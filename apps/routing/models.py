@@ -7,6 +7,7 @@ from django.db import models
 from django.utils import timezone
 from pydicom import datadict as keyword_dictionary
 
+from apps.core import secret_refs
 from apps.core.models import WeeklyWindow
 from apps.studies.models import Instance, Study
 from apps.transforms.models import TransformProfile
@@ -122,7 +123,7 @@ class Destination(models.Model):
         if self.protocol == Protocol.DICOMWEB:
             if not self.dicomweb_url.startswith(("http://", "https://")):
                 raise ValidationError({"dicomweb_url": "A DICOMweb destination needs an http(s):// base URL."})
-            if self.dicomweb_auth != WebAuth.NONE and not self.dicomweb_credentials.startswith(("env:", "file:")):
+            if self.dicomweb_auth != WebAuth.NONE and not secret_refs.is_reference(self.dicomweb_credentials):
                 raise ValidationError({"dicomweb_credentials": "env:VARIABLE or file:/path"})
             if not self.batch_count or not self.batch_bytes:
                 raise ValidationError({"batch_count": "Batches need at least one instance and one byte."})

@@ -15,7 +15,6 @@ Results use dicom_send's kinds, so a delivery records a STOW-RS answer as it rec
 
 import json
 import logging
-import os
 import secrets
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 import requests
 from pydicom import dcmread
 
-from apps.core import clock
+from apps.core import clock, secret_refs
 
 from .dicom_send import DELIVERED, PERMANENT, TRANSIENT, WARNING, File, Result, classify_status
 
@@ -59,10 +58,9 @@ def _credentials(target: WebTarget) -> dict:
     """Authentication for `requests`: read now from where the destination says (never stored in the database)."""
     if target.auth == "none":
         return {}
-    kind, _, where = target.credentials.partition(":")
     try:
-        value = os.environ[where] if kind == "env" else Path(where).read_text().strip()
-    except (KeyError, OSError) as exc:
+        value = secret_refs.read(target.credentials).decode()
+    except (secret_refs.SecretUnavailable, UnicodeDecodeError) as exc:
         raise CredentialsUnavailable(f"DICOMweb credentials ({target.credentials}) cannot be read") from exc
     if target.auth == "basic":
         user, _, password = value.partition(":")

@@ -4,11 +4,10 @@ A profile's secret is never stored here: `secret` names where it is (an environm
 when an instance is transformed. Exports carry the reference, never the secret.
 """
 
-import os
-from pathlib import Path
-
 from django.core.exceptions import ValidationError
 from django.db import models
+
+from apps.core import secret_refs
 
 from . import engine
 
@@ -88,26 +87,23 @@ class TransformProfile(models.Model):
         table = {} if self.use_pseudonym_table else None
         if errors := engine.validate(self.engine_profile(table)):
             raise ValidationError({"operations": errors})
-        if self.secret and not self.secret.startswith(("env:", "file:")):
+        if self.secret and not secret_refs.is_reference(self.secret):
             raise ValidationError({"secret": "env:VARIABLE or file:/path"})
 
     def secret_bytes(self) -> bytes:
-        """The secret, read now from where `secret` says. Raises SecretUnavailable."""
+        """The secret, read now from where `secret` says (apps/core/secret_refs.py). Raises SecretUnavailable."""
         if not self.secret:
             return b""
-        kind, _, where = self.secret.partition(":")
-        if kind == "env":
-            value = os.environ.get(where, "").encode()
+        try:
+            value = secret_refs.read(self.secret)
+        except secret_refs.SecretUnavailable as exc:
+            value, why = b"", f": {exc}"
         else:
-            try:
-                value = Path(where).read_bytes().strip()
-            except OSError as exc:
-                raise SecretUnavailable(
-                    f"the secret file of profile {self.name} cannot be read: {exc.strerror}"
-                ) from exc
+            why = ""
         if len(value) < MIN_SECRET_BYTES:
             raise SecretUnavailable(
-                f"the secret of profile {self.name} ({self.secret}) is missing or shorter than {MIN_SECRET_BYTES} bytes"
+                f"the secret of profile {self.name} ({self.secret}) is missing or shorter than "
+                f"{MIN_SECRET_BYTES} bytes{why}"
             )
         return value
 
