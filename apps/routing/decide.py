@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Max
+from django.db.models import Count, Max, Prefetch
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
@@ -17,7 +17,6 @@ from apps.core import clock
 from apps.studies.headers import header_from_dataset
 from apps.studies.models import FileState, Stage, Study
 from apps.studies.services import header_priority
-from apps.transforms.models import TransformProfile
 
 from . import rules
 from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule, RuleTransform
@@ -242,11 +241,17 @@ def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None =
     engine = rules.Engine(loaded.values())
     keywords = frozenset(c.keyword for r in loaded.values() for c in r.criteria if c.keyword)
     changed = []
-    recent = RoutingDecision.objects.filter(decided_at__gte=now - timedelta(days=days)).select_related("study")
+    profiles = Profiles()
+    deliveries = Prefetch("study__deliveries", queryset=Delivery.objects.select_related("destination", "transform"))
+    recent = (
+        RoutingDecision.objects.filter(decided_at__gte=now - timedelta(days=days))
+        .select_related("study")
+        .prefetch_related(deliveries)
+    )
     for decision in recent.order_by("decided_at"):
         replayed = engine.evaluate(study_facts(decision.study, keywords), at=decision.decided_at)
         was = _went_through(decision)
-        would_be = destinations_through(replayed.destinations, replayed.matched)
+        would_be = destinations_through(replayed.destinations, replayed.matched, profiles)
         if would_be != was:
             changed.append(
                 {
@@ -260,20 +265,33 @@ def rules_replay(*, draft_rule_ids: list[int], days: int, now: datetime | None =
     return changed
 
 
-def destinations_through(names: list[str], matched_rules: list[str]) -> list[str]:
+class Profiles:
+    """The profiles rules and destinations name, read once for a dry run or a whole replay; `of` chooses as
+    `transform_for` does at routing (the first matched rule by priority, else the destination's own)."""
+
+    def __init__(self) -> None:
+        rows = RuleTransform.objects.values_list("rule__name", "rule__priority", "destination__name", "profile__name")
+        self.by_rule = {
+            (rule, destination): (-priority, rule, profile) for rule, priority, destination, profile in rows
+        }
+        self.own = dict(Destination.objects.exclude(transform=None).values_list("name", "transform__name"))
+
+    def of(self, destination: str, matched_rules: list[str]) -> str:
+        chosen = sorted(
+            self.by_rule[rule, destination] for rule in matched_rules if (rule, destination) in self.by_rule
+        )
+        return chosen[0][2] if chosen else self.own.get(destination, "")
+
+
+def destinations_through(names: list[str], matched_rules: list[str], profiles: Profiles | None = None) -> list[str]:
     """Each destination with the transform it would receive the study through: "archive", "research (via
     research-deid)"."""
-    labels = []
-    for destination in Destination.objects.filter(name__in=names).order_by("name"):
-        profile_id = transform_for(destination, matched_rules)
-        labels.append(
-            _through(destination.name, TransformProfile.objects.get(pk=profile_id).name if profile_id else "")
-        )
-    return labels
+    profiles = profiles or Profiles()
+    return [_through(name, profiles.of(name, matched_rules)) for name in sorted(names)]
 
 
 def _went_through(decision: RoutingDecision) -> list[str]:
-    deliveries = Delivery.objects.filter(study_id=decision.study_id).select_related("destination", "transform")
+    deliveries = decision.study.deliveries.all()  # prefetched with their destination and transform
     went = {d.destination.name: d.transform.name if d.transform else "" for d in deliveries}
     return [_through(name, went.get(name, "")) for name in sorted(decision.destinations)]
 

@@ -84,3 +84,25 @@ def test_an_alternate_with_its_own_profile_receives_through_it(storage, tmp_path
     prepared = transformed.prepare(delivery, list(delivery.items.select_related("instance")))
     assert len(prepared.files) == 1 and prepared.sha256[0] != delivery.items.get().instance.sha256
     transformed.clean(prepared)
+
+
+def test_replay_labels_choose_as_routing_does_and_read_the_profiles_once(django_assert_num_queries):
+    from apps.routing.decide import Profiles, destinations_through, transform_for
+    from apps.routing.models import RoutingRule, RuleTransform
+
+    site = TransformProfile.objects.create(name="site")
+    research = TransformProfile.objects.create(name="research")
+    reading = Destination.objects.create(name="reading", ae_title="R", host="h", port=1, transform=site)
+    archive = Destination.objects.create(name="archive", ae_title="A", host="h", port=2)
+    low = RoutingRule.objects.create(name="low", priority=1)
+    high = RoutingRule.objects.create(name="high", priority=9)
+    RuleTransform.objects.create(rule=low, destination=archive, profile=site)
+    RuleTransform.objects.create(rule=high, destination=archive, profile=research)
+    matched = ["low", "high"]
+
+    profiles = Profiles()
+    with django_assert_num_queries(0):
+        labels = destinations_through(["reading", "archive"], matched, profiles)
+
+    assert labels == ["archive (via research)", "reading (via site)"]
+    assert transform_for(archive, matched) == research.pk and transform_for(reading, matched) == site.pk
