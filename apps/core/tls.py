@@ -176,11 +176,22 @@ def subject_matches(der: bytes, wanted: str) -> bool:
     return wanted.strip() in (name.rfc4514_string(), *common_names)
 
 
+_ca_files: dict[str, tuple[tuple, list[x509.Certificate]]] = {}
+
+
 def _ca_certificates(path: str) -> list[x509.Certificate]:
+    """The CA certificates of a PEM file, parsed again only when the file changed (the SCP asks at every
+    association of a caller bound to a CA)."""
+    stamp = _stamp((path,))
+    cached = _ca_files.get(path)
+    if cached and cached[0] == stamp:
+        return cached[1]
     try:
-        return x509.load_pem_x509_certificates(Path(path).read_bytes())
+        certificates = x509.load_pem_x509_certificates(Path(path).read_bytes())
     except (OSError, ValueError) as exc:
         raise TlsFileError(f"CA file {path}: {exc}") from exc
+    _ca_files[path] = (stamp, certificates)
+    return certificates
 
 
 def issued_by(der: bytes, ca_path: str) -> bool:

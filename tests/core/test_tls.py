@@ -157,3 +157,16 @@ def test_a_plain_socket_has_no_peer_certificate():
     with socket.socket() as plain:
         assert tls.peer_certificate(plain) is None
     assert tls.peer_certificate(None) is None
+
+
+def test_a_ca_file_is_parsed_once_until_it_changes(pki, tmp_path, monkeypatch):
+    ca = tmp_path / "ca.pem"
+    shutil.copy(pki["ca"].ca_file, ca)
+    parsed = []
+    real = tls.x509.load_pem_x509_certificates
+    monkeypatch.setattr(tls.x509, "load_pem_x509_certificates", lambda data: parsed.append(1) or real(data))
+    for _ in range(3):
+        assert tls.issued_by(pki["client"].der, str(ca))
+    assert len(parsed) == 1
+    os.utime(ca, ns=(0, 0))
+    assert tls.issued_by(pki["client"].der, str(ca)) and len(parsed) == 2
