@@ -60,9 +60,6 @@ def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
     except SecretUnavailable as exc:
         prepared.held = {item.pk: str(exc) for item in items}
         return prepared
-    if not secret and (profile.deidentify or any(o.op in ("hash", "date_shift") for o in profile.operations_parsed())):
-        prepared.held = {item.pk: f"profile {profile.name} needs a secret (env: or file:)" for item in items}
-        return prepared
     transform = profile.engine_profile(_pseudonym_table(profile))
     # A folder of this attempt's own: a second worker given the same delivery after a lease never shares it.
     root = settings.STORAGE_ROOT / FOLDER
@@ -74,6 +71,10 @@ def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
             made = engine.transform(settings.STORAGE_ROOT / item.instance.path, target, transform, secret)
         except engine.Held as held:
             prepared.held[item.pk] = f"held by profile {profile.name}: {held.reason}"
+            continue
+        except engine.SecretNeeded:
+            need = f"at least {engine.MIN_SECRET_BYTES} bytes, env:VARIABLE or file:/path"
+            prepared.held[item.pk] = f"profile {profile.name} needs a secret ({need})"
             continue
         except OSError as exc:  # our disk, not the data: the item stays pending and goes again
             logger.error("deliver: transformed copy of instance %s not written: %s", item.instance_id, exc.strerror)

@@ -33,19 +33,28 @@ from . import annex_e, paths, splice
 from .coerce import apply_operations, creator_name
 from .deidentify import check_burned_in, deidentify, pseudonym_for
 from .profile import OPS, OPTIONS, REMOVE_PRIVATE, Held, Operation, Profile, validate
-from .pseudonyms import date_offset_days, keyed_hash, patient_pseudonym, uid_pseudonym
+from .pseudonyms import (
+    MIN_SECRET_BYTES,
+    SecretNeeded,
+    date_offset_days,
+    keyed_hash,
+    patient_pseudonym,
+    uid_pseudonym,
+)
 
 # The Annex E edition the Basic Profile table comes from, for the integrator's documentation and checks.
 ANNEX_E_EDITION = annex_e.EDITION
 
 __all__ = [
     "ANNEX_E_EDITION",
+    "MIN_SECRET_BYTES",
     "OPS",
     "OPTIONS",
     "Change",
     "Held",
     "Operation",
     "Profile",
+    "SecretNeeded",
     "Transformed",
     "date_offset_days",
     "keyed_hash",

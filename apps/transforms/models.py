@@ -11,7 +11,7 @@ from apps.core import secret_refs
 
 from . import engine
 
-MIN_SECRET_BYTES = 16
+MIN_SECRET_BYTES = engine.MIN_SECRET_BYTES
 
 
 class SecretUnavailable(Exception):

@@ -15,9 +15,13 @@ MAX_DATE_OFFSET_DAYS = 3650
 PATIENT_PSEUDONYM_LENGTH = 20  # hex digits: 80 bits, no collision to expect below 10^9 patients
 
 
+class SecretNeeded(ValueError):
+    """The profile pseudonymises, hashes or shifts dates, and was given no usable secret."""
+
+
 def _mac(secret: bytes, domain: bytes, value: str) -> bytes:
     if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_BYTES:
-        raise ValueError(f"a transform secret must be bytes, at least {MIN_SECRET_BYTES} long")
+        raise SecretNeeded(f"a transform secret must be bytes, at least {MIN_SECRET_BYTES} long")
     return hmac.new(secret, domain + b"\0" + value.encode("utf-8"), hashlib.sha256).digest()
 
 

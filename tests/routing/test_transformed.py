@@ -106,3 +106,20 @@ def test_replay_labels_choose_as_routing_does_and_read_the_profiles_once(django_
 
     assert labels == ["archive (via research)", "reading (via site)"]
     assert transform_for(archive, matched) == research.pk and transform_for(reading, matched) == site.pk
+
+
+def test_a_deidentifying_profile_without_a_secret_holds_its_instances_saying_so(storage, tmp_path, default_mapping):
+    from apps.routing.models import RoutingRule
+
+    profile = TransformProfile.objects.create(name="research", deidentify=True)  # no secret at all
+    destination = Destination.objects.create(name="research", ae_title="RES", host="h", port=1, transform=profile)
+    RoutingRule.objects.create(name="all", priority=1).destinations.add(destination)
+    _, paths = synthetic_study(tmp_path / "in", count=2)
+    [delivery_id] = run_steps(receive_study(storage, paths), until="route")
+    delivery = Delivery.objects.select_related("transform", "destination").get(pk=delivery_id)
+
+    prepared = transformed.prepare(delivery, list(delivery.items.select_related("instance")))
+    transformed.clean(prepared)
+
+    assert prepared.files == [] and len(prepared.held) == 2
+    assert all("needs a secret (at least 16 bytes" in reason for reason in prepared.held.values())
