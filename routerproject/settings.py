@@ -75,6 +75,7 @@ INSTALLED_APPS = [
     "apps.configuration",
     "apps.audit",
     "apps.api",
+    "apps.archive",
     "apps.dicomweb",
     "apps.ops",
 ]
@@ -255,6 +256,12 @@ SCP_IDLE_TIMEOUT = env_float("SCP_IDLE_TIMEOUT", 120.0)
 # may declare SCP_MAX_PDU (plus 1 KB).
 SCP_MAX_ASSOCIATE_PDU = env_int("SCP_MAX_ASSOCIATE_PDU", 65536)
 # Below this much free space the SCP answers 0xA700 (senders retry later) instead of filling the disk.
+# Query/retrieve on the SCP's ports and DICOMweb (docs/query-retrieve.md). Who may: the allow-list's
+# "may query" / "may retrieve". The most matches one query answers (C-FIND says so with status B001).
+QR_ENABLED = env_bool("QR_ENABLED", True)
+QR_MAX_RESULTS = env_int("QR_MAX_RESULTS", 1000)
+# Person names (PatientName, ReferringPhysicianName) match regardless of case; the standard's default is exact.
+QR_FOLD_PERSON_NAMES = env_bool("QR_FOLD_PERSON_NAMES", False)
 STORAGE_MIN_FREE_BYTES = env_int("STORAGE_MIN_FREE_BYTES", 1024 * 1024 * 1024)
 # STOW-RS (POST /dicomweb/studies): the largest request body taken, and so the largest instance. A body
 # declaring more answers 413 unread; a chunked one is cut off there (docs/configuration.md).

@@ -168,8 +168,9 @@ def _upsert(model: type[models.Model], lookup: dict, values: dict, report: Repor
 
 
 def _import_caller(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"ae_title", "host", "enabled", "description", "tls"}, {"ae_title"})
+    _check_keys(entry, {"ae_title", "host", "enabled", "description", "tls", "may"}, {"ae_title"})
     values = {"enabled": bool(entry.get("enabled", True)), "description": str(entry.get("description", ""))}
+    values |= _caller_grants(entry.get("may"), entry["ae_title"])
     values |= _caller_tls_fields(entry.get("tls"))
     _upsert(
         AllowedCaller,
@@ -195,6 +196,14 @@ DESTINATION_TLS_KEYS = {
     "verify": "tls_verify",
     "check_hostname": "tls_check_hostname",
 }
+
+
+def _caller_grants(section, title) -> dict:
+    """`may: [query, retrieve]`: what a caller may ask of the router beyond storing (docs/query-retrieve.md)."""
+    grants = section or []
+    if not isinstance(grants, list) or not set(grants) <= {"query", "retrieve"}:
+        raise ConfigError(f"caller {title}: may: a list of query and retrieve")
+    return {"may_query": "query" in grants, "may_retrieve": "retrieve" in grants}
 
 
 def _caller_tls_fields(section) -> dict:
@@ -663,6 +672,8 @@ def _export_windows(manager) -> list[dict]:
 
 def _export_caller(c: AllowedCaller) -> dict:
     out = _clean({"ae_title": c.ae_title, "host": c.host, "enabled": c.enabled, "description": c.description})
+    if grants := [name for name, flag in (("query", c.may_query), ("retrieve", c.may_retrieve)) if flag]:
+        out["may"] = grants
     if c.tls_required or c.client_ca_file or c.client_subject or c.client_sha256:
         out["tls"] = {"required": c.tls_required} | _export_tls(c, CALLER_TLS_KEYS, {"required": c.tls_required})
     return out

@@ -2,8 +2,9 @@
 
 An upgrade that renames one of them would silently disable what the patch does (the SCP's PDU limits
 against hostile peers, its wakeups, the sender's cure for lost responses, Beat's restart over a cut-short
-schedule file, the embedded broker's atomic writes, the transform engine's splice of unchanged elements): a
-system check (core.E005) refuses to start any process when a version differs or a part is missing. Each
+schedule file, the embedded broker's atomic writes, the transform engine's splice of unchanged elements, the
+query/retrieve service's own C-MOVE and C-GET): a system check (core.E005) refuses to start any process
+when a version differs or a part is missing. Each
 entry names a part as `module:Class.attribute`; an attribute that exists only on instances is named by the
 source text that assigns it (`source:`).
 Names only: this module imports each library when the check runs, never at import.
@@ -45,6 +46,7 @@ PATCHES = (
             "pynetdicom.dul:DULServiceProvider.__init__ source:self.to_user_queue",
             "pynetdicom.dul:DULServiceProvider.run_reactor source:self._run_loop_delay",
             "pynetdicom.dimse:DIMSEServiceProvider.__init__ source:self.msg_queue",
+            "pynetdicom.dimse:DIMSEServiceProvider.dimse_timeout",
             "pynetdicom.dimse:DIMSEServiceProvider.get_msg",
         ),
     ),
@@ -56,6 +58,20 @@ PATCHES = (
             "pynetdicom.association:Association._run_reactor source:self.dimse.get_msg(block=False)",
             "pynetdicom.association:Association.__init__ source:self.dimse",
             "pynetdicom.dimse:DIMSEServiceProvider.get_msg",
+        ),
+    ),
+    Patch(
+        "apps.archive.dimse",
+        "pynetdicom",
+        "3.0.4",
+        (
+            "pynetdicom.association:uid_to_service_class",
+            "pynetdicom.association:Association._serve_request source:uid_to_service_class(class_uid)(self)",
+            "pynetdicom.service_class:QueryRetrieveServiceClass.SCP source:self._move_scp(req, context)",
+            "pynetdicom.service_class:QueryRetrieveServiceClass.SCP source:self._get_scp(req, context)",
+            "pynetdicom.service_class:ServiceClass.is_cancelled source:self.dimse.cancel_req",
+            "pynetdicom.service_class:ServiceClass.dimse",
+            "pynetdicom.service_class:ServiceClass.__init__ source:self.assoc = assoc",
         ),
     ),
     Patch(

@@ -5,6 +5,6 @@ from .models import AllowedCaller
 
 @admin.register(AllowedCaller)
 class AllowedCallerAdmin(admin.ModelAdmin):
-    list_display = ("ae_title", "host", "enabled", "tls_required", "client_ca_file", "description")
-    list_filter = ("enabled", "tls_required")
+    list_display = ("ae_title", "host", "enabled", "may_query", "may_retrieve", "tls_required", "description")
+    list_filter = ("enabled", "may_query", "may_retrieve", "tls_required")
     search_fields = ("ae_title", "host")

@@ -29,6 +29,12 @@ class AllowedCaller(models.Model):
     client_sha256 = models.CharField(
         max_length=95, blank=True, help_text="The client certificate's SHA-256 fingerprint (hex, colons allowed)."
     )
+    may_query = models.BooleanField(
+        default=False, help_text="May search the studies the router holds (C-FIND). Nobody may unless allowed here."
+    )
+    may_retrieve = models.BooleanField(
+        default=False, help_text="May have held studies sent (C-MOVE to a known destination, C-GET to itself)."
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["ae_title", "host"], name="allowed_caller_unique")]

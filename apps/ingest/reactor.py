@@ -105,8 +105,10 @@ def install(assoc) -> Callable[[], None]:
 
     def get_msg_or_wait(block: bool = False):
         # Asked without blocking, after a 1 ms sleep; wait instead (a (None, None) only wakes the loop).
+        # A blocking read (a C-GET's C-STORE waiting for its answer) waits as pynetdicom's does; a wakeup then
+        # means a release or an abort, and its (None, None) is the "no answer" it reports.
         try:
-            return dimse.msg_queue.get(block=True, timeout=IDLE_WAIT)
+            return dimse.msg_queue.get(block=True, timeout=dimse.dimse_timeout if block else IDLE_WAIT)
         except queue.Empty:
             return None, None
 

@@ -144,12 +144,7 @@ class StoreSCP:
             connection.close()
         titles = sorted({c.ae_title for c in self._allow_list} - {_DENIED})
         event.assoc.ae.require_calling_aet = titles
-        raw = event.assoc.dul.socket.socket if event.assoc.dul.socket else None
-        peer = services.Peer(
-            host=event.assoc.requestor.address,
-            tls=isinstance(raw, ssl.SSLSocket),
-            certificate=peer_certificate(raw),
-        )
+        peer = peer_of(event.assoc)
         title = str(primitive.calling_ae_title or "")
         try:
             allowed = services.caller_allowed(self._allow_list, ae_title=title, peer=peer)
@@ -217,6 +212,13 @@ class StoreSCP:
             logger.exception("handing %d studies to the pipeline failed; the reconciler will start them", len(studies))
 
 
+def peer_of(assoc) -> services.Peer:
+    """Who is at the other end of `assoc`: its address, and over TLS the certificate it showed."""
+    raw = assoc.dul.socket.socket if assoc.dul.socket else None
+    tls = isinstance(raw, ssl.SSLSocket)
+    return services.Peer(host=assoc.requestor.address, tls=tls, certificate=peer_certificate(raw))
+
+
 def _when_thread_ends(assoc, *callbacks: Callable[[], None]) -> None:
     """Run `callbacks` in the association's own thread when its `run` returns, however the association
     ended. Call before the thread starts (EVT_CONN_OPEN)."""
@@ -245,7 +247,9 @@ def build_ae(*, ae_title: str, limits: Limits) -> AE:
     ae.require_called_aet = False
     ae.add_supported_context(Verification)
     for context in StoragePresentationContexts:
-        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES)
+        # The roles a C-GET's caller proposes (it stores what we send back) are accepted; a storage SCU
+        # proposing none keeps the default roles.
+        ae.add_supported_context(context.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     return ae
 
 
@@ -302,13 +306,20 @@ def serve(
     spool: Spool,
     on_studies_received: StudiesReceived,
     limits: Limits = Limits(),
+    extra_services: tuple = (),
 ) -> list[ThreadedAssociationServer]:
     """Start listening and return the servers, one per listener (non-blocking); `stop()` ends them. Every
-    listener serves the same AE: the same handlers, admission, custody and association limit."""
+    listener serves the same AE: the same handlers, admission, custody and association limit.
+
+    `extra_services`: more DIMSE services on the same AE (query/retrieve), each with `configure(ae)` to add its
+    presentation contexts and `handlers()` to bind its events; ingest knows nothing else of them."""
     pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
     streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
+    for service in extra_services:
+        service.configure(ae)
     scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
+    handlers = scp.handlers() + [h for service in extra_services for h in service.handlers()]
     servers = []
     for listener in listeners:
         attributes = {"tls": listener.tls}
@@ -317,7 +328,7 @@ def serve(
             base, attributes["listen_fd"] = _InheritedSocketServer, listener.fd
         server_class = type(base.__name__.lstrip("_"), (base,), attributes)
         # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
-        server = ae.make_server((host, listener.port), evt_handlers=scp.handlers(), server_class=server_class)
+        server = ae.make_server((host, listener.port), evt_handlers=handlers, server_class=server_class)
         port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
         ae._servers.append(server)  # as start_server does: ae.shutdown() stops it

@@ -129,6 +129,8 @@ class Caller:
     client_ca_file: str = ""
     client_subject: str = ""
     client_sha256: str = ""
+    may_query: bool = False
+    may_retrieve: bool = False
 
     @property
     def needs_certificate(self) -> bool:
@@ -145,7 +147,16 @@ class Peer:
 
 
 def allowed_callers() -> list[Caller]:
-    fields = ("ae_title", "host", "tls_required", "client_ca_file", "client_subject", "client_sha256")
+    fields = (
+        "ae_title",
+        "host",
+        "tls_required",
+        "client_ca_file",
+        "client_subject",
+        "client_sha256",
+        "may_query",
+        "may_retrieve",
+    )
     return [Caller(*row) for row in AllowedCaller.objects.filter(enabled=True).values_list(*fields)]
 
 
@@ -155,10 +166,21 @@ def caller_allowed(allow_list: list[Caller], *, ae_title: str, peer: Peer) -> bo
     or fingerprint."""
     if not allow_list:
         return True
-    title = ae_title.strip()
-    return any(
-        title == c.ae_title.strip() and (not c.host or c.host == peer.host) and _tls_terms_met(c, peer)
-        for c in allow_list
+    return any(_admits(c, ae_title, peer) for c in allow_list)
+
+
+def caller_may(allow_list: list[Caller], *, ae_title: str, peer: Peer, what: str) -> bool:
+    """Whether an entry that admits this caller grants it `what` ("query" or "retrieve"). Unlike storage,
+    an empty list grants nothing: what the router holds is shown only to callers named for it."""
+    flag = {"query": "may_query", "retrieve": "may_retrieve"}[what]
+    return any(getattr(c, flag) and _admits(c, ae_title, peer) for c in allow_list)
+
+
+def _admits(caller: Caller, ae_title: str, peer: Peer) -> bool:
+    return (
+        ae_title.strip() == caller.ae_title.strip()
+        and (not caller.host or caller.host == peer.host)
+        and _tls_terms_met(caller, peer)
     )
 
 

@@ -38,6 +38,8 @@ class Target:
     dimse_timeout: float = 30
     network_timeout: float = 60
     tls: ClientTls | None = None  # None: plain TCP
+    # A C-MOVE's sub-operations name who asked and the request (Move Originator AE Title and Message ID).
+    originator: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -211,7 +213,7 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
             if not assoc.is_established:
                 results[i] = Result(TRANSIENT, error="association ended before this instance was sent")
                 continue
-            results[i] = _send_one(assoc, files[i], connection.peer_certificate)
+            results[i] = _send_one(assoc, files[i], connection.peer_certificate, originator=target.originator)
             if on_sent is not None:
                 on_sent(i, results[i])
     finally:
@@ -226,9 +228,22 @@ def _fail_all(indexes: list[int], failure: Result, results: list, on_sent=None) 
             on_sent(i, failure)
 
 
-def _send_one(assoc, file: File, peer_certificate: bytes | None) -> Result:
+def send_over(assoc, files: list[File], on_sent: Callable[[int, Result], None], *, first_message_id: int) -> None:
+    """Send `files` over an association the peer opened (a C-GET's), numbering the requests from
+    `first_message_id`; `on_sent(index, result)` as each answer arrives."""
+    for i, file in enumerate(files):
+        if not assoc.is_established:
+            on_sent(i, Result(TRANSIENT, error="association ended before this instance was sent"))
+            continue
+        on_sent(i, _send_one(assoc, file, None, message_id=(first_message_id + i) % 65536))
+
+
+def _send_one(
+    assoc, file: File, peer_certificate: bytes | None, *, originator: tuple[str, int] | None = None, message_id: int = 1
+) -> Result:
+    aet, originator_id = originator or (None, None)
     try:
-        status = assoc.send_c_store(file.path)
+        status = assoc.send_c_store(file.path, msg_id=message_id, originator_aet=aet, originator_id=originator_id)
     except ValueError as exc:
         # No accepted presentation context: the destination does not take this SOP class or syntax.
         return Result(PERMANENT, error=f"not accepted by the destination: {exc}")

@@ -49,50 +49,53 @@ def profile_for(delivery: Delivery) -> TransformProfile | None:
 def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
     """The file to send for each pending item (its instance preloaded), or why it is held. An item whose copy
     could not be written (a full disk) is neither: it stays pending and goes at the next attempt."""
+    return prepare_for(profile_for(delivery), items, instance=lambda item: item.instance, label=str(delivery.pk))
+
+
+def prepare_for(profile: TransformProfile | None, things: list, *, instance, label: str) -> Prepared:
+    """As `prepare`, for anything that names an instance (`instance(thing)`, preloaded): a delivery's items,
+    or the instances a C-MOVE sends. `prepared.sendable` holds the things sent, `held` their pk's."""
     prepared = Prepared()
-    profile = profile_for(delivery)
     if profile is None:
-        for item in items:
-            _add(prepared, item, settings.STORAGE_ROOT / item.instance.path, item.instance.sha256)
+        for thing in things:
+            _add(prepared, thing, instance(thing), settings.STORAGE_ROOT / instance(thing).path, instance(thing).sha256)
         return prepared
     try:
         secret = profile.secret_bytes()
     except SecretUnavailable as exc:
-        prepared.held = {item.pk: str(exc) for item in items}
+        prepared.held = {thing.pk: str(exc) for thing in things}
         return prepared
     transform = profile.engine_profile(_pseudonym_table(profile))
     # A folder of this attempt's own: a second worker given the same delivery after a lease never shares it.
     root = settings.STORAGE_ROOT / FOLDER
     root.mkdir(parents=True, exist_ok=True)
-    prepared.folder = Path(tempfile.mkdtemp(prefix=f"{delivery.pk}-", dir=root))
-    for item in items:
-        target = prepared.folder / f"{item.instance_id}.dcm"
+    prepared.folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root))
+    for thing in things:
+        stored = instance(thing)
+        target = prepared.folder / f"{stored.pk}.dcm"
         try:
-            made = engine.transform(settings.STORAGE_ROOT / item.instance.path, target, transform, secret)
+            made = engine.transform(settings.STORAGE_ROOT / stored.path, target, transform, secret)
         except engine.Held as held:
-            prepared.held[item.pk] = f"held by profile {profile.name}: {held.reason}"
+            prepared.held[thing.pk] = f"held by profile {profile.name}: {held.reason}"
             continue
         except engine.SecretNeeded:
             need = f"at least {engine.MIN_SECRET_BYTES} bytes, env:VARIABLE or file:/path"
-            prepared.held[item.pk] = f"profile {profile.name} needs a secret ({need})"
+            prepared.held[thing.pk] = f"profile {profile.name} needs a secret ({need})"
             continue
         except OSError as exc:  # our disk, not the data: the item stays pending and goes again
-            logger.error("deliver: transformed copy of instance %s not written: %s", item.instance_id, exc.strerror)
+            logger.error("deliver: transformed copy of instance %s not written: %s", stored.pk, exc.strerror)
             continue
         except Exception as exc:  # noqa: BLE001 - a file the engine cannot rewrite: held, never a crashed delivery
             # The message could quote a value of the file: its type only.
-            logger.error(
-                "deliver: profile %s failed on instance %s: %s", profile.name, item.instance_id, type(exc).__name__
-            )
-            prepared.held[item.pk] = f"profile {profile.name} could not rewrite this file ({type(exc).__name__})"
+            logger.error("deliver: profile %s failed on instance %s: %s", profile.name, stored.pk, type(exc).__name__)
+            prepared.held[thing.pk] = f"profile {profile.name} could not rewrite this file ({type(exc).__name__})"
             continue
-        _add(prepared, item, target, made.sha256)
+        _add(prepared, thing, stored, target, made.sha256)
     return prepared
 
 
-def _add(prepared: Prepared, item: DeliveryItem, path: Path, sha256: str) -> None:
-    instance = item.instance
-    prepared.sendable.append(item)
+def _add(prepared: Prepared, thing, instance, path: Path, sha256: str) -> None:
+    prepared.sendable.append(thing)
     prepared.files.append(dicom_send.File(instance.sop_class_uid, instance.transfer_syntax_uid, path))
     prepared.sha256.append(sha256)
 

@@ -9,8 +9,12 @@ from pydicom.dataset import Dataset
 HEADER_KEYWORDS = (
     "PatientID",
     "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
     "AccessionNumber",
     "StudyDate",
+    "StudyTime",
+    "StudyID",
     "StudyInstanceUID",
     "SeriesInstanceUID",
     "SOPInstanceUID",
@@ -42,6 +46,16 @@ def _text(value) -> str:
 # The fields classification reads a study's priority from.
 PRIORITY_ATTRIBUTES = ("RequestedProcedurePriority", "StudyPriorityID")
 URGENCY_KEYWORDS = (*PRIORITY_ATTRIBUTES, "StudyDescription", "SeriesDescription", "RequestedProcedureDescription")
+
+
+def whole_seconds(time: str) -> str:
+    """A DICOM TM value padded to at least HHMMSS ("0930" -> "093000"), so times of different precision
+    compare as text; the old "09:30:00" form loses its colons. Anything else is returned as it is."""
+    time = time.strip().replace(":", "")
+    digits, dot, fraction = time.partition(".")
+    if not digits.isdigit() or len(digits) > 6 or len(digits) % 2:
+        return time
+    return digits.ljust(6, "0") + dot + fraction
 
 
 def header_from_dataset(ds: Dataset, keywords: tuple[str, ...] = HEADER_KEYWORDS) -> dict:

@@ -70,8 +70,13 @@ class Study(models.Model):
     study_instance_uid = models.CharField(max_length=64, unique=True)
     patient_id = models.CharField(max_length=64, blank=True)
     patient_name = models.CharField(max_length=324, blank=True)
+    patient_birth_date = models.CharField(max_length=8, blank=True)
+    patient_sex = models.CharField(max_length=16, blank=True)
     accession_number = models.CharField(max_length=16, blank=True)
     study_date = models.CharField(max_length=8, blank=True)
+    # HHMMSS[.FFFFFF], padded to whole seconds at persist, so ranges compare as text.
+    study_time = models.CharField(max_length=16, blank=True)
+    study_id = models.CharField(max_length=16, blank=True, help_text="DICOM Study ID (0020,0010).")
     modality = models.CharField(max_length=16, blank=True)
     # Backslash-separated, as DICOM's ModalitiesInStudy.
     modalities = models.CharField(max_length=64, blank=True)
@@ -103,6 +108,10 @@ class Study(models.Model):
         indexes = [
             # reconcile: studies whose stage has not moved for a while
             models.Index(fields=["stage", "stage_changed_at"], name="study_stage_idx"),
+            # query/retrieve (C-FIND, QIDO-RS): the keys sites search by
+            models.Index(fields=["patient_id"], name="study_patient_idx"),
+            models.Index(fields=["accession_number"], name="study_accession_idx"),
+            models.Index(fields=["study_date"], name="study_date_idx"),
         ]
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ from apps.core import clock
 
 from . import classify as classify_rules
 from . import pixels, qc
-from .headers import PRIORITY_ATTRIBUTES, read_header
+from .headers import PRIORITY_ATTRIBUTES, read_header, whole_seconds
 from .models import (
     FileState,
     Instance,
@@ -277,8 +277,12 @@ def _refresh_study(study: Study) -> None:
     header = first.header
     study.patient_id = header.get("PatientID", "")[:64]
     study.patient_name = header.get("PatientName", "")[:324]
+    study.patient_birth_date = header.get("PatientBirthDate", "")[:8]
+    study.patient_sex = header.get("PatientSex", "")[:16]
     study.accession_number = header.get("AccessionNumber", "")[:16]
     study.study_date = header.get("StudyDate", "")[:8]
+    study.study_time = whole_seconds(header.get("StudyTime", ""))[:16]
+    study.study_id = header.get("StudyID", "")[:16]
     study.body_part = header.get("BodyPartExamined", "")[:64]
     study.study_description = header.get("StudyDescription", "")[:64]
     study.institution_name = header.get("InstitutionName", "")[:64]

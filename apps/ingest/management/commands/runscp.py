@@ -6,6 +6,7 @@ import threading
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.archive import dimse
 from apps.core import tls
 from apps.ingest import scp, supervisor
 from apps.ingest.storage import Spool
@@ -71,6 +72,7 @@ class Command(BaseCommand):
             ae_title=ae_title,
             spool=spool,
             on_studies_received=studies_received,
+            extra_services=_query_retrieve(ae_title),
             limits=scp.Limits(
                 max_associations=settings.SCP_MAX_ASSOCIATIONS,
                 max_pdu=settings.SCP_MAX_PDU,
@@ -94,6 +96,14 @@ class Command(BaseCommand):
         self.stdout.write(f"SCP{which} stopping: finishing open associations")
         aborted = scp.stop(servers, grace=settings.SCP_SHUTDOWN_GRACE)
         self.stdout.write(f"SCP{which} stopped ({aborted} associations aborted)")
+
+
+def _query_retrieve(ae_title: str) -> tuple:
+    """C-FIND, C-MOVE and C-GET on the same ports (docs/query-retrieve.md), unless QR_ENABLED is off."""
+    if not settings.QR_ENABLED:
+        return ()
+    dimse.install()
+    return (dimse.QueryRetrieve(ae_title=ae_title),)
 
 
 def _server_tls() -> tls.Reloading:
