@@ -1,7 +1,8 @@
 """The query/retrieve face on DIMSE: C-FIND, C-MOVE and C-GET on the SCP's ports (plain and TLS).
 
 runscp composes it into the SCP (scp.serve(extra=[QueryRetrieve(...)])): ingest imports nothing of it.
-- C-FIND is pynetdicom's service with our EVT_C_FIND handler over the query engine (query.py).
+- C-FIND is pynetdicom's service with our EVT_C_FIND handler over the query engine (query.py), sending one
+  final response only (3.0.4 follows a final warning with a final success).
 - C-MOVE and C-GET are ours (`RetrieveService`): pynetdicom 3.0.4's own open a sub-association of pynetdicom's
   and send decoded datasets, which would bypass the router's sender (its TLS, the destination's transform
   profile, its outcome classes) and re-encode what we hold. Ours send the stored files (or the destination's
@@ -192,6 +193,27 @@ class RetrieveService(QueryRetrieveServiceClass):
 
     Runs in the requesting association's thread, as pynetdicom's does; a C-CANCEL is seen between
     sub-operations (pynetdicom records it from its DUL thread)."""
+
+    def _c_find_scp(self, req, context) -> None:
+        """pynetdicom's C-FIND, sending one final response only. 3.0.4 sends a warning status (B001: the
+        result cap) and then goes on to a final success as well: the caller, already releasing, gets a
+        second final answer it did not expect. After the first non-pending response nothing more is sent."""
+        dimse = self.dimse
+        send = dimse.send_msg
+        finished = False
+
+        def send_until_final(rsp, context_id) -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = rsp.Status not in (PENDING, 0xFF01)
+            send(rsp, context_id)
+
+        dimse.send_msg = send_until_final
+        try:
+            super()._c_find_scp(req, context)
+        finally:
+            del dimse.send_msg
 
     def _move_scp(self, req, context) -> None:
         self._retrieve(req, context, C_MOVE(), "move", MOVE_MODELS)

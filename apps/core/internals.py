@@ -71,6 +71,8 @@ PATCHES = (
             "pynetdicom.service_class:QueryRetrieveServiceClass.SCP source:self._get_scp(req, context)",
             "pynetdicom.service_class:ServiceClass.is_cancelled source:self.dimse.cancel_req",
             "pynetdicom.service_class:ServiceClass.dimse",
+            "pynetdicom.service_class:ServiceClass._c_find_scp source:if status[0] == STATUS_WARNING:",
+            "pynetdicom.dimse:DIMSEServiceProvider.send_msg",
             "pynetdicom.service_class:ServiceClass.__init__ source:self.assoc = assoc",
         ),
     ),
