@@ -216,6 +216,25 @@ def test_tls_terms_of_callers_and_destinations_import_and_export_unchanged():
     assert not config_import(TLS).changed
 
 
+def test_what_callers_may_ask_imports_and_exports_unchanged():
+    from apps.ingest.models import AllowedCaller
+
+    document = """
+callers:
+  - {ae_title: WS1, may: [query]}
+  - {ae_title: PACS, host: 10.0.0.9, may: [query, retrieve]}
+  - {ae_title: CT1}
+"""
+    config_import(document)
+    grants = {c.ae_title: (c.may_query, c.may_retrieve) for c in AllowedCaller.objects.all()}
+    assert grants == {"WS1": (True, False), "PACS": (True, True), "CT1": (False, False)}
+    exported = config_export()
+    assert "  may:\n  - query\n  - retrieve\n" in exported
+    assert not config_import(exported).changed
+    with pytest.raises(ConfigError, match=re.escape("caller WS1: may: a list of query and retrieve")):
+        config_import(document.replace("may: [query]", "may: [delete]"))
+
+
 def test_a_destination_paused_for_its_tls_is_resumed_when_its_tls_changes():
     config_import(TLS)
     Destination.objects.filter(name="remote-pacs").update(config_error="TLS: certificate has expired")

@@ -1,7 +1,7 @@
 import pytest
 
 from apps.core import tls
-from apps.ingest.services import Caller, Peer, caller_allowed
+from apps.ingest.services import Caller, Peer, caller_allowed, caller_may
 
 from ..support.certs import Authority
 
@@ -69,3 +69,19 @@ def test_a_ca_file_that_cannot_be_read_admits_nobody(tmp_path, pki):
     _, _, mine, _ = pki
     allow = [Caller("CT_NORTH", client_ca_file=str(tmp_path / "missing.pem"))]
     assert not caller_allowed(allow, ae_title="CT_NORTH", peer=Peer("h", tls=True, certificate=mine.der))
+
+
+def test_nobody_may_query_or_retrieve_unless_an_entry_says_so():
+    assert not caller_may([], ae_title="ANYONE", peer=plain("10.0.0.5"), what="query")
+    allow = [Caller("WS1", "10.0.0.7", may_query=True), Caller("PACS", may_query=True, may_retrieve=True)]
+    assert caller_may(allow, ae_title="WS1", peer=plain("10.0.0.7"), what="query")
+    assert not caller_may(allow, ae_title="WS1", peer=plain("10.0.0.7"), what="retrieve")
+    assert not caller_may(allow, ae_title="WS1", peer=plain("10.0.0.8"), what="query")  # its host only
+    assert caller_may(allow, ae_title="PACS", peer=plain("10.9.9.9"), what="retrieve")
+    assert not caller_may(allow, ae_title="CT_NORTH", peer=plain("10.0.0.5"), what="query")
+
+
+def test_querying_keeps_the_entrys_tls_terms():
+    allow = [Caller("WS1", tls_required=True, may_query=True)]
+    assert not caller_may(allow, ae_title="WS1", peer=plain("10.0.0.7"), what="query")
+    assert caller_may(allow, ae_title="WS1", peer=Peer("10.0.0.7", tls=True), what="query")

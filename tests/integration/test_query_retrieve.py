@@ -319,3 +319,32 @@ def test_orthanc_queries_and_retrieves_from_the_router_as_one_of_its_modalities(
         assert Retrieval.objects.get().completed == 1
     finally:
         orthanc.stop()
+
+
+def test_a_move_to_a_de_identifying_destination_sends_its_transformed_copies_never_the_original(
+    held, start_scp, storescp, service_env
+):
+    from apps.configuration.services import config_import
+
+    _, dest_port, folder = storescp("RESEARCH")
+    config_import(
+        f"""
+transforms:
+  - {{name: research, deidentify: true, secret: env:ROUTER_TEST_SECRET}}
+destinations:
+  - {{name: research, ae_title: RESEARCH, host: 127.0.0.1, port: {dest_port}, transform: research}}
+"""
+    )
+    _, port = start_scp({**service_env, "ROUTER_TEST_SECRET": "0123456789abcdef0123456789abcdef"})
+    b = held["b"]
+
+    run = movescu(port, "RESEARCH", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={b.study_instance_uid}")
+    assert run.returncode == 0, run.stdout + run.stderr
+    wait_until(lambda: len(list(folder.iterdir())) == 2, timeout=30, what="two de-identified instances")
+    for path in folder.iterdir():
+        ds = dcmread(path)
+        assert str(ds.PatientName) != "Doe^Jane" and ds.PatientID != "PAT%1"
+        assert ds.StudyInstanceUID != b.study_instance_uid
+    stored = set(b.instances.values_list("sha256", flat=True))
+    sent = set(RetrievalItem.objects.values_list("sent_sha256", flat=True))
+    assert len(sent) == 2 and not sent & stored
