@@ -21,6 +21,8 @@ app.conf.task_default_queue = "workflow"
 app.conf.task_routes = {
     "pipeline.persist": {"queue": "ingest"},
     "pipeline.deliver": {"queue": "deliver"},
+    "pipeline.stream_start": {"queue": "deliver"},
+    "pipeline.stream": {"queue": "deliver"},
     "pipeline.notify": {"queue": "notify"},
     "pipeline.notification_send": {"queue": "notify"},
     # Escalations concern STAT studies: they share the STAT lane (a STAT study's own tasks are sent there

@@ -19,6 +19,7 @@ from apps.routing.health import destination_resume
 from apps.routing.models import (
     DeliveryWindow,
     Destination,
+    ForwardMode,
     Protocol,
     RoutingRule,
     RuleCriterion,
@@ -56,7 +57,7 @@ DESTINATION_FIELDS = (
     "alternate_after",
     "retention_hours",
 )
-RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "description")
+RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "forward_mode", "description")
 # The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
 SHORTHAND_REGEX = {"study_description"}
 
@@ -703,6 +704,8 @@ def _export_rule(rule: RoutingRule) -> dict:
     out = {"name": rule.name, **{f: getattr(rule, f) for f in RULE_FIELDS}}
     if not out["description"]:
         del out["description"]
+    if out["forward_mode"] == ForwardMode.AFTER_QC:
+        del out["forward_mode"]
     out["criteria"] = [
         _clean({"attribute": c.attribute, "keyword": c.keyword, "operator": c.operator, "value": c.value})
         for c in rule.criteria.all()

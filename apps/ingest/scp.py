@@ -59,6 +59,8 @@ _DENIED = "DENIED BY HOST"
 
 # Study Instance UID -> the (keyword, value) pairs that say how urgent it is.
 StudiesReceived = Callable[[dict[str, set[tuple[str, str]]]], None]
+# A study's first instance in an association is stored: (its UID, what it said of its urgency).
+StudyStarted = Callable[[str, set[tuple[str, str]]], None]
 # A sender could vary descriptions per instance; a study's urgency needs only a few of them.
 MAX_URGENCY_VALUES = 64
 
@@ -91,10 +93,12 @@ class StoreSCP:
         spool: Spool,
         on_studies_received: StudiesReceived,
         pdu_limits: guard.PduLimits,
+        on_study_started: StudyStarted | None = None,
     ) -> None:
         self.ae_title = ae_title
         self.spool = spool
         self.on_studies_received = on_studies_received
+        self.on_study_started = on_study_started
         self.pdu_limits = pdu_limits
         self.streams = streaming.Streams(spool)
         # Per association: each study received and what its instances said of its urgency.
@@ -188,11 +192,14 @@ class StoreSCP:
                 previous = self._current.get(id(assoc))
                 self._current[id(assoc)] = uid
                 done = {previous: studies.pop(previous)} if previous != uid and previous in studies else {}
+                started = uid not in studies
                 urgency = studies.setdefault(uid, set())
                 if len(urgency) < MAX_URGENCY_VALUES:
                     urgency.update(outcome.urgency)
             if done:  # the association moved on: the previous study's pipeline need not wait for its end
                 self._hand_over(done)
+            if started and self.on_study_started is not None:
+                self._started(uid, set(urgency))
         return _dataset_status(outcome)
 
     def on_end(self, event) -> None:
@@ -204,6 +211,12 @@ class StoreSCP:
                 self._hand_over(studies)
         finally:
             connection.close()
+
+    def _started(self, uid: str, urgency: set[tuple[str, str]]) -> None:
+        try:
+            self.on_study_started(uid, urgency)
+        except Exception:  # noqa: BLE001 - never fail a C-STORE for it: the study goes after QC as any
+            logger.exception("telling the pipeline a study started failed; it will be forwarded after QC")
 
     def _hand_over(self, studies: dict[str, set[tuple[str, str]]]) -> None:
         try:
@@ -307,6 +320,7 @@ def serve(
     on_studies_received: StudiesReceived,
     limits: Limits = Limits(),
     extra_services: tuple = (),
+    on_study_started: StudyStarted | None = None,
 ) -> list[ThreadedAssociationServer]:
     """Start listening and return the servers, one per listener (non-blocking); `stop()` ends them. Every
     listener serves the same AE: the same handlers, admission, custody and association limit.
@@ -318,7 +332,13 @@ def serve(
     ae = build_ae(ae_title=ae_title, limits=limits)
     for service in extra_services:
         service.configure(ae)
-    scp = StoreSCP(ae_title=ae_title, spool=spool, on_studies_received=on_studies_received, pdu_limits=pdu_limits)
+    scp = StoreSCP(
+        ae_title=ae_title,
+        spool=spool,
+        on_studies_received=on_studies_received,
+        pdu_limits=pdu_limits,
+        on_study_started=on_study_started,
+    )
     handlers = scp.handlers() + [h for service in extra_services for h in service.handlers()]
     servers = []
     for listener in listeners:

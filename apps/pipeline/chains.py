@@ -13,6 +13,7 @@ from django.db import DatabaseError
 
 from apps.routing.models import Delivery
 from apps.routing.retention import emergency_threshold, free_bytes
+from apps.routing.services import on_receipt_rules_exist
 from apps.studies.models import Priority, Stage, Study
 from apps.studies.services import priority_hint, study_register
 
@@ -77,9 +78,28 @@ def task_start(name: str, object_id: int, queue: str | None = None) -> bool:
     return _publish(f"{name} {object_id}", signature(f"pipeline.{name}", args=(object_id,), **options))
 
 
+def study_arriving(uid: str, urgency: set[tuple[str, str]]) -> None:
+    """The SCP's word that a study's first instance (in this association) is stored: when a rule forwards on
+    receipt, the study is marked arriving and its streaming senders are started (routing/stream.py)."""
+    try:
+        if not on_receipt_rules_exist():
+            return
+        study = study_register(study_instance_uid=uid)
+        Study.objects.filter(pk=study.pk).update(arriving=True)
+    except DatabaseError as exc:  # the study goes after QC as any
+        logger.warning("could not start streaming a study (%s)", type(exc).__name__)
+        return
+    task_start("stream_start", study.pk, queue=lane(priority_hint(urgency)))
+
+
 def studies_received(studies: dict[str, set[tuple[str, str]]]) -> None:
     """The SCP's hand-over at association end: one chain per study received in the association, on the
-    STAT lane from its first task when its instances said STAT (classification has not run yet)."""
+    STAT lane from its first task when its instances said STAT (classification has not run yet). A study
+    streamed on receipt is no longer arriving: its senders finish what is left and stop."""
+    try:
+        Study.objects.filter(study_instance_uid__in=list(studies), arriving=True).update(arriving=False)
+    except DatabaseError as exc:  # a sender still waiting stops after its idle limit
+        logger.warning("could not mark studies as arrived (%s)", type(exc).__name__)
     for uid in sorted(studies):
         try:
             study = study_register(study_instance_uid=uid)

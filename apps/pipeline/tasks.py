@@ -15,12 +15,12 @@ from apps.routing.models import Delivery
 from apps.routing.retention import emergency_threshold, free_bytes
 from apps.routing.retention import storage_purge as _storage_purge
 from apps.routing.services import deliveries_due as _deliveries_due
-from apps.routing.services import delivery_send, study_route
+from apps.routing.services import delivery_send, delivery_stream, study_route, study_stream_decide
 from apps.routing.services import destinations_check as _destinations_check
 from apps.studies.services import study_check, study_classify, study_persist
 
 from . import services
-from .chains import STAT_LANE, chain_start, delivery_lane, lane, task_start
+from .chains import STAT_LANE, chain_start, delivery_lane, lane, study_lane, task_start
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +83,27 @@ def deliver_start(delivery_id: int) -> bool:
     return task_start("deliver", delivery_id, queue=delivery_lane(delivery_id))
 
 
+@shared_task(name="pipeline.stream_start", bind=True)
+def stream_start(self, study_id: int) -> None:
+    """The on-receipt rules' decision on a study's first instance; one streaming sender per destination, on
+    the lane this task came by (the STAT lane when the first instance said STAT: it is not classified yet)."""
+    came_by = (self.request.delivery_info or {}).get("routing_key")
+    queue = STAT_LANE if came_by == STAT_LANE else study_lane(study_id)
+    for delivery_id in study_stream_decide(study_id=study_id):
+        task_start("stream", delivery_id, queue=queue)
+
+
+@shared_task(name="pipeline.stream")
+def stream(delivery_id: int) -> None:
+    _after_send(delivery_id, delivery_stream(delivery_id=delivery_id))
+
+
 @shared_task(name="pipeline.deliver")
 def deliver(delivery_id: int) -> None:
-    state = delivery_send(delivery_id=delivery_id)
+    _after_send(delivery_id, delivery_send(delivery_id=delivery_id))
+
+
+def _after_send(delivery_id: int, state: str | None) -> None:
     if state == Delivery.State.FAILED:
         for notification_id in services.delivery_failed_notify(delivery_id=delivery_id):
             task_start("notification_send", notification_id)

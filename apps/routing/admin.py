@@ -22,6 +22,7 @@ from .models import (
     RuleCriterion,
     RuleTransform,
     RuleWindow,
+    StreamDecision,
 )
 from .retention import FilesPurged, StudyBusy, study_delete
 from .services import (
@@ -198,8 +199,8 @@ class DryRunForm(forms.Form):
 
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin):
-    list_display = ("name", "priority", "enabled", "exclusive", "fallback", "updated_at")
-    list_filter = ("enabled", "exclusive", "fallback")
+    list_display = ("name", "priority", "enabled", "forward_mode", "exclusive", "fallback", "updated_at")
+    list_filter = ("enabled", "forward_mode", "exclusive", "fallback")
     search_fields = ("name",)
     filter_horizontal = ("destinations",)
     inlines = [RuleCriterionInline, RuleWindowInline, RuleTransformInline]
@@ -410,3 +411,27 @@ class RoutingDecisionAdmin(admin.ModelAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/routing/decision.html", context)
+
+
+@admin.register(StreamDecision)
+class StreamDecisionAdmin(admin.ModelAdmin):
+    """Where on-receipt rules streamed studies, and where the decision after QC disagreed (a discrepancy)."""
+
+    list_display = ("study", "destinations", "matched_rules", "decided_at", "discrepancy", "checked_at")
+    list_filter = ("decided_at", "checked_at")
+    search_fields = ("study__study_instance_uid", "study__accession_number")
+    readonly_fields = (
+        "study",
+        "destinations",
+        "matched_rules",
+        "explanation",
+        "decided_at",
+        "discrepancy",
+        "checked_at",
+    )
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -15,11 +15,20 @@ from pydicom.multival import MultiValue
 
 from apps.core import clock
 from apps.studies.headers import header_from_dataset
-from apps.studies.models import FileState, Stage, Study
+from apps.studies.models import FileState, ReceivedInstance, Stage, Study
 from apps.studies.services import header_priority
 
 from . import rules
-from .models import Delivery, DeliveryItem, Destination, RoutingDecision, RoutingRule, RuleTransform
+from .models import (
+    Delivery,
+    DeliveryItem,
+    Destination,
+    ForwardMode,
+    RoutingDecision,
+    RoutingRule,
+    RuleTransform,
+    StreamDecision,
+)
 from .retention import files_purged_error, files_purged_on
 
 logger = logging.getLogger(__name__)
@@ -29,6 +38,7 @@ class CompiledRules(NamedTuple):
     version: tuple  # what the rules were compiled from (counts and last changes of rules and destinations)
     engine: rules.Engine
     keywords: frozenset[str]  # the DICOM keywords the criteria read
+    on_receipt: rules.Engine  # the on-receipt rules alone: the decision on a study's first instance
 
 
 # Compiled rules, rebuilt when a rule or destination changes (admin saves bump updated_at).
@@ -64,15 +74,77 @@ def rules_load() -> list[rules.Rule]:
     return [_compiled_rule(rule) for rule in _rule_rows().filter(enabled=True)]
 
 
-def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
-    """The compiled engine and the DICOM keywords its criteria read; rebuilt only after a change."""
+def _compiled_rules() -> CompiledRules:
     global _compiled
     version = _rules_version()
     if _compiled is None or _compiled.version != version:
         loaded = rules_load()
         keywords = frozenset(c.keyword for r in loaded for c in r.criteria if c.keyword)
-        _compiled = CompiledRules(version, rules.Engine(loaded), keywords)
-    return _compiled.engine, _compiled.keywords
+        streaming = set(
+            RoutingRule.objects.filter(enabled=True, forward_mode=ForwardMode.ON_RECEIPT).values_list("pk", flat=True)
+        )
+        on_receipt = rules.Engine([r for r in loaded if r.id in streaming])
+        _compiled = CompiledRules(version, rules.Engine(loaded), keywords, on_receipt)
+    return _compiled
+
+
+def rules_engine() -> tuple[rules.Engine, frozenset[str]]:
+    """The compiled engine and the DICOM keywords its criteria read; rebuilt only after a change."""
+    compiled = _compiled_rules()
+    return compiled.engine, compiled.keywords
+
+
+def on_receipt_rules_exist() -> bool:
+    """Whether an enabled rule forwards on receipt: the SCP then tells the pipeline of each study it starts."""
+    return RoutingRule.objects.filter(enabled=True, forward_mode=ForwardMode.ON_RECEIPT).exists()
+
+
+def study_stream_decide(*, study_id: int, now: datetime | None = None) -> list[int]:
+    """Where the on-receipt rules send a study, decided once on its first received instance (the study-level
+    facts its header gives; classification has not run), and a Delivery for each destination. Returns the
+    deliveries to stream now (those not already being sent)."""
+    now = now or clock.now()
+    study = Study.objects.filter(pk=study_id).first()
+    if study is None:
+        return []
+    decision = StreamDecision.objects.filter(study=study).first()
+    if decision is None:
+        compiled = _compiled_rules()
+        first = (
+            ReceivedInstance.objects.filter(study_instance_uid=study.study_instance_uid)
+            .exclude(state=ReceivedInstance.State.QUARANTINED)
+            .order_by("id")
+            .first()
+        )
+        if first is None:
+            return []
+        try:
+            ds = dcmread(Path(settings.STORAGE_ROOT) / first.path, stop_before_pixels=True)
+        except (OSError, InvalidDicomError, ValueError) as exc:
+            logger.warning("stream: study %s's first instance cannot be read (%s): it goes after QC", study_id, exc)
+            return []
+        facts = facts_from_dataset(
+            ds, compiled.keywords, calling_ae=first.calling_ae_title, called_ae=first.called_ae_title
+        )
+        result = compiled.on_receipt.evaluate(facts, at=now)
+        decision, _ = StreamDecision.objects.get_or_create(
+            study=study,
+            defaults={
+                "matched_rules": result.matched,
+                "destinations": result.destinations,
+                "explanation": result.explanation,
+                "decided_at": now,
+            },
+        )
+        logger.info("stream: study %s -> %s on receipt", study_id, decision.destinations or "nowhere")
+    due = []
+    for destination in Destination.objects.filter(name__in=decision.destinations, enabled=True):
+        delivery, created = Delivery.objects.get_or_create(study=study, destination=destination)
+        if created and (profile_id := transform_for(destination, decision.matched_rules)):
+            Delivery.objects.filter(pk=delivery.pk).update(transform_id=profile_id)
+        if delivery.state in (Delivery.State.PENDING, Delivery.State.DELIVERED):
+            due.append(delivery.pk)
+    return due
 
 
 def rule_facts(
@@ -167,9 +239,26 @@ def study_route(*, study_id: int, now: datetime | None = None) -> list[int]:
                 decided_at=now,
             )
             logger.info("route: study %s -> %s", study.pk, result.destinations or "unrouted")
+            _stream_check(study, decision, now)
         due = _ledger_extend(study, decision.destinations, now, matched_rules=decision.matched_rules)
         study.advance(Stage.ROUTED, detail="" if decision.destinations else "no rule matched", now=now)
     return due
+
+
+def _stream_check(study: Study, decision: RoutingDecision, now: datetime) -> None:
+    """The full decision against the early one of the on-receipt rules: a destination it adds gets the study
+    as any; one it drops is recorded as a discrepancy for staff (what was sent is sent)."""
+    early = StreamDecision.objects.filter(study=study, checked_at__isnull=True).first()
+    if early is None:
+        return
+    dropped = sorted(set(early.destinations) - set(decision.destinations))
+    StreamDecision.objects.filter(pk=early.pk).update(discrepancy=dropped, checked_at=now)
+    if dropped:
+        logger.warning(
+            "route: study %s was streamed on receipt to %s, which the decision after QC does not name",
+            study.pk,
+            ", ".join(dropped),
+        )
 
 
 def _ledger_extend(

@@ -221,6 +221,53 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
             assoc.release()
 
 
+class Session:
+    """One association kept open across sends, for a sender that streams a study as it arrives. It is opened
+    at the first send with the contexts the files need, and opened again, with every context seen so far, when
+    a file needs one it lacks (a study rarely mixes more than a few). `close()` releases it."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.assoc = None
+        self.connection: _Connection | None = None
+        self.contexts: set[tuple[str, str]] = set()
+
+    def send(self, files: list[File], on_sent: Callable[[int, Result], None] | None = None) -> list[Result]:
+        results = []
+        for i, file in enumerate(files):
+            result = self._send(file)
+            results.append(result)
+            if on_sent is not None:
+                on_sent(i, result)
+        return results
+
+    def _send(self, file: File) -> Result:
+        context = (file.sop_class_uid, file.transfer_syntax_uid)
+        is_open = self.assoc is not None and self.assoc.is_established and context in self.contexts
+        if not is_open and (failure := self._open(context)):
+            return failure
+        return _send_one(self.assoc, file, self.connection.peer_certificate)
+
+    def _open(self, needed: tuple[str, str]) -> Result | None:
+        self.close()
+        contexts = {needed, *sorted(self.contexts - {needed})[: MAX_CONTEXTS - 1]}
+        ae = _ae(self.target)
+        for sop_class, syntax in sorted(contexts):
+            ae.add_requested_context(sop_class, [syntax])
+        assoc, connection, failure = _associate(ae, self.target)
+        if failure is not None:
+            return failure
+        if not assoc.is_established:
+            return _association_failure(assoc, self.target, connection)
+        self.assoc, self.connection, self.contexts = assoc, connection, contexts
+        return None
+
+    def close(self) -> None:
+        if self.assoc is not None and self.assoc.is_established:
+            self.assoc.release()
+        self.assoc = None
+
+
 def _fail_all(indexes: list[int], failure: Result, results: list, on_sent=None) -> None:
     for i in indexes:
         results[i] = failure

@@ -198,6 +198,26 @@ def sender(destination: Destination) -> tuple:
     return dicom_send.send, dicom_target(destination)
 
 
+class _WebSession:
+    """STOW-RS has no association to keep: each send is its own requests (batched as configured)."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+
+    def send(self, files, on_sent=None) -> list[dicom_send.Result]:
+        return stow.send(self.target, files, on_sent=on_sent)
+
+    def close(self) -> None:
+        pass
+
+
+def sender_session(destination: Destination):
+    """A sender that stays connected across sends (streaming): `send(files, on_sent)`, then `close()`."""
+    if destination.protocol == Protocol.DICOMWEB:
+        return _WebSession(web_target(destination))
+    return dicom_send.Session(dicom_target(destination))
+
+
 def echo(destination: Destination) -> dicom_send.Result:
     """Is it there: C-ECHO, or a QIDO-RS search for a DICOMweb destination."""
     if destination.protocol == Protocol.DICOMWEB:

@@ -148,12 +148,28 @@ class DeliveryWindow(WeeklyWindow):
         ordering = ["id"]
 
 
+class ForwardMode(models.TextChoices):
+    AFTER_QC = "after_qc", "after QC (a QC hold stops it)"
+    ON_RECEIPT = "on_receipt", "on receipt (each instance as it is stored, before QC: a QC hold cannot stop it)"
+
+
+# Criteria an on-receipt rule cannot have: they need the whole study, which has not arrived when it decides.
+WHOLE_STUDY_ATTRIBUTES = {"sop_class"}
+
+
 class RoutingRule(models.Model):
     name = models.CharField(max_length=128, unique=True)
     priority = models.IntegerField(default=100, help_text="Higher runs first.")
     enabled = models.BooleanField(default=True)
     exclusive = models.BooleanField(default=False, help_text="When this rule matches, stop evaluating.")
     fallback = models.BooleanField(default=False, help_text="Applies only when no other rule matched.")
+    forward_mode = models.CharField(
+        max_length=16,
+        choices=ForwardMode.choices,
+        default=ForwardMode.AFTER_QC,
+        help_text="On receipt: decided on the study's first instance and each instance forwarded as soon as it is "
+        "stored, while the study still arrives. QC still runs and flags, but cannot hold what was already sent.",
+    )
     destinations = models.ManyToManyField(Destination, related_name="rules", blank=True)
     description = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -224,6 +240,18 @@ class RuleCriterion(models.Model):
         return f"{self.attribute} {self.operator} {self.value}"
 
     def clean(self) -> None:
+        rule = self.rule if self.rule_id else None
+        if (
+            rule is not None
+            and rule.forward_mode == ForwardMode.ON_RECEIPT
+            and self.attribute in WHOLE_STUDY_ATTRIBUTES
+        ):
+            raise ValidationError(
+                {
+                    "attribute": f"An on-receipt rule decides on the first instance: {self.attribute} needs "
+                    "the whole study."
+                }
+            )
         if self.operator == self.Operator.REGEX:
             try:
                 re.compile(self.value)
@@ -249,6 +277,23 @@ class RoutingDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.study_id}: {', '.join(self.destinations) or 'unrouted'}"
+
+
+class StreamDecision(models.Model):
+    """Where the on-receipt rules sent a study, decided on its first instance; checked against the full
+    decision after QC. A destination the full decision drops is a discrepancy for staff: what was sent is sent."""
+
+    study = models.OneToOneField(Study, on_delete=models.CASCADE, related_name="stream_decision")
+    matched_rules = models.JSONField(default=list)
+    destinations = models.JSONField(default=list)
+    explanation = models.JSONField(default=list)
+    decided_at = models.DateTimeField(default=timezone.now)
+    # Filled when the study is routed after QC: destinations streamed to that the full decision does not name.
+    discrepancy = models.JSONField(default=list, blank=True)
+    checked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.study_id}: {', '.join(self.destinations) or 'none'} (on receipt)"
 
 
 class Delivery(models.Model):

@@ -6,12 +6,14 @@ from .decide import (
     dry_run,
     dry_run_study,
     facts_from_dataset,
+    on_receipt_rules_exist,
     rules_engine,
     rules_load,
     rules_replay,
     study_facts,
     study_reroute,
     study_route,
+    study_stream_decide,
 )
 from .deliver import (
     CLOSED_WAIT,
@@ -29,6 +31,7 @@ from .health import (
     destination_resume,
     destinations_check,
 )
+from .stream import delivery_stream
 
 __all__ = [
     "CLOSED_WAIT",
@@ -37,6 +40,7 @@ __all__ = [
     "delivery_give_up",
     "delivery_retry",
     "delivery_send",
+    "delivery_stream",
     "destination_config_error_set",
     "destination_echo",
     "destination_health_set",
@@ -46,6 +50,7 @@ __all__ = [
     "dry_run",
     "dry_run_study",
     "facts_from_dataset",
+    "on_receipt_rules_exist",
     "retry_delay",
     "rules_engine",
     "rules_load",
@@ -53,4 +58,5 @@ __all__ = [
     "study_facts",
     "study_reroute",
     "study_route",
+    "study_stream_decide",
 ]

@@ -102,6 +102,9 @@ class Study(models.Model):
     stage_detail = models.TextField(blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     protected = models.BooleanField(default=False, help_text="Its files are never purged automatically.")
+    # An association is sending it now (set by its first instance when on-receipt rules exist, cleared when
+    # the association ends): a streaming sender waits for more while it is set.
+    arriving = models.BooleanField(default=False)
 
     class Meta:
         verbose_name_plural = "studies"

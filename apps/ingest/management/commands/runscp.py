@@ -11,7 +11,7 @@ from apps.core import tls
 from apps.ingest import scp, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
-from apps.pipeline.chains import studies_received
+from apps.pipeline.chains import studies_received, study_arriving
 
 
 class Command(BaseCommand):
@@ -72,6 +72,7 @@ class Command(BaseCommand):
             ae_title=ae_title,
             spool=spool,
             on_studies_received=studies_received,
+            on_study_started=study_arriving,
             extra_services=_query_retrieve(ae_title),
             limits=scp.Limits(
                 max_associations=settings.SCP_MAX_ASSOCIATIONS,
