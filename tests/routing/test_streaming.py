@@ -36,9 +36,7 @@ def arrived(storage, paths) -> Study:
     return study
 
 
-def test_the_on_receipt_rules_decide_on_the_first_instance_and_the_stream_sends_each_instance_once(
-    storage, tmp_path
-):
+def test_the_on_receipt_rules_decide_on_the_first_instance_and_the_stream_sends_each_instance_once(storage, tmp_path):
     with StatusSCP() as peer:
         config_import(rules(peer.port))
         _, paths = synthetic_study(tmp_path / "ct", count=3)
