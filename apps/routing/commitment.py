@@ -109,7 +109,7 @@ def commitment_send(*, request_id: int, now: datetime | None = None) -> Sent | N
     now = now or clock.now()
     with transaction.atomic():
         request = (
-            CommitmentRequest.objects.select_for_update()
+            CommitmentRequest.objects.select_for_update(of=("self",))
             .select_related("delivery__destination", "delivery__target")
             .filter(pk=request_id)
             .first()
@@ -190,7 +190,7 @@ def commitment_report(*, report: dicom_send.CommitmentReport, now: datetime | No
     now = now or clock.now()
     with transaction.atomic():
         request = (
-            CommitmentRequest.objects.select_for_update()
+            CommitmentRequest.objects.select_for_update(of=("self",))
             .select_related("delivery")
             .filter(transaction_uid=report.transaction_uid)
             .first()

@@ -422,6 +422,9 @@ def commit(
     seconds we wait for it there (most, Orthanc among them, send it later on a new association to our SCP)."""
     ae = _ae(target)
     ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # Verification too: a destination that takes the association but not storage commitment then says so by
+    # rejecting that one context (permanent), where it would otherwise abort an association it has no use for.
+    ae.add_requested_context(Verification)
     same = _SameAssociationReport(transaction_uid)
     # No `_reactor_reads_nothing` here: that patch makes the reactor read nothing, and an N-EVENT-REPORT
     # *request* the destination sends on this association would never be served (nor answered). The race it
