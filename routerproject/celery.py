@@ -23,6 +23,7 @@ app.conf.task_routes = {
     "pipeline.deliver": {"queue": "deliver"},
     "pipeline.stream_start": {"queue": "deliver"},
     "pipeline.stream": {"queue": "deliver"},
+    "pipeline.commit": {"queue": "deliver"},
     "pipeline.notify": {"queue": "notify"},
     "pipeline.notification_send": {"queue": "notify"},
     # Escalations concern STAT studies: they share the STAT lane (a STAT study's own tasks are sent there
@@ -40,6 +41,9 @@ def _beat_schedule() -> dict:
         "reconcile": {"task": "pipeline.reconcile", "schedule": settings.RECONCILE_INTERVAL},
         # Deliveries whose next_attempt_at has come (retries longer than any countdown we allow).
         "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
+        # Storage commitment requests due: never sent (a lost message), to ask again, or whose report is
+        # overdue (staff are told, the request is sent again; a bounded number of times, then the delivery fails).
+        "commitments-due": {"task": "pipeline.commitments_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
         # C-ECHO every destination: an unreachable one pauses its queue, a recovered one resumes it.
         "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
         # Storage below its free-space watermark (the SCP answers 0xA700): the admins are told, once a day.

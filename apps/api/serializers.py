@@ -58,6 +58,9 @@ class DeliverySerializer(serializers.ModelSerializer):
     study_instance_uid = serializers.CharField(source="study.study_instance_uid", read_only=True)
     instances = serializers.IntegerField(read_only=True)
     delivered = serializers.IntegerField(read_only=True)
+    # Storage commitment: whether the destination is asked, and how many instances it committed to.
+    storage_commitment = serializers.BooleanField(source="destination.storage_commitment", read_only=True)
+    committed = serializers.IntegerField(read_only=True)
 
     class Meta:
         model = Delivery
@@ -72,6 +75,8 @@ class DeliverySerializer(serializers.ModelSerializer):
             "last_error",
             "instances",
             "delivered",
+            "storage_commitment",
+            "committed",
         ]
 
 

@@ -133,6 +133,7 @@ class DeliveryViewSet(viewsets.ReadOnlyModelViewSet):
                 delivered=Count(
                     "items", filter=Q(items__state__in=[DeliveryItem.State.DELIVERED, DeliveryItem.State.WARNING])
                 ),
+                committed=Count("items", filter=Q(items__committed_at__isnull=False)),
             )
             .order_by("-id")
         )

@@ -56,8 +56,10 @@ DESTINATION_FIELDS = (
     "max_associations",
     "alternate_after",
     "retention_hours",
+    "storage_commitment",
+    "commitment_timeout",
 )
-RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "forward_mode", "description")
+RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "forward_mode", "assign_after_delivery", "description")
 # The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
 SHORTHAND_REGEX = {"study_description"}
 

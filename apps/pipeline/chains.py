@@ -13,9 +13,11 @@ from django.db import DatabaseError
 
 from apps.routing.models import Delivery
 from apps.routing.retention import emergency_threshold, free_bytes
-from apps.routing.services import on_receipt_rules_exist
+from apps.routing.services import Reported, on_receipt_rules_exist
 from apps.studies.models import Priority, Stage, Study
 from apps.studies.services import priority_hint, study_register
+
+from .gate import study_waiting_for
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +133,19 @@ def _purge_if_space_low() -> None:
     if low:
         _purge_asked_at = now
         _publish("storage purge", signature("pipeline.storage_purge"))
+
+
+def assign_when_verified(delivery_id: int) -> bool:
+    """A delivery is delivered (and committed, where its destination commits): a study that waited for it to
+    be assigned (assign after verified delivery) goes on from its assign step, on its lane."""
+    study_id = study_waiting_for(delivery_id=delivery_id)
+    return study_id is not None and chain_start(study_id, "assign")
+
+
+def commitment_reported(reported: Reported) -> None:
+    """After a storage commitment report was recorded (the SCP's, or one on our own association): instances
+    not committed go again; a delivery now wholly committed may let its study be assigned."""
+    if reported.resend:
+        task_start("deliver", reported.delivery_id, queue=delivery_lane(reported.delivery_id))
+    if reported.committed:
+        assign_when_verified(reported.delivery_id)

@@ -15,7 +15,8 @@ from apps.ops import services as ops_services
 from apps.reading.defaults import SUPERVISORS_GROUP
 from apps.reading.models import Assignment, EscalationStep, SlaEvent
 from apps.reading.services import EscalationAction, privileges_expiring
-from apps.routing.models import Delivery, DeliveryItem, Destination
+from apps.routing.commitment import MAX_ATTEMPTS as COMMITMENT_MAX_ATTEMPTS
+from apps.routing.models import CommitmentRequest, Delivery, DeliveryItem, Destination
 from apps.routing.retention import PurgeReport, emergency_threshold
 from apps.studies.models import ReceivedInstance, Stage, Study
 from apps.studies.services import study_register
@@ -110,6 +111,30 @@ def delivery_failed_notify(*, delivery_id: int) -> list[int]:
     key = f"delivery:{delivery.pk}:failure:{delivery.failures}"
     hooks = _webhooks(DELIVERY_FAILED_EVENT, key, delivery.study, destination=delivery.destination.name)
     return hooks + _notify_users(_staff(), event=DELIVERY_FAILED_EVENT, subject_key=key, title=title, body=body)
+
+
+COMMITMENT_OVERDUE_EVENT = "commitment_overdue"
+
+
+def commitment_overdue_notify(*, request_id: int) -> list[int]:
+    """Tell the operators that a destination accepted a storage commitment request and sent no report within
+    its timeout; once per request (the request is asked again; after the last, the delivery fails and that
+    is told as any failed delivery)."""
+    request = CommitmentRequest.objects.select_related("delivery__destination", "delivery__study").get(pk=request_id)
+    delivery = request.delivery
+    destination = delivery.destination
+    title = f"Storage commitment overdue: {destination.name} (study {delivery.study_id})"
+    body = (
+        f"{destination.name} ({destination.ae_title}) accepted the storage commitment request "
+        f"{request.transaction_uid} for delivery {delivery.pk} of study {delivery.study_id} (accession "
+        f"{delivery.study.accession_number or '-'}, {len(request.references)} instance(s)) and sent no report "
+        f"within {destination.commitment_timeout} s. Asked again (attempt {request.attempts} of "
+        f"{COMMITMENT_MAX_ATTEMPTS}); its files are kept until it commits. Check that it knows this router's AE "
+        "title, host and port to send its report to (docs/storage-commitment.md)."
+    )
+    key = f"commitment:{request.pk}:overdue"
+    hooks = _webhooks(COMMITMENT_OVERDUE_EVENT, key, delivery.study, destination=destination.name)
+    return hooks + _notify_users(_staff(), event=COMMITMENT_OVERDUE_EVENT, subject_key=key, title=title, body=body)
 
 
 DELIVERY_HELD_EVENT = "delivery_held"

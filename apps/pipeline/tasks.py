@@ -14,13 +14,30 @@ from apps.reading.services import escalation_sweep, sla_sweep, study_assign
 from apps.routing.models import Delivery
 from apps.routing.retention import emergency_threshold, free_bytes
 from apps.routing.retention import storage_purge as _storage_purge
+from apps.routing.services import (
+    commitment_send,
+    commitments_due,
+    delivery_send,
+    delivery_stream,
+    study_route,
+    study_stream_decide,
+)
 from apps.routing.services import deliveries_due as _deliveries_due
-from apps.routing.services import delivery_send, delivery_stream, study_route, study_stream_decide
 from apps.routing.services import destinations_check as _destinations_check
 from apps.studies.services import study_check, study_classify, study_persist
 
 from . import services
-from .chains import STAT_LANE, chain_start, delivery_lane, lane, study_lane, task_start
+from .chains import (
+    STAT_LANE,
+    assign_when_verified,
+    chain_start,
+    commitment_reported,
+    delivery_lane,
+    lane,
+    study_lane,
+    task_start,
+)
+from .gate import study_assign_gate
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +86,10 @@ def route(study_id: int) -> None:
 
 @shared_task(name="pipeline.assign")
 def assign(study_id: int) -> None:
-    study_assign(study_id=study_id)
+    # Assign after verified delivery: a study waiting for its reading destination stays ROUTED, with why;
+    # the delivery (or its commitment) starts this step again, and the reconciler covers a lost message.
+    if study_assign_gate(study_id=study_id) is None:
+        study_assign(study_id=study_id)
 
 
 @shared_task(name="pipeline.notify")
@@ -110,11 +130,39 @@ def _after_send(delivery_id: int, state: str | None) -> None:
     if state == Delivery.State.HELD:
         for notification_id in services.delivery_held_notify(delivery_id=delivery_id):
             task_start("notification_send", notification_id)
+    if state == Delivery.State.DELIVERED:
+        # Its destination may be asked to commit to what it got; a study may have waited for it to be assigned.
+        for request_id in commitments_due(delivery_id=delivery_id):
+            task_start("commit", request_id, queue=delivery_lane(delivery_id))
+        assign_when_verified(delivery_id)
     if state is not None:
         # A slot at this destination is free again: start what waits for it rather than the next sweep.
         destination_id = Delivery.objects.values_list("destination_id", flat=True).get(pk=delivery_id)
         for next_id in _deliveries_due(destination_id=destination_id, limit=1):
             deliver_start(next_id)
+
+
+@shared_task(name="pipeline.commit")
+def commit(request_id: int) -> None:
+    """Send (again) one storage commitment request (N-ACTION); staff told when its report is overdue."""
+    sent = commitment_send(request_id=request_id)
+    if sent is None:
+        return
+    if sent.overdue:
+        for notification_id in services.commitment_overdue_notify(request_id=request_id):
+            task_start("notification_send", notification_id)
+    if sent.delivery_failed:
+        for notification_id in services.delivery_failed_notify(delivery_id=sent.delivery_id):
+            task_start("notification_send", notification_id)
+    if sent.reported is not None:
+        commitment_reported(sent.reported)
+
+
+@shared_task(name="pipeline.commitments_due")
+@sweeper
+def commitments_sweep() -> None:
+    for request_id in commitments_due():
+        task_start("commit", request_id)
 
 
 @shared_task(name="pipeline.notification_send")

@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
 from django.template.response import TemplateResponse
 from django.urls import path
 from pydicom import dcmread
@@ -12,7 +13,9 @@ from apps.core.signals import study_step_due
 from apps.studies import admin as studies_admin
 from apps.studies.models import Study
 
+from .commitment import SENT as COMMITTABLE
 from .models import (
+    CommitmentRequest,
     Delivery,
     DeliveryItem,
     DeliveryWindow,
@@ -94,6 +97,14 @@ class DestinationAdmin(admin.ModelAdmin):
                     "network_timeout",
                     "retention_hours",
                 ]
+            },
+        ),
+        (
+            "Storage commitment (docs/storage-commitment.md)",
+            {
+                "fields": ["storage_commitment", "commitment_timeout"],
+                "description": "The destination must know this router (its AE title, host and SCP port) to send "
+                "its report; files it has not committed to are not purged.",
             },
         ),
         (
@@ -199,8 +210,17 @@ class DryRunForm(forms.Form):
 
 @admin.register(RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin):
-    list_display = ("name", "priority", "enabled", "forward_mode", "exclusive", "fallback", "updated_at")
-    list_filter = ("enabled", "forward_mode", "exclusive", "fallback")
+    list_display = (
+        "name",
+        "priority",
+        "enabled",
+        "forward_mode",
+        "assign_after_delivery",
+        "exclusive",
+        "fallback",
+        "updated_at",
+    )
+    list_filter = ("enabled", "forward_mode", "assign_after_delivery", "exclusive", "fallback")
     search_fields = ("name",)
     filter_horizontal = ("destinations",)
     inlines = [RuleCriterionInline, RuleWindowInline, RuleTransformInline]
@@ -271,7 +291,26 @@ class DeliveryItemInline(admin.TabularInline):
     model = DeliveryItem
     extra = 0
     can_delete = False
-    fields = ("instance", "state", "status", "attempts", "error", "sent_sha256", "updated_at")
+    fields = ("instance", "state", "status", "attempts", "error", "sent_sha256", "updated_at", "committed_at")
+    readonly_fields = fields
+
+
+class CommitmentRequestInline(admin.TabularInline):
+    model = CommitmentRequest
+    extra = 0
+    can_delete = False
+    fields = (
+        "transaction_uid",
+        "state",
+        "attempts",
+        "last_status",
+        "sent_at",
+        "next_attempt_at",
+        "answered_at",
+        "committed",
+        "failed",
+        "error",
+    )
     readonly_fields = fields
 
 
@@ -284,6 +323,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         "target",
         "transform",
         "state",
+        "committed",
         "attempts",
         "next_attempt_at",
         "delivered_at",
@@ -291,8 +331,26 @@ class DeliveryAdmin(admin.ModelAdmin):
     )
     list_filter = ("state", "destination")
     readonly_fields = [f.name for f in Delivery._meta.fields]
-    inlines = [DeliveryItemInline]
+    inlines = [DeliveryItemInline, CommitmentRequestInline]
     actions = ["retry", "give_up"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                sent_count=Count("items", filter=Q(items__state__in=COMMITTABLE)),
+                committed_count=Count("items", filter=Q(items__committed_at__isnull=False)),
+            )
+        )
+
+    @admin.display(description="committed")
+    def committed(self, delivery: Delivery) -> str:
+        """Beside `delivered`: how many of the instances sent the destination committed to storing, where it
+        is asked (storage commitment); a dash where it is not."""
+        if not delivery.destination.storage_commitment:
+            return "-"
+        return f"{delivery.committed_count}/{delivery.sent_count}"
 
     @admin.action(description="Retry failed or held deliveries (sends only what is missing)")
     def retry(self, request, queryset) -> None:

@@ -14,6 +14,7 @@ from apps.core import clock
 from apps.studies.models import Priority, Study
 
 from . import dicom_send, transformed
+from .commitment import commitment_open
 from .health import association_limit, destination_health_from_results, is_busy, sender
 from .models import Delivery, DeliveryItem, Destination, Health
 from .retention import files_purged_error, files_purged_on
@@ -220,6 +221,8 @@ def _record(
         if not pending and not failed:
             delivery.state = Delivery.State.HELD if held else Delivery.State.DELIVERED
             delivery.delivered_at = now
+            if delivery.state == Delivery.State.DELIVERED:  # its destination may be asked to commit to them
+                commitment_open(delivery=delivery, now=now)
         elif pending and paused:
             delivery.state = Delivery.State.PENDING
             delivery.attempts = max(delivery.attempts - 1, 0)

@@ -8,12 +8,15 @@ is classified, never guessed: delivered, warning (delivered, kept), transient (r
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance, Verification
 
 from apps.core import internals, tls
 from apps.core.tls import ClientTls
@@ -112,12 +115,12 @@ def _reactor_reads_nothing(assoc) -> None:
     assoc.dimse.get_msg = get_msg
 
 
-def _on_conn_open(event, connection: _Connection) -> None:
+def _on_conn_open(event, connection: _Connection, patch_reactor: bool = True) -> None:
     """The TCP connection is up (and TLS hands shaken), before the association's threads read anything."""
     _nodelay(event)
     connection.opened = True
     connection.peer_certificate = tls.peer_certificate(event.assoc.dul.socket.socket)
-    if PATCH_FITS:
+    if PATCH_FITS and patch_reactor:
         _reactor_reads_nothing(event.assoc)
 
 
@@ -130,9 +133,12 @@ def _ae(target: Target) -> AE:
     return ae
 
 
-def _associate(ae: AE, target: Target) -> tuple[object | None, _Connection, Result | None]:
+def _associate(
+    ae: AE, target: Target, *, patch_reactor: bool = True, handlers: tuple = ()
+) -> tuple[object | None, _Connection, Result | None]:
     """Open an association (over TLS if the target says so): (association, connection, None), or
-    (None, connection, why not) when none could even be requested."""
+    (None, connection, why not) when none could even be requested. `patch_reactor=False` leaves the
+    association's reactor serving the peer's requests (see `commit`); `handlers`: more event handlers."""
     connection = _Connection()
     tls_args = None
     if target.tls is not None:
@@ -146,7 +152,7 @@ def _associate(ae: AE, target: Target) -> tuple[object | None, _Connection, Resu
             target.port,
             ae_title=target.ae_title,
             tls_args=tls_args,
-            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [connection])],
+            evt_handlers=[(evt.EVT_CONN_OPEN, _on_conn_open, [connection, patch_reactor]), *handlers],
         )
     except (OSError, RuntimeError, ValueError) as exc:
         return None, connection, Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True)
@@ -324,3 +330,136 @@ def echo(target: Target) -> Result:
         return Result(TRANSIENT, error="no response to C-ECHO")
     code = int(status.Status)
     return Result(classify_status(code), status=code, peer_certificate=connection.peer_certificate)
+
+
+# -- storage commitment (Push Model, PS3.4 Annex J) --------------------------------------------------
+
+COMMIT_ACTION = 1  # Request Storage Commitment
+COMMITTED_EVENT, SOME_FAILED_EVENT = 1, 2  # N-EVENT-REPORT event types
+# N-ACTION answers that say "later": processing failure and resource limitation; the rest of 01xx/02xx stop.
+COMMIT_TRANSIENT_STATUSES = {0x0110, 0x0213}
+
+
+@dataclass(frozen=True)
+class CommitmentReport:
+    """What an N-EVENT-REPORT of storage commitment says: the transaction, the instances committed, and those
+    that failed (SOP Instance UID -> Failure Reason, 0 when none given)."""
+
+    transaction_uid: str
+    committed: tuple[str, ...]
+    failed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The N-ACTION's outcome, and the report when the destination sent it on the same association."""
+
+    result: Result
+    report: CommitmentReport | None = None
+
+
+def commitment_request(transaction_uid: str, references: list[tuple[str, str]]) -> Dataset:
+    """The N-ACTION's Action Information: the Transaction UID and the Referenced SOP Sequence."""
+    ds = Dataset()
+    ds.TransactionUID = transaction_uid
+    items = []
+    for sop_class_uid, sop_instance_uid in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID = sop_class_uid
+        item.ReferencedSOPInstanceUID = sop_instance_uid
+        items.append(item)
+    ds.ReferencedSOPSequence = items
+    return ds
+
+
+def commitment_report_parse(event_type: int, info: Dataset) -> CommitmentReport:
+    """An N-EVENT-REPORT's Event Information read into committed and failed instances. Raises ValueError when
+    it is no storage commitment result (another event type, no Transaction UID)."""
+    if event_type not in (COMMITTED_EVENT, SOME_FAILED_EVENT):
+        raise ValueError(f"event type {event_type} is no storage commitment result")
+    transaction_uid = str(info.get("TransactionUID", "") or "").strip()
+    if not transaction_uid:
+        raise ValueError("the report has no Transaction UID")
+    committed = tuple(
+        str(item.ReferencedSOPInstanceUID)
+        for item in info.get("ReferencedSOPSequence", None) or []
+        if item.get("ReferencedSOPInstanceUID")
+    )
+    failed = {
+        str(item.ReferencedSOPInstanceUID): int(item.get("FailureReason", 0) or 0)
+        for item in info.get("FailedSOPSequence", None) or []
+        if item.get("ReferencedSOPInstanceUID")
+    }
+    return CommitmentReport(transaction_uid, committed, failed)
+
+
+class _SameAssociationReport:
+    """An N-EVENT-REPORT the destination sends on our own association, before we release it."""
+
+    def __init__(self, transaction_uid: str) -> None:
+        self.transaction_uid = transaction_uid
+        self.report: CommitmentReport | None = None
+        self.arrived = threading.Event()
+
+    def __call__(self, event) -> tuple[int, None]:
+        try:
+            report = commitment_report_parse(event.event_type, event.event_information)
+        except Exception as exc:  # noqa: BLE001 - a report we cannot read: processing failure, never a crash
+            logger.warning("storage commitment report on our association not understood: %s", exc)
+            return 0x0110, None
+        if report.transaction_uid == self.transaction_uid:
+            self.report = report
+            self.arrived.set()
+        return 0x0000, None
+
+
+def commit(
+    target: Target, transaction_uid: str, references: list[tuple[str, str]], *, wait_for_report: float = 0.0
+) -> Commit:
+    """Ask `target` to commit to storing `references` ((SOP Class UID, SOP Instance UID) pairs) under
+    `transaction_uid`: one N-ACTION of the Storage Commitment Push Model. Never raises for network or peer
+    trouble. A destination may send its report before we release the association: with `wait_for_report`
+    seconds we wait for it there (most, Orthanc among them, send it later on a new association to our SCP)."""
+    ae = _ae(target)
+    ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # Verification too: a destination that takes the association but not storage commitment then says so by
+    # rejecting that one context (permanent), where it would otherwise abort an association it has no use for.
+    ae.add_requested_context(Verification)
+    same = _SameAssociationReport(transaction_uid)
+    # No `_reactor_reads_nothing` here: that patch makes the reactor read nothing, and an N-EVENT-REPORT
+    # *request* the destination sends on this association would never be served (nor answered). The race it
+    # cures can cost us the N-ACTION's answer: that comes back as "no response" (transient), and a report the
+    # destination sends anyway is matched by its Transaction UID all the same.
+    assoc, connection, failure = _associate(ae, target, patch_reactor=False, handlers=((evt.EVT_N_EVENT_REPORT, same),))
+    if failure is not None:
+        return Commit(failure)
+    if not assoc.is_established:
+        return Commit(_association_failure(assoc, target, connection))
+    try:
+        result = _send_action(assoc, commitment_request(transaction_uid, references), connection.peer_certificate)
+        if result.kind == DELIVERED and wait_for_report > 0:
+            same.arrived.wait(wait_for_report)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return Commit(result, same.report)
+
+
+def _send_action(assoc, action: Dataset, peer_certificate: bytes | None) -> Result:
+    try:
+        status, _reply = assoc.send_n_action(
+            action, COMMIT_ACTION, StorageCommitmentPushModel, StorageCommitmentPushModelInstance
+        )
+    except ValueError as exc:  # no accepted presentation context: no storage commitment there
+        return Result(PERMANENT, error=f"storage commitment not accepted by the destination: {exc}")
+    except (OSError, RuntimeError, AttributeError) as exc:
+        return Result(TRANSIENT, error=f"N-ACTION failed: {exc}")
+    if "Status" not in status:
+        return Result(TRANSIENT, error="no response to the storage commitment request (timeout or abort)")
+    code = int(status.Status)
+    kind = TRANSIENT if code in COMMIT_TRANSIENT_STATUSES else classify_status(code)
+    if kind == WARNING or code == 0x0001:  # accepted, with a warning
+        kind = DELIVERED
+    comment = str(status.get("ErrorComment", ""))
+    error = "" if kind == DELIVERED else f"storage commitment request answered 0x{code:04X} {comment}".strip()
+    return Result(kind, status=code, error=error, peer_certificate=peer_certificate)

@@ -114,6 +114,20 @@ class Destination(models.Model):
         related_name="destinations",
         help_text="What it receives instead of the original bytes (a rule may choose another); empty: the originals.",
     )
+    # Storage commitment (PS3.4 Annex J, Push Model; docs/storage-commitment.md): after a delivery, ask the
+    # destination to commit to what it received; its files are purged only once it did.
+    storage_commitment = models.BooleanField(
+        default=False,
+        help_text="After each delivery, ask the destination by N-ACTION to commit to the instances it received "
+        "(Storage Commitment Push Model); its answer (N-EVENT-REPORT) comes to this router's SCP, under the AE "
+        "title the destination knows it by. Instances it reports failed are sent again; files are purged only "
+        "once committed.",
+    )
+    commitment_timeout = models.PositiveIntegerField(
+        default=300,
+        help_text="Seconds to wait for the destination's report after it accepted a commitment request; then "
+        "staff are told and the request is sent again (a few times, then the delivery fails).",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -135,6 +149,15 @@ class Destination(models.Model):
             raise ValidationError({"alternate": "A destination cannot be its own alternate."})
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ValidationError({"tls_key_file": "A client certificate needs its key, and a key its certificate."})
+        if self.storage_commitment and self.protocol != Protocol.DICOM:
+            raise ValidationError(
+                {"storage_commitment": "Storage commitment is a DICOM service: a DICOMweb destination has none."}
+            )
+        if self.storage_commitment and self.transform_id:
+            # The request would list the stored UIDs, and a profile may give the copies sent new ones.
+            raise ValidationError(
+                {"storage_commitment": "Not with a transform profile: the copies sent may carry other UIDs."}
+            )
         if (self.tls_ca_file or self.tls_cert_file) and not self.tls_enabled:
             raise ValidationError({"tls_enabled": "TLS files are set: turn TLS on, or clear them."})
 
@@ -171,6 +194,13 @@ class RoutingRule(models.Model):
         "stored, while the study still arrives. QC still runs and flags, but cannot hold what was already sent.",
     )
     destinations = models.ManyToManyField(Destination, related_name="rules", blank=True)
+    assign_after_delivery = models.BooleanField(
+        "assign after verified delivery",
+        default=False,
+        help_text="This rule's destinations are where the study is read: it is assigned to a radiologist only "
+        "once each of them has it (delivered, and committed where the destination has storage commitment), so "
+        "nobody is told of a study their PACS does not show yet. STAT studies keep their lane.",
+    )
     description = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -357,9 +387,48 @@ class DeliveryItem(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     # What went on the wire for this destination: the stored file's SHA-256, or its transform's.
     sent_sha256 = models.CharField(max_length=64, blank=True)
+    # When the destination committed to storing it (storage commitment): its N-EVENT-REPORT said so.
+    committed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["delivery", "instance"], name="delivery_item_unique")]
 
     def __str__(self) -> str:
         return f"{self.instance_id} via {self.delivery_id}: {self.state}"
+
+
+class CommitmentRequest(models.Model):
+    """One storage commitment transaction (N-ACTION, Push Model) for a delivery's delivered instances, and
+    what became of it. The destination's N-EVENT-REPORT is matched by `transaction_uid`."""
+
+    class State(models.TextChoices):
+        REQUESTED = "requested"  # sent (or to be sent), no report yet
+        COMMITTED = "committed"  # every instance listed was committed
+        PARTIAL = "partial", "partial (failed instances sent again)"
+        FAILED = "failed", "failed (the destination refused the request)"
+        TIMED_OUT = "timed_out", "timed out (no report after every attempt)"
+
+    delivery = models.ForeignKey(Delivery, on_delete=models.CASCADE, related_name="commitments")
+    transaction_uid = models.CharField(max_length=64, unique=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.REQUESTED)
+    # [[SOP Class UID, SOP Instance UID], ...]: what the request lists, the same at every attempt.
+    references = models.JSONField(default=list)
+    attempts = models.PositiveIntegerField(default=0, help_text="N-ACTION requests sent.")
+    # Due: to send (attempts 0, or the last one was not accepted), or the report overdue (it was accepted).
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    last_status = models.IntegerField(null=True, blank=True, help_text="The N-ACTION's answer, last attempt.")
+    requested_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    answered_at = models.DateTimeField(null=True, blank=True)
+    committed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        indexes = [
+            # commitments_due: requests waiting whose next attempt (or report deadline) has come
+            models.Index(fields=["state", "next_attempt_at"], name="commitment_due_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.transaction_uid} ({self.delivery_id}): {self.state}"

@@ -3,8 +3,9 @@
 A file goes only once nothing more is to be done with it: every delivery of it ended in success (or an
 operator gave it up), its study is neither held for QC nor protected, and its retention since the study's
 last activity (receipt, delivery, routing decision, rejection) has passed. A file with a pending or
-failed delivery (unless failed files have a retention), a study held or still in the pipeline, and
-quarantined data are never purged. Below the emergency threshold, purgeable files go oldest first
+failed delivery (unless failed files have a retention), one delivered to a destination with storage
+commitment that has not committed to it, a study held or still in the pipeline, and quarantined data are
+never purged. Below the emergency threshold, purgeable files go oldest first
 whatever their retention, before the SCP ever has to refuse. Rows stay: a purge removes files and marks
 their instances (studies owns that primitive); this module decides, as it knows the delivery ledger.
 """
@@ -121,11 +122,22 @@ def study_purgeable(study: Study, policy: RetentionPolicy) -> PurgeableStudy | N
     decision = RoutingDecision.objects.filter(study=study).first()
     items: dict[int, list[tuple[str, int]]] = defaultdict(list)  # instance -> (state, hours) per delivery
     last_delivery = None
-    for instance_id, state, updated_at, delivery_state, hours in DeliveryItem.objects.filter(
+    uncommitted: set[int] = set()  # delivered where the destination commits, and not committed (yet)
+    for instance_id, state, updated_at, delivery_state, hours, commits, committed_at in DeliveryItem.objects.filter(
         delivery__study=study
-    ).values_list("instance_id", "state", "updated_at", "delivery__state", "delivery__destination__retention_hours"):
+    ).values_list(
+        "instance_id",
+        "state",
+        "updated_at",
+        "delivery__state",
+        "delivery__destination__retention_hours",
+        "delivery__destination__storage_commitment",
+        "committed_at",
+    ):
         if delivery_state == Delivery.State.GIVEN_UP:  # an operator ended it: as good as delivered
             state = DeliveryItem.State.DELIVERED
+        elif commits and committed_at is None and state not in UNDELIVERED:
+            uncommitted.add(instance_id)
         items[instance_id].append((state, policy.delivered_hours if hours is None else hours))
         last_delivery = max(last_delivery or updated_at, updated_at)
     moments = [arriving.aggregate(at=Max("received_at"))["at"], last_delivery, study.received_at]
@@ -147,6 +159,8 @@ def study_purgeable(study: Study, policy: RetentionPolicy) -> PurgeableStudy | N
         ledger = items.get(instance_id, [])
         if len(ledger) < deliveries or (category == PurgeReason.DELIVERED and not ledger):
             continue  # not on every delivery's ledger (yet): keep
+        if instance_id in uncommitted:
+            continue  # the destination has not committed to it (storage commitment): keep, even in an emergency
         # No delivery is open (1.): an item still pending belongs to a delivery that failed for good.
         undelivered = any(state in UNDELIVERED for state, _ in ledger)
         if undelivered:

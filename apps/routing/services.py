@@ -1,6 +1,15 @@
 """Routing's public functions, from the three rooms that hold them: deciding (decide.py), delivering
 (deliver.py) and destination health (health.py). Callers import from here."""
 
+from .commitment import (
+    CommitmentReports,
+    Reported,
+    Sent,
+    commitment_report,
+    commitment_send,
+    commitments_due,
+    delivery_committed,
+)
 from .decide import (
     destinations_through,
     dry_run,
@@ -36,6 +45,13 @@ from .stream import delivery_stream
 __all__ = [
     "CLOSED_WAIT",
     "PAUSED_WAIT",
+    "CommitmentReports",
+    "Reported",
+    "Sent",
+    "commitment_report",
+    "commitment_send",
+    "commitments_due",
+    "delivery_committed",
     "deliveries_due",
     "delivery_give_up",
     "delivery_retry",

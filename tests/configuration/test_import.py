@@ -336,3 +336,24 @@ destinations:
     assert not config_import(exported).changed and not config_import(text).changed
     with pytest.raises(ConfigError, match=re.escape("destinations[0] (cloud-pacs): dicomweb_url")):
         config_import(text.replace("url: https://", "url: ftp://"))
+
+
+COMMITMENT = """
+destinations:
+  - {name: pacs, ae_title: PACS, host: 127.0.0.1, port: 104, storage_commitment: true, commitment_timeout: 120}
+  - {name: web, protocol: dicomweb, dicomweb: {url: "http://127.0.0.1:8042/dicom-web"}, storage_commitment: true}
+rules:
+  - {name: CT, match: {modality: CT}, destinations: [pacs], assign_after_delivery: true}
+"""
+
+
+def test_storage_commitment_and_assign_after_delivery_import_export_and_are_refused_where_they_cannot_work():
+    with pytest.raises(ConfigError, match="Storage commitment is a DICOM service"):
+        config_import(COMMITMENT)
+    config_import(COMMITMENT.replace(", storage_commitment: true}", "}"))
+    pacs = Destination.objects.get(name="pacs")
+    assert (pacs.storage_commitment, pacs.commitment_timeout) == (True, 120)
+    assert RoutingRule.objects.get().assign_after_delivery
+    exported = config_export()
+    assert "storage_commitment: true" in exported and "assign_after_delivery: true" in exported
+    assert not config_import(exported).changed

@@ -11,7 +11,8 @@ from apps.core import tls
 from apps.ingest import scp, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
-from apps.pipeline.chains import studies_received, study_arriving
+from apps.pipeline.chains import commitment_reported, studies_received, study_arriving
+from apps.routing.services import CommitmentReports
 
 
 class Command(BaseCommand):
@@ -73,7 +74,7 @@ class Command(BaseCommand):
             spool=spool,
             on_studies_received=studies_received,
             on_study_started=study_arriving,
-            extra_services=_query_retrieve(ae_title),
+            extra_services=(*_query_retrieve(ae_title), CommitmentReports(on_reported=commitment_reported)),
             limits=scp.Limits(
                 max_associations=settings.SCP_MAX_ASSOCIATIONS,
                 max_pdu=settings.SCP_MAX_PDU,
