@@ -17,7 +17,7 @@ pynetdicom logs whole request and response identifiers (names, birth dates) at I
 import logging
 from io import BytesIO
 
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 from pydicom.dataset import Dataset
 from pynetdicom import _config, evt, sop_class
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
@@ -109,8 +109,11 @@ def _status(code: int, comment: str) -> Dataset:
 
 
 def may(assoc, what: str) -> bool | None:
-    """Whether the caller of `assoc` may `what` ("query", "retrieve"); None if the database cannot say."""
-    close_old_connections()
+    """Whether the caller of `assoc` may `what` ("query", "retrieve"); None if the database cannot say.
+
+    The association's thread keeps its database connection from request to request (the SCP closes it when
+    the association ends; a failed query closes it here): opening one per C-FIND would cost more than the
+    query itself."""
     try:
         allow_list = ingest.allowed_callers()
     except DatabaseError:
