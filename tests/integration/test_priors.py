@@ -9,7 +9,6 @@ from apps.pipeline.reports import study_timeline
 from apps.pipeline.selectors import study_status
 from apps.priors.models import PriorFetch, PriorRule, PriorStudy
 from apps.reading.models import Assignment
-from apps.routing.models import Destination
 from apps.studies.models import Study
 
 from ..support.dicom import storescu, synthetic_study
@@ -28,6 +27,8 @@ destinations:
      retry_base_delay: 1, retry_max_delay: 2}
 rules:
   - {name: CT to reading, priority: 10, match: {modality: CT}, destinations: [reading]}
+prior_rules:
+  - {name: CT priors, archive: archive, match: modality, max_age_years: 5, max_count: 2, modalities: [CT]}
 radiologists:
   - username: achen
     name: A. Chen
@@ -80,13 +81,7 @@ def archive_with_priors(log_dir, tmp_path, storescp):
 
 def configure(archive, reading_port) -> PriorRule:
     config_import(CONFIG % {"reading_port": reading_port, "archive_aet": "ARCHIVE", "archive_port": archive.dicom_port})
-    return PriorRule.objects.create(
-        name="CT priors",
-        archive=Destination.objects.get(name="archive"),
-        match="modality",
-        max_age_years=5,
-        max_count=2,
-    )
+    return PriorRule.objects.get(name="CT priors", archive__name="archive")
 
 
 def studies_in(folder) -> dict[str, int]:
