@@ -300,7 +300,7 @@ def _move(fetch: PriorFetch, prior: PriorStudy, target: dicom_send.Target) -> di
         prior.state = PriorStudy.State.FAILED
     prior.save(update_fields=["status", "completed", "failed", "error", "state", "moved_at"])
     logger.info(
-        "prior fetch %s: study %s moved to %s: %s (%d sent, %d failed)",
+        "prior fetch %s: C-MOVE of study %s to %s: %s (%d sent, %d failed)",
         fetch.pk,
         prior.study_instance_uid,
         fetch.destination.name,

@@ -391,4 +391,7 @@ def _move_outcome(code: int, status: Dataset, move_destination: str, counts: dic
     error = f"C-MOVE status 0x{code:04X}: {counts['completed']} sent, {counts['failed']} failed" + (
         f" ({comment})" if comment else ""
     )
+    if kind == PERMANENT and not counts["completed"]:
+        # Orthanc (1.10) answers an unknown move destination with C000, not A801.
+        error += f"; does the archive know the move destination {move_destination} (AE title, host, port)?"
     return Result(kind, status=code, error=error)

@@ -8,7 +8,9 @@ from apps.configuration.services import config_import
 from apps.pipeline.reports import study_timeline
 from apps.pipeline.selectors import study_status
 from apps.priors.models import PriorFetch, PriorRule, PriorStudy
+from apps.priors.services import prior_fetch_run, priors_start
 from apps.reading.models import Assignment
+from apps.routing.models import Delivery, Destination
 from apps.studies.models import Study
 
 from ..support.dicom import storescu, synthetic_study
@@ -182,3 +184,42 @@ def test_an_archive_that_is_down_is_asked_again_later_and_the_study_goes_on_mean
     wait_until(lambda: studies_in(reading_folder) == expected, timeout=30, what="the priors at the destination")
     assert PriorStudy.objects.filter(state="moved").count() == 2
     assert PriorFetch.objects.get().attempts >= 2
+
+
+def test_body_part_rules_and_an_archive_that_does_not_know_the_destination(archive_with_priors):
+    """Run by the services directly (no worker): a rule by body part chooses the MR of the same head, from
+    what the archive's series say; a destination the archive does not know fails the fetch with why."""
+    archive, reading_folder, reading_port, priors = archive_with_priors
+    rule = configure(archive, reading_port)
+    PriorRule.objects.filter(pk=rule.pk).update(match="body_part")
+    reading = Destination.objects.get(name="reading")
+    stranger = Destination.objects.create(name="stranger", ae_title="STRANGER", host="127.0.0.1", port=reading_port)
+    study = Study.objects.create(
+        study_instance_uid="1.2.3.4", patient_id=PATIENT, modality="CT", body_part="HEAD", study_date="20040119"
+    )
+    Delivery.objects.create(study=study, destination=reading)
+    Delivery.objects.create(study=study, destination=stranger)
+
+    results = {}
+    for fetch_id in priors_start(study_id=study.pk):
+        prior_fetch_run(fetch_id=fetch_id)
+        fetch = PriorFetch.objects.select_related("destination").get(pk=fetch_id)
+        results[fetch.destination.name] = fetch
+
+    moved = results["reading"].priors.order_by("study_date")
+    assert results["reading"].state == "done"
+    assert [(p.study_instance_uid, p.reason) for p in moved] == [
+        (priors["mr_2003"], "same body part HEAD, 1 year old"),
+        (priors["ct_2003"], "same body part HEAD, 254 days old"),
+    ]
+    expected = {priors["mr_2003"]: 2, priors["ct_2003"]: 2}
+    wait_until(lambda: studies_in(reading_folder) == expected, timeout=30, what="the priors at the destination")
+
+    failed = results["stranger"]
+    assert failed.state == "failed" and failed.attempts == 1  # no retry mends it
+    # Orthanc 1.10 answers a move destination it does not know with C000 (unable to process), not A801.
+    assert failed.error.startswith("C-MOVE status 0xC000: 0 sent, 0 failed")
+    assert "does the archive know the move destination STRANGER" in failed.error
+    assert list(failed.priors.values_list("state", flat=True)) == ["failed", "failed"]
+    timeline = [(what, detail) for _, what, detail in study_timeline(study_id=study.pk)]
+    assert ("prior fetch failed", f"from archive to stranger: {failed.error[:120]}") in timeline
