@@ -32,17 +32,20 @@ BODY_PART_MATCHES = {
 
 
 def priors_start(*, study_id: int, now: datetime | None = None) -> list[int]:
-    """One fetch per (enabled rule that applies, destination the study was routed to); idempotent.
+    """One fetch per (enabled rule that applies, DICOM destination the study was routed to); idempotent.
     Returns the fetches created now (the Beat sweeper finds any whose start message is lost)."""
     now = now or clock.now()
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         return []
     modalities = _modalities(study)
-    rules = [r for r in PriorRule.objects.filter(enabled=True) if r.applies_to(modalities)]
+    enabled = PriorRule.objects.filter(enabled=True, archive__enabled=True)
+    rules = [r for r in enabled if r.applies_to(modalities)]
     if not rules:
         return []
-    destination_ids = list(Delivery.objects.filter(study=study).values_list("destination_id", flat=True))
+    # A DICOMweb destination has no AE title an archive could move to: no fetch for it.
+    deliveries = Delivery.objects.filter(study=study, destination__protocol=Protocol.DICOM)
+    destination_ids = list(deliveries.values_list("destination_id", flat=True))
     created_ids = []
     for rule in rules:
         for destination_id in destination_ids:

@@ -36,6 +36,8 @@ def test_it_starts_one_fetch_per_rule_and_destination_once(routed):
     Delivery.objects.create(study=study, destination=other)
     PriorRule.objects.create(name="disabled", archive=rule.archive, enabled=False)
     PriorRule.objects.create(name="US only", archive=rule.archive, modalities="US")
+    switched_off = Destination.objects.create(name="off", ae_title="OFF", host="127.0.0.1", port=1, enabled=False)
+    PriorRule.objects.create(name="archive disabled", archive=switched_off)
 
     first = priors_start(study_id=study.pk)
     assert len(first) == 2
@@ -96,7 +98,7 @@ def test_nothing_is_asked_for_a_study_without_a_usable_patient_id(routed, change
     assert (fetch.detail, fetch.attempts) == (why, 1)
 
 
-def test_a_study_routed_to_the_archive_itself_needs_no_priors_and_dicomweb_cannot_take_a_move(routed):
+def test_a_study_routed_to_the_archive_itself_needs_no_priors_and_a_dicomweb_destination_gets_none(routed):
     study, rule, reading, archive = routed
     Delivery.objects.create(study=study, destination=archive)
     web = Destination.objects.create(
@@ -107,7 +109,7 @@ def test_a_study_routed_to_the_archive_itself_needs_no_priors_and_dicomweb_canno
         prior_fetch_run(fetch_id=fetch_id)
     results = {f.destination.name: (f.state, f.detail) for f in PriorFetch.objects.select_related("destination")}
     assert results["archive"] == ("done", "the destination is the archive: it holds the priors already")
-    assert results["web"] == ("failed", "web is no DICOM node: C-MOVE needs its AE title")
+    assert "web" not in results  # no AE title to move to: no fetch
     assert results["reading"][0] == "pending"  # the archive is not listening: asked again later
 
 
