@@ -24,6 +24,8 @@ app.conf.task_routes = {
     "pipeline.stream_start": {"queue": "deliver"},
     "pipeline.stream": {"queue": "deliver"},
     "pipeline.commit": {"queue": "deliver"},
+    # Prior fetching waits on an archive's C-FIND and C-MOVE: network work, beside the deliveries.
+    "pipeline.prior_fetch": {"queue": "deliver"},
     "pipeline.notify": {"queue": "notify"},
     "pipeline.notification_send": {"queue": "notify"},
     # Escalations concern STAT studies: they share the STAT lane (a STAT study's own tasks are sent there
@@ -44,6 +46,8 @@ def _beat_schedule() -> dict:
         # Storage commitment requests due: never sent (a lost message), to ask again, or whose report is
         # overdue (staff are told, the request is sent again; a bounded number of times, then the delivery fails).
         "commitments-due": {"task": "pipeline.commitments_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
+        # Prior fetches whose retry time has come (an archive that was unreachable), or whose start was lost.
+        "prior-fetches-due": {"task": "pipeline.prior_fetches_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
         # C-ECHO every destination: an unreachable one pauses its queue, a recovered one resumes it.
         "destinations-check": {"task": "pipeline.destinations_check", "schedule": settings.HEALTH_CHECK_INTERVAL},
         # Storage below its free-space watermark (the SCP answers 0xA700): the admins are told, once a day.

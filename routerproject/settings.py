@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "apps.ingest",
     "apps.transforms",
     "apps.routing",
+    "apps.priors",
     "apps.reading",
     "apps.notifications",
     "apps.pipeline",

@@ -1,4 +1,4 @@
-"""Configuration as one YAML document: destinations, rules, radiologists with shifts, the specialty
+"""Configuration as one YAML document: destinations, rules, prior rules, radiologists with shifts, the specialty
 mapping, the calling-AE allow-list and the retention policy. Import is all or nothing and idempotent;
 export writes the same format back. The format is documented in docs/configuration.md."""
 
@@ -14,6 +14,7 @@ from pydicom import datadict as keyword_dictionary
 
 from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
+from apps.priors.models import PriorRule
 from apps.reading.models import Radiologist, Shift
 from apps.routing.health import destination_resume
 from apps.routing.models import (
@@ -34,6 +35,7 @@ SECTIONS = (
     "callers",
     "destinations",
     "rules",
+    "prior_rules",
     "radiologists",
     "specialty_mapping",
     "priority_keywords",
@@ -99,6 +101,7 @@ def config_import(text: str) -> Report:
             ("callers", _import_caller),
             ("destinations", _import_destination),
             ("rules", _import_rule),
+            ("prior_rules", _import_prior_rule),
             ("radiologists", _import_radiologist),
         ):
             entries = document.get(name) or []
@@ -430,6 +433,29 @@ def _import_rule(entry: dict, report: Report) -> None:
         _mark_updated(report, label)
 
 
+PRIOR_RULE_FIELDS = ("enabled", "match", "max_age_years", "max_count", "modalities", "description")
+
+
+def _import_prior_rule(entry: dict, report: Report) -> None:
+    _check_keys(entry, {"name", "archive", *PRIOR_RULE_FIELDS}, {"name", "archive"})
+    values = {k: entry.get(k, PriorRule._meta.get_field(k).get_default()) for k in PRIOR_RULE_FIELDS}
+    listed = values["modalities"] if isinstance(values["modalities"], list) else str(values["modalities"]).split(",")
+    values["modalities"] = ",".join(str(m).strip().upper() for m in listed if str(m).strip())
+    values["max_count"] = int(values["max_count"])
+    values["max_age_years"] = None if values["max_age_years"] is None else int(values["max_age_years"])
+    archive = Destination.objects.filter(name=str(entry["archive"])).first()
+    if archive is None:
+        raise ValueError(f"unknown archive destination {entry['archive']}")
+    values["archive"] = archive
+    _upsert(PriorRule, {"name": str(entry["name"])}, values, report, f"prior rule {entry['name']}")
+
+
+def _export_prior_rule(rule: PriorRule) -> dict:
+    out = {"name": rule.name, "archive": rule.archive.name, **{f: getattr(rule, f) for f in PRIOR_RULE_FIELDS}}
+    out["modalities"] = rule.modality_list()
+    return {k: v for k, v in out.items() if v not in ("", [])}
+
+
 def _rule_transforms_sync(rule: RoutingRule, wanted: dict, destinations: list[Destination]) -> bool:
     """`transforms: {destination: profile}`: the profile this rule's use of each destination goes through."""
     if not isinstance(wanted, dict):
@@ -647,6 +673,7 @@ def config_export() -> str:
                 "criteria", "destinations", "windows", "transforms__destination", "transforms__profile"
             )
         ],
+        "prior_rules": [_export_prior_rule(r) for r in PriorRule.objects.select_related("archive")],
         "radiologists": [
             _export_radiologist(r)
             for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")

@@ -83,6 +83,7 @@ def study_timeline(*, study_id: int) -> list[tuple]:
             )
         elif delivery.state == Delivery.State.FAILED:
             events.append((delivery.next_attempt_at, "delivery failed", delivery.last_error[:120]))
+    events += _prior_events(study)
     for assignment in (
         Assignment.objects.filter(study=study).select_related("radiologist").prefetch_related("sla_events")
     ):
@@ -109,6 +110,32 @@ def study_timeline(*, study_id: int) -> list[tuple]:
     for at, reason, n in purged.annotate(n=Count("id")).order_by("purged_at"):
         events.append((at, "files purged", f"{n} instance file(s): {PurgeReason(reason).label}"))
     return sorted((e for e in events if e[0] is not None), key=lambda e: e[0])
+
+
+def _prior_events(study: Study) -> list[tuple]:
+    """Priors fetched for the study from an archive (marked as priors: they are never the study's own
+    instances, and nobody is assigned to read them)."""
+    from apps.priors.models import PriorFetch, PriorStudy
+
+    events = []
+    fetches = PriorFetch.objects.filter(study=study).select_related("rule__archive", "destination")
+    for fetch in fetches.prefetch_related("priors").order_by("id"):
+        route = f"from {fetch.rule.archive.name} to {fetch.destination.name}"
+        events.append((fetch.created_at, "prior fetch queued", f"rule {fetch.rule.name}, {route}"))
+        for prior in fetch.priors.all():
+            if prior.state == PriorStudy.State.MOVED:
+                what = f"{prior.study_instance_uid} {route} ({prior.reason})"
+                events.append((prior.moved_at, "prior fetched", what))
+            elif prior.state == PriorStudy.State.ALREADY_THERE:
+                what = f"{prior.study_instance_uid} already at {fetch.destination.name} ({prior.reason})"
+                events.append((fetch.queried_at, "prior already there", what))
+        if fetch.state == PriorFetch.State.FAILED:
+            events.append((fetch.finished_at, "prior fetch failed", f"{route}: {fetch.error[:120]}"))
+        elif fetch.state == PriorFetch.State.DONE and not fetch.priors.all():
+            events.append((fetch.finished_at, "prior fetch done", f"{route}: {fetch.detail}"))
+        elif fetch.state == PriorFetch.State.PENDING and fetch.error:
+            events.append((fetch.next_attempt_at, "prior fetch retry due", f"{route}: {fetch.error[:120]}"))
+    return events
 
 
 def _chart(title: str, unit: str, bars: list[tuple[str, float]]) -> dict:

@@ -10,6 +10,8 @@ from django.db import DatabaseError, connection
 
 from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
+from apps.priors.services import prior_fetch_run, priors_start
+from apps.priors.services import prior_fetches_due as _prior_fetches_due
 from apps.reading.services import escalation_sweep, sla_sweep, study_assign
 from apps.routing.models import Delivery
 from apps.routing.retention import emergency_threshold, free_bytes
@@ -82,6 +84,19 @@ def check(study_id: int) -> None:
 def route(study_id: int) -> None:
     for delivery_id in study_route(study_id=study_id):
         deliver_start(delivery_id)
+    prior_fetches_start(study_id)
+
+
+def prior_fetches_start(study_id: int) -> None:
+    """Priors from an archive beside the study's own deliveries. They never hold up the chain: a fault here
+    is logged, and the Beat sweeper starts any fetch row already written."""
+    try:
+        fetch_ids = priors_start(study_id=study_id)
+    except Exception as exc:  # noqa: BLE001 - priors are an extra: reading the study must go on
+        logger.warning("could not start prior fetches of study %s (%s)", study_id, type(exc).__name__)
+        return
+    for fetch_id in fetch_ids:
+        task_start("prior_fetch", fetch_id)
 
 
 @shared_task(name="pipeline.assign")
@@ -163,6 +178,18 @@ def commit(request_id: int) -> None:
 def commitments_sweep() -> None:
     for request_id in commitments_due():
         task_start("commit", request_id)
+
+
+@shared_task(name="pipeline.prior_fetch")
+def prior_fetch(fetch_id: int) -> None:
+    prior_fetch_run(fetch_id=fetch_id)
+
+
+@shared_task(name="pipeline.prior_fetches_due")
+@sweeper
+def prior_fetches_due() -> None:
+    for fetch_id in _prior_fetches_due(lease=settings.RECONCILE_AFTER):
+        task_start("prior_fetch", fetch_id)
 
 
 @shared_task(name="pipeline.notification_send")

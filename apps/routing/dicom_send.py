@@ -16,7 +16,13 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
-from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPushModelInstance, Verification
+from pynetdicom.sop_class import (
+    StorageCommitmentPushModel,
+    StorageCommitmentPushModelInstance,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
 
 from apps.core import internals, tls
 from apps.core.tls import ClientTls
@@ -25,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 # Stream files from disk instead of decoding them: bounded memory and the exact bytes we received.
 _config.STORE_SEND_CHUNKED_DATASET = True
+# pynetdicom logs every C-FIND/C-MOVE identifier (PatientID, names) at INFO: never in our logs.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
 
 DELIVERED, WARNING, TRANSIENT, PERMANENT = "delivered", "warning", "transient", "permanent"
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
@@ -463,3 +472,128 @@ def _send_action(assoc, action: Dataset, peer_certificate: bytes | None) -> Resu
     comment = str(status.get("ErrorComment", ""))
     error = "" if kind == DELIVERED else f"storage commitment request answered 0x{code:04X} {comment}".strip()
     return Result(kind, status=code, error=error, peer_certificate=peer_certificate)
+
+
+# C-FIND and C-MOVE answer statuses (PS3.4 C.4): pending carries a match or a progress count.
+PENDING_STATUSES = {0xFF00, 0xFF01}
+MOVE_DESTINATION_UNKNOWN = 0xA801
+
+
+@dataclass(frozen=True)
+class FindResult:
+    result: Result  # DELIVERED when the peer answered success; else why not
+    matches: list[Dataset]
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    result: Result  # DELIVERED: every sub-operation completed (or warned); else why not
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+
+
+def _query_status(code: int) -> str:
+    """C-FIND/C-MOVE final statuses: A7xx out of resources (and FE00, cancelled) retry; B000 (some
+    sub-operations failed) retries what is missing; A801 (unknown move destination), A900, Cxxx stop."""
+    if code == 0x0000:
+        return DELIVERED
+    if 0xA700 <= code <= 0xA7FF or code in (0xFE00, 0xB000):
+        return TRANSIENT
+    return PERMANENT
+
+
+def _open(target: Target, sop_class: str):
+    """(association, connection, None) ready for `sop_class`, or (None, None, why not)."""
+    ae = _ae(target)
+    ae.add_requested_context(sop_class)
+    assoc, connection, failure = _associate(ae, target)
+    if failure is not None:
+        return None, None, failure
+    if not assoc.is_established:
+        return None, None, _association_failure(assoc, target, connection)
+    return assoc, connection, None
+
+
+def find(target: Target, identifiers: list[Dataset]) -> list[FindResult]:
+    """C-FIND (Study Root) each identifier over one association; one FindResult per identifier, in order.
+    Never raises for network or peer trouble."""
+    assoc, _, failure = _open(target, StudyRootQueryRetrieveInformationModelFind)
+    if failure is not None:
+        return [FindResult(failure, []) for _ in identifiers]
+    try:
+        return [_find_one(assoc, identifier) for identifier in identifiers]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def _find_one(assoc, identifier: Dataset) -> FindResult:
+    if not assoc.is_established:
+        return FindResult(Result(TRANSIENT, error="association ended before this query"), [])
+    matches = []
+    try:
+        for status, match in assoc.send_c_find(identifier, StudyRootQueryRetrieveInformationModelFind):
+            if "Status" not in status:
+                return FindResult(Result(TRANSIENT, error="no response to C-FIND (timeout or abort)"), matches)
+            code = int(status.Status)
+            if code in PENDING_STATUSES:
+                if match is not None:
+                    matches.append(match)
+                continue
+            kind = _query_status(code)
+            error = "" if kind == DELIVERED else f"C-FIND status 0x{code:04X} {status.get('ErrorComment', '')}"
+            return FindResult(Result(kind, status=code, error=error.strip()), matches)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return FindResult(Result(TRANSIENT, error=f"C-FIND failed: {exc}"), matches)
+    return FindResult(Result(TRANSIENT, error="C-FIND ended without a final status"), matches)
+
+
+def move(target: Target, identifier: Dataset, move_destination: str) -> MoveResult:
+    """C-MOVE (Study Root) `identifier` to the AE title `move_destination`, which the target must know.
+    Never raises for network or peer trouble."""
+    assoc, _, failure = _open(target, StudyRootQueryRetrieveInformationModelMove)
+    if failure is not None:
+        return MoveResult(failure)
+    counts = {"completed": 0, "failed": 0, "warning": 0}
+    try:
+        for status, _ in assoc.send_c_move(identifier, move_destination, StudyRootQueryRetrieveInformationModelMove):
+            if "Status" not in status:
+                return MoveResult(Result(TRANSIENT, error="no response to C-MOVE (timeout or abort)"), **counts)
+            for key, keyword in (
+                ("completed", "NumberOfCompletedSuboperations"),
+                ("failed", "NumberOfFailedSuboperations"),
+                ("warning", "NumberOfWarningSuboperations"),
+            ):
+                if status.get(keyword) is not None:
+                    counts[key] = int(status.get(keyword))
+            code = int(status.Status)
+            if code in PENDING_STATUSES:
+                continue
+            return MoveResult(_move_outcome(code, status, move_destination, counts), **counts)
+    except (OSError, RuntimeError, ValueError) as exc:
+        return MoveResult(Result(TRANSIENT, error=f"C-MOVE failed: {exc}"), **counts)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return MoveResult(Result(TRANSIENT, error="C-MOVE ended without a final status"), **counts)
+
+
+def _move_outcome(code: int, status: Dataset, move_destination: str, counts: dict) -> Result:
+    if code == MOVE_DESTINATION_UNKNOWN:
+        return Result(
+            PERMANENT, status=code, error=f"the archive does not know the move destination {move_destination}"
+        )
+    kind = _query_status(code)
+    if kind == DELIVERED and counts["failed"]:
+        kind = TRANSIENT  # success with failed sub-operations is no success
+    if kind == DELIVERED:
+        return Result(DELIVERED, status=code)
+    comment = str(status.get("ErrorComment", "")).strip()
+    error = f"C-MOVE status 0x{code:04X}: {counts['completed']} sent, {counts['failed']} failed" + (
+        f" ({comment})" if comment else ""
+    )
+    if kind == PERMANENT and not counts["completed"]:
+        # Orthanc (1.10) answers an unknown move destination with C000, not A801.
+        error += f"; does the archive know the move destination {move_destination} (AE title, host, port)?"
+    return Result(kind, status=code, error=error)
