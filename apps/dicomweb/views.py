@@ -285,8 +285,8 @@ def http_status(receipt: services.Receipt) -> int:
 
 
 def store_response(receipt: services.Receipt) -> dict:
-    """The Store Instances Response Module (PS3.18 Annex I) in DICOM JSON. There is no WADO-RS to point
-    Retrieve URL at: it is present and empty, as its type 2 allows."""
+    """The Store Instances Response Module (PS3.18 Annex I) in DICOM JSON. Retrieve URL is present and
+    empty, as its type 2 allows (the WADO-RS URLs of what was stored are not filled in yet)."""
     body: dict = {"00081190": {"vr": "UR"}}
     if receipt.failed:
         items = [{**_reference(r), "00081197": {"vr": "US", "Value": [r.status]}} for r in receipt.failed]
