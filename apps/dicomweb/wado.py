@@ -19,6 +19,7 @@ from pydicom import dcmread
 from apps.archive import query as q
 from apps.archive.services import retrieve_instances
 from apps.audit.models import AuditEvent
+from apps.ingest.inspect import UID_PATTERN
 from apps.studies.models import FileState, Instance
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,15 @@ class Target:
     instance: str | None = None
 
     def query(self) -> q.Query:
+        """The retrieve's unique keys; a URL segment that is not one UID (a list, a pattern) is refused."""
         keys = [("StudyInstanceUID", self.study)]
         if self.series is not None:
             keys.append(("SeriesInstanceUID", self.series))
         if self.instance is not None:
             keys.append(("SOPInstanceUID", self.instance))
+        for keyword, uid in keys:
+            if len(uid) > 64 or not UID_PATTERN.fullmatch(uid):
+                raise q.QueryError(f"the URL's {keyword} is not a valid UID")
         return q.query_make(level=self.level, keys=keys)
 
     def noun(self) -> str:

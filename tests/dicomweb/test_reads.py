@@ -103,6 +103,8 @@ def test_unknown_and_purged_resources_answer_404_and_a_partly_purged_one_the_hel
     series_uid = instances[0].series.series_instance_uid
 
     assert get(client, "studies/1.2.3.999", reader).status_code == 404
+    listed = get(client, f"studies/{uid}%5C1.2.3.999", reader)  # a backslash: a UID list, in a C-MOVE
+    assert listed.status_code == 400 and "not a valid UID" in listed.json()["error"]["message"]
     purge(instances[:1])
     partly = get(client, f"studies/{uid}", reader)
     assert partly.status_code == 200
