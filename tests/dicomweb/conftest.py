@@ -7,7 +7,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from apps.accounts.services import token_issue
-from apps.dicomweb.permissions import STOW_SENDERS_GROUP
+from apps.dicomweb.permissions import READERS_GROUP, STOW_SENDERS_GROUP
 
 from ..support import procfile
 from ..support.processes import BIN, Process, children, free_port
@@ -63,3 +63,17 @@ def outsider(transactional_db) -> str:
     user = User.objects.create(username="ris-reader")
     user.groups.add(Group.objects.get_or_create(name="integration")[0])
     return token_issue(user=user, name="status feed")[1]
+
+
+@pytest.fixture
+def reader(db) -> str:
+    """The token of an account in the reader role (a viewer or a PACS that searches and retrieves)."""
+    user = User.objects.create(username="viewer-3")
+    user.groups.add(Group.objects.get_or_create(name=READERS_GROUP)[0])
+    return token_issue(user=user, name="QIDO/WADO")[1]
+
+
+@pytest.fixture
+def staff_token(db) -> str:
+    user = User.objects.create(username="admin-on-call", is_staff=True)
+    return token_issue(user=user, name="staff")[1]
