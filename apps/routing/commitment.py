@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import DatabaseError, close_old_connections, connection, transaction
+from django.db.models import Q
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 from pynetdicom import evt
 from pynetdicom.sop_class import StorageCommitmentPushModel
@@ -70,10 +71,10 @@ def commitment_open(*, delivery: Delivery, now: datetime) -> int | None:
     if not needs_commitment(delivery):
         return None
     references = [
-        [sop_class, sop_instance]
-        for sop_class, sop_instance in delivery.items.filter(state__in=SENT, committed_at__isnull=True)
+        [sop_class, sent or own]  # the UID the copy sent carries: a transform may have given it another
+        for sop_class, own, sent in delivery.items.filter(state__in=SENT, committed_at__isnull=True)
         .order_by("id")
-        .values_list("instance__sop_class_uid", "instance__sop_instance_uid")
+        .values_list("instance__sop_class_uid", "instance__sop_instance_uid", "sent_sop_instance_uid")
     ]
     if not references:
         return None
@@ -205,11 +206,11 @@ def commitment_report(*, report: dicom_send.CommitmentReport, now: datetime | No
         committed = listed & set(report.committed)
         failed = listed - committed
         items = delivery.items.filter(state__in=SENT)
-        items.filter(instance__sop_instance_uid__in=committed, committed_at__isnull=True).update(committed_at=now)
+        items.filter(_known_as(committed), committed_at__isnull=True).update(committed_at=now)
         for uid in sorted(failed):
             reason = report.failed.get(uid)
             error = "not committed by the destination" + (f" (failure reason 0x{reason:04X})" if reason else "")
-            items.filter(instance__sop_instance_uid=uid, committed_at__isnull=True).update(
+            items.filter(_known_as({uid}), committed_at__isnull=True).update(
                 state=DeliveryItem.State.PENDING, error=error, updated_at=now
             )
         resend = _delivery_after_report(delivery, bool(failed), now)
@@ -223,6 +224,11 @@ def commitment_report(*, report: dicom_send.CommitmentReport, now: datetime | No
         "commitment %s: %d committed, %d failed (delivery %s)", request.pk, len(committed), len(failed), delivery.pk
     )
     return Reported(request.pk, delivery.pk, delivery.study_id, resend, whole)
+
+
+def _known_as(uids: set[str]) -> Q:
+    """The items the destination knows by these UIDs: the copy's own where a transform gave it one."""
+    return Q(sent_sop_instance_uid__in=uids) | Q(sent_sop_instance_uid="", instance__sop_instance_uid__in=uids)
 
 
 def _delivery_after_report(delivery: Delivery, failed: bool, now: datetime) -> bool:

@@ -62,7 +62,7 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     try:
         transformed.hold(prepared)
         send, target = sender(delivery.target)  # C-STORE or STOW-RS
-        results = send(target, prepared.files, on_sent=_Answers(delivery.pk, prepared.sendable, prepared.sha256))
+        results = send(target, prepared.files, on_sent=_Answers(delivery.pk, prepared))
     finally:
         transformed.clean(prepared)
     busy = destination_health_from_results(delivery.target, results, clock.now())  # none sent: learns nothing
@@ -152,10 +152,11 @@ class _Answers:
 
     RENEW_EVERY = timedelta(seconds=1)
 
-    def __init__(self, delivery_id: int, items: list[DeliveryItem], sha256: list[str]) -> None:
+    def __init__(self, delivery_id: int, prepared: "transformed.Prepared") -> None:
         self.delivery_id = delivery_id
-        self.items = items
-        self.sha256 = sha256
+        self.items = prepared.sendable
+        self.sha256 = prepared.sha256
+        self.sent_uids = prepared.sent_uids
         self.renewed = clock.now()
         self.refunded = False
 
@@ -171,6 +172,7 @@ class _Answers:
                 attempts=item.attempts + 1,
                 updated_at=now,
                 sent_sha256=self.sha256[index],
+                sent_sop_instance_uid=self.sent_uids[index],
             )
         if now - self.renewed >= self.RENEW_EVERY:
             Delivery.objects.filter(pk=self.delivery_id, state=Delivery.State.SENDING).update(claimed_at=now)
@@ -201,7 +203,7 @@ def _record(
     error: the attempt is given back and the delivery waits for an operator."""
     items = prepared.sendable
     errors = list(prepared.held.values())
-    for item, result, sha256 in zip(items, results, prepared.sha256, strict=True):
+    for item, result, sha256, sent_uid in zip(items, results, prepared.sha256, prepared.sent_uids, strict=True):
         item.state = ITEM_STATE[result.kind]
         item.status = result.status
         item.error = result.error[:2000]
@@ -209,9 +211,12 @@ def _record(
         item.updated_at = now
         if result.kind in (dicom_send.DELIVERED, dicom_send.WARNING):
             item.sent_sha256 = sha256
+            item.sent_sop_instance_uid = sent_uid
         if result.error:
             errors.append(result.error)
-    DeliveryItem.objects.bulk_update(items, ["state", "status", "error", "attempts", "updated_at", "sent_sha256"])
+    DeliveryItem.objects.bulk_update(
+        items, ["state", "status", "error", "attempts", "updated_at", "sent_sha256", "sent_sop_instance_uid"]
+    )
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().select_related("destination").get(pk=delivery.pk)
         pending = delivery.items.filter(state=DeliveryItem.State.PENDING).exists()

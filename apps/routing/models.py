@@ -153,11 +153,6 @@ class Destination(models.Model):
             raise ValidationError(
                 {"storage_commitment": "Storage commitment is a DICOM service: a DICOMweb destination has none."}
             )
-        if self.storage_commitment and self.transform_id:
-            # The request would list the stored UIDs, and a profile may give the copies sent new ones.
-            raise ValidationError(
-                {"storage_commitment": "Not with a transform profile: the copies sent may carry other UIDs."}
-            )
         if (self.tls_ca_file or self.tls_cert_file) and not self.tls_enabled:
             raise ValidationError({"tls_enabled": "TLS files are set: turn TLS on, or clear them."})
 
@@ -387,6 +382,9 @@ class DeliveryItem(models.Model):
     updated_at = models.DateTimeField(default=timezone.now)
     # What went on the wire for this destination: the stored file's SHA-256, or its transform's.
     sent_sha256 = models.CharField(max_length=64, blank=True)
+    # The SOP Instance UID of what was sent where a transform gave the copy another (a de-identified one):
+    # what the destination knows it by (storage commitment). Empty: the instance's own.
+    sent_sop_instance_uid = models.CharField(max_length=64, blank=True)
     # When the destination committed to storing it (storage commitment): its N-EVENT-REPORT said so.
     committed_at = models.DateTimeField(null=True, blank=True)
 

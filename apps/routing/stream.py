@@ -46,6 +46,7 @@ class _Stream:
         self.prepared.sendable += prepared.sendable
         self.prepared.files += prepared.files
         self.prepared.sha256 += prepared.sha256
+        self.prepared.sent_uids += prepared.sent_uids
         self.prepared.held |= prepared.held
         self.results += results
 
@@ -81,7 +82,7 @@ def _run(delivery: Delivery, session, stream: _Stream, poll: float) -> None:
             prepared = transformed.prepare(delivery, items)
             try:
                 transformed.hold(prepared)
-                answers = _Answers(delivery.pk, prepared.sendable, prepared.sha256)
+                answers = _Answers(delivery.pk, prepared)
                 results = session.send(prepared.files, on_sent=answers)
             finally:
                 transformed.clean(prepared)

@@ -32,6 +32,8 @@ class Prepared:
     sendable: list[DeliveryItem] = field(default_factory=list)
     files: list[dicom_send.File] = field(default_factory=list)
     sha256: list[str] = field(default_factory=list)  # of each file sent, in order
+    # The SOP Instance UID each file carries where a transform gave it another (else empty), in order.
+    sent_uids: list[str] = field(default_factory=list)
     held: dict[int, str] = field(default_factory=dict)  # item id -> reason
     folder: Path | None = None
 
@@ -90,14 +92,16 @@ def prepare_for(profile: TransformProfile | None, things: list, *, instance, lab
             logger.error("deliver: profile %s failed on instance %s: %s", profile.name, stored.pk, type(exc).__name__)
             prepared.held[thing.pk] = f"profile {profile.name} could not rewrite this file ({type(exc).__name__})"
             continue
-        _add(prepared, thing, stored, target, made.sha256)
+        other_uid = made.sop_instance_uid if made.sop_instance_uid != stored.sop_instance_uid else ""
+        _add(prepared, thing, stored, target, made.sha256, other_uid)
     return prepared
 
 
-def _add(prepared: Prepared, thing, instance, path: Path, sha256: str) -> None:
+def _add(prepared: Prepared, thing, instance, path: Path, sha256: str, sent_uid: str = "") -> None:
     prepared.sendable.append(thing)
     prepared.files.append(dicom_send.File(instance.sop_class_uid, instance.transfer_syntax_uid, path))
     prepared.sha256.append(sha256)
+    prepared.sent_uids.append(sent_uid)
 
 
 def _pseudonym_table(profile: TransformProfile) -> dict[str, str] | None:

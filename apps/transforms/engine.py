@@ -91,6 +91,9 @@ class Transformed:
     sha256: str
     size: int
     changes: list[Change] | None  # None unless asked for: a delivery needs the digest only
+    # The copy's own SOP Instance UID (a de-identified copy's is a pseudonym): what the receiver knows it by,
+    # and what a storage commitment request names.
+    sop_instance_uid: str = ""
 
 
 def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, changes: bool = False) -> Transformed:
@@ -114,7 +117,8 @@ def transform(source: Path, target: Path, profile: Profile, secret: bytes, *, ch
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
-    return Transformed(sha256=digest.hexdigest(), size=size, changes=made)
+    uid = str(header.dataset.get("SOPInstanceUID", "") or "")
+    return Transformed(sha256=digest.hexdigest(), size=size, changes=made, sop_instance_uid=uid)
 
 
 def preview(source: Path, profile: Profile, secret: bytes) -> list[Change]:

@@ -217,3 +217,36 @@ def test_a_destination_that_refuses_storage_commitment_fails_the_delivery_for_an
     delivery = Delivery.objects.get(pk=delivery_id)
     assert delivery.state == Delivery.State.FAILED
     assert delivery.last_error.startswith("storage commitment refused")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_copies_sent_through_a_de_identifying_profile_are_committed_by_the_uids_they_were_sent_with(
+    storage, tmp_path, default_mapping, monkeypatch
+):
+    from apps.configuration.services import config_import
+
+    monkeypatch.setenv("ROUTER_TEST_SECRET", "0123456789abcdef0123456789abcdef")
+    with CommitmentSCP(same_association=True) as peer:
+        config_import(
+            f"""
+transforms:
+  - {{name: research, deidentify: true, secret: env:ROUTER_TEST_SECRET}}
+destinations:
+  - {{name: research, ae_title: COMMIT_PEER, host: 127.0.0.1, port: {peer.port}, transform: research,
+     storage_commitment: true}}
+rules:
+  - {{name: ct, priority: 10, match: {{modality: [CT]}}, destinations: [research]}}
+"""
+        )
+        _, paths = synthetic_study(tmp_path / "in", count=2)
+        study_id = receive_study(storage, paths)
+        (delivery_id,) = run_steps(study_id, until="route")
+        assert delivery_send(delivery_id=delivery_id) == Delivery.State.DELIVERED
+        (request_id,) = commitments_due(delivery_id=delivery_id)
+        assert commitment_send(request_id=request_id).reported.committed
+
+    sent_as = set(DeliveryItem.objects.values_list("sent_sop_instance_uid", flat=True))
+    assert sent_as == set(peer.stored) and not sent_as & {p.stem for p in paths}  # pseudonyms, not the originals
+    assert set(peer.requests[0][1]) == sent_as
+    assert DeliveryItem.objects.filter(committed_at__isnull=False).count() == 2
+    assert len(_purgeable(study_id)) == 2
