@@ -433,6 +433,24 @@ def main() -> int:
                 "matches_median": statistics.median(matches),
                 "matches_max": max(matches),
             }
+        # What-if, not the figure: the same round with the SCP keeping its database connection between
+        # requests (DATABASE_CONN_MAX_AGE, a setting of the router; production's default 0 reconnects for
+        # every C-FIND, docs/BENCHMARKS.md).
+        port_kept = free_port()
+        kept_env = {**env, "DATABASE_CONN_MAX_AGE": "600"}
+        command = procfile.command("scp", "--host", "127.0.0.1", "--port", str(port_kept))
+        kept = Process("scp-conn-max-age", command, env=kept_env, log_dir=logs)
+        processes.append(kept)
+        kept.wait_for_port(port_kept)
+        settle()
+        kept_round = find_round(port_kept, queries)
+        kept.stop()
+        line = "; ".join(
+            f"{k} p50 {percentile(v['ms'], 50):.1f} p95 {percentile(v['ms'], 95):.1f}" for k, v in kept_round.items()
+        )
+        print(f"C-FIND with DATABASE_CONN_MAX_AGE=600 (what-if): {line} ms", flush=True)
+        for kind in queries:
+            find_figures[kind]["what_if_database_conn_max_age_600"] = stats(kept_round[kind]["ms"])
         alone = engine_alone(queries)
         for kind, ms in alone.items():
             find_figures[kind]["engine_alone"] = stats(ms)
