@@ -147,9 +147,16 @@ def _identifier(keys: list[tuple[str, str]]):
     return ds
 
 
-def _nodelay(event) -> None:
+def _scu_connection(event) -> None:
+    """Our SCU's socket as the router's own: TCP_NODELAY, and pynetdicom's reactor kept away from the DIMSE
+    queue (the router's sender's fix, apps/routing/dicom_send.py): without it pynetdicom 3.0.4 sometimes
+    drops a C-FIND response ("unexpected C-FIND service message") and the request waits for its timeout."""
+    from apps.routing import dicom_send
+
     with contextlib.suppress(OSError, AttributeError):
         event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if dicom_send.PATCH_FITS:
+        dicom_send._reactor_reads_nothing(event.assoc)
 
 
 def find_round(port: int, queries: dict[str, list]) -> dict[str, dict]:
@@ -161,7 +168,7 @@ def find_round(port: int, queries: dict[str, list]) -> dict[str, dict]:
     ae = AE(ae_title=SCU_AE)
     ae.add_requested_context(FIND)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay)])
+    assoc = ae.associate("127.0.0.1", port, ae_title=ROUTER_AE, evt_handlers=[(evt.EVT_CONN_OPEN, _scu_connection)])
     if not assoc.is_established:
         raise RuntimeError("the router refused the C-FIND association")
     out: dict[str, dict] = {}
