@@ -324,7 +324,13 @@ class Orthanc(Receiver):
     name = "orthanc"
 
     def __init__(
-        self, folder: Path, log_dir: Path, *, forward_to: tuple[str, int] | None = None, dicomweb: bool = False
+        self,
+        folder: Path,
+        log_dir: Path,
+        *,
+        forward_to: tuple[str, int] | None = None,
+        dicomweb: bool = False,
+        extra: dict | None = None,
     ) -> None:
         self.ae_title = "ORTHANC"
         self.port = free_port()
@@ -353,6 +359,7 @@ class Orthanc(Receiver):
             script.write_text(LUA_FORWARD)
             config["DicomModalities"] = {"destination": [ae_title, "127.0.0.1", port]}
             config["LuaScripts"] = [str(script)]
+        config.update(extra or {})  # qr_bench: the modalities that may move and be moved to
         path = folder / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         self.process = Process("orthanc", [ORTHANC, str(path)], env={**os.environ, **NODELAY}, log_dir=log_dir)
