@@ -15,6 +15,8 @@ pynetdicom logs whole request and response identifiers (names, birth dates) at I
 """
 
 import logging
+import time
+import weakref
 from io import BytesIO
 
 from django.db import DatabaseError, connection
@@ -114,12 +116,19 @@ def may(assoc, what: str) -> bool | None:
     The association's thread keeps its database connection from request to request (the SCP closes it when
     the association ends; a failed query closes it here): opening one per C-FIND would cost more than the
     query itself."""
-    try:
-        allow_list = ingest.allowed_callers()
-    except DatabaseError:
-        connection.close()
-        return None
+    allow_list = _allow_lists.get(assoc)
+    if allow_list is None:
+        try:
+            allow_list = _allow_lists[assoc] = ingest.allowed_callers()
+        except DatabaseError:
+            connection.close()
+            return None
     return ingest.caller_may(allow_list, ae_title=assoc.requestor.ae_title, peer=peer_of(assoc), what=what)
+
+
+# The allow-list as an association first read it: read once per association, as its admission was (a change
+# applies from the caller's next association), not at every request.
+_allow_lists: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def _refusal(assoc, what: str) -> tuple[int, str] | None:
@@ -314,13 +323,27 @@ class RetrieveService(QueryRetrieveServiceClass):
 
 
 class _Answer:
-    """The C-MOVE/C-GET responses of one request: pending ones with the counts, then the final one."""
+    """The C-MOVE/C-GET responses of one request: pending ones with the counts, then the final one.
+
+    Pending responses are optional (PS3.4 C.4.2.3.1, C.4.3.3.1): one before the first sub-operation, then
+    one every PENDING_EVERY sub-operations or PENDING_SECONDS, so a caller sees progress without a message
+    per instance (which cost a tenth of a move's time)."""
+
+    PENDING_EVERY = 50
+    PENDING_SECONDS = 1.0
 
     def __init__(self, dimse, context, rsp) -> None:
         self.dimse, self.context_id, self.rsp = dimse, context.context_id, rsp
         self.syntax = context.transfer_syntax[0]
+        self.told: tuple[int, float] | None = None  # (sub-operations left, when) at the last pending response
 
     def pending(self, run: services.Run) -> None:
+        now = time.monotonic()
+        if self.told is not None:
+            left, at = self.told
+            if left - run.remaining < self.PENDING_EVERY and now - at < self.PENDING_SECONDS:
+                return
+        self.told = (run.remaining, now)
         self._send(PENDING, run, remaining=True)
 
     def final(self, status: int, run: services.Run | None = None, *, comment: str = "") -> None:

@@ -115,6 +115,8 @@ class Study(models.Model):
             models.Index(fields=["patient_id"], name="study_patient_idx"),
             models.Index(fields=["accession_number"], name="study_accession_idx"),
             models.Index(fields=["study_date"], name="study_date_idx"),
+            # a name prefix (DOE*): PostgreSQL uses an index for LIKE 'DOE%' only with the pattern operators
+            models.Index(fields=["patient_name"], name="study_patient_name_idx", opclasses=["varchar_pattern_ops"]),
         ]
 
     def __str__(self) -> str:
