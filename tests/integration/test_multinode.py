@@ -13,6 +13,7 @@ from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from apps.configuration.services import config_import
@@ -131,9 +132,13 @@ def send_part_of(assoc, path: Path) -> None:
     message = C_STORE_RQ()
     message.primitive_to_message(primitive)
     context = next(c for c in assoc.accepted_contexts if c.abstract_syntax == CTImageStorage)
-    pdus = list(message.encode_msg(context.context_id, 4096))
+    pdus = []
+    for data in message.encode_msg(context.context_id, 4096):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(data)
+        pdus.append(pdu.encode())
     assert len(pdus) > 3
-    assoc.dul.socket.socket.sendall(b"".join(pdu.encode() for pdu in pdus[:-1]))
+    assoc.dul.socket.socket.sendall(b"".join(pdus[:-1]))
 
 
 def temp_files(storage: Path) -> list[Path]:
