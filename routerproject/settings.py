@@ -245,6 +245,11 @@ TLS_EXPIRY_WARNING_DAYS = env_int("TLS_EXPIRY_WARNING_DAYS", 14)
 # SCP processes accepting on the port (runscp --processes): one receives on one core at most. Each process
 # takes up to SCP_MAX_ASSOCIATIONS connections.
 SCP_PROCESSES = env_int("SCP_PROCESSES", 1)
+# Behind a TCP load balancer (docs/scale-out.md): connections from SCP_PROXY_FROM (addresses or networks,
+# comma-separated) must start with a PROXY protocol header (v1 or v2) naming the modality, which admission
+# and the received-instance rows then see; never read from any other address. Plain port only.
+SCP_PROXY_PROTOCOL = env_bool("SCP_PROXY_PROTOCOL", False)
+SCP_PROXY_FROM = env_list("SCP_PROXY_FROM", [])
 SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)

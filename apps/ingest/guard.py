@@ -21,7 +21,10 @@ reads and decodes a PDU as pynetdicom does (same decoder, same state-machine eve
 - a connection that ends, or is ended, before the association was requested also ends its acceptor
   thread at once, so it gives its place back;
 - on a TLS connection the handshake comes first, within the same deadline (the SCP's server leaves it to
-  this thread, see scp._Server); one that fails or does not come in time ends the connection.
+  this thread, see scp._Server); one that fails or does not come in time ends the connection;
+- on a connection from a load balancer that speaks the PROXY protocol (scp._Server marks it), its header
+  comes before anything else, within PROXY_TIMEOUT, and the client it names becomes the association's
+  requestor address; a connection without a valid header is dropped (proxy_protocol.py).
 
 A PDU over its bound, unexpected or late ends the connection: an A-ABORT (source: service provider) is
 sent and the socket closed, which the state machine sees as the transport connection closing (Evt17),
@@ -41,6 +44,9 @@ from typing import TYPE_CHECKING
 from pynetdicom.dimse_primitives import C_CANCEL
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
+from pynetdicom.transport import AddressInformation
+
+from . import proxy_protocol
 
 if TYPE_CHECKING:  # pragma: no cover
     from pynetdicom.association import Association
@@ -85,6 +91,10 @@ class _HandshakeFailed(Exception):
     pass
 
 
+class _NoProxyHeader(Exception):
+    pass
+
+
 class PduGuard:
     def __init__(self, dul: "DULServiceProvider", limits: PduLimits) -> None:
         self.dul = dul
@@ -103,6 +113,8 @@ class PduGuard:
         timeout = self._timeout()
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
+            if isinstance(raw, proxy_protocol.Pending) and not raw.header_read:
+                self._take_proxy_header(raw, deadline)
             if not self.shaken and isinstance(raw, ssl.SSLSocket):
                 self._shake_hands(raw, deadline)
             header = self._receive(raw, 6, deadline)
@@ -122,6 +134,10 @@ class PduGuard:
         except _Refused as refused:
             logger.warning("connection from %s aborted: %s", self._peer(), refused)
             self._end(raw, abort_reason=refused.reason)
+            return
+        except _NoProxyHeader as missing:
+            logger.warning("connection from the load balancer %s dropped: %s", self._peer(), missing)
+            self._end(raw, abort_reason=None)  # not a DICOM peer we know: nothing to say to it
             return
         except _HandshakeFailed as failed:
             logger.warning("TLS connection from %s refused: %s", self._peer(), failed)
@@ -148,6 +164,20 @@ class PduGuard:
     def _timeout(self) -> float | None:
         assoc = self.dul.assoc
         return assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+
+    def _take_proxy_header(self, raw: "proxy_protocol.Pending", deadline: float | None) -> None:
+        """The PROXY header a load balancer sends first: its client becomes this association's requestor."""
+        soon = time.monotonic() + proxy_protocol.PROXY_TIMEOUT
+        deadline = soon if deadline is None else min(deadline, soon)
+        try:
+            source = proxy_protocol.read(lambda size: bytes(self._receive(raw, size, deadline)))
+        except proxy_protocol.HeaderError as exc:
+            raise _NoProxyHeader(str(exc)) from exc
+        except _Refused as exc:
+            raise _NoProxyHeader("no PROXY header in time") from exc
+        raw.header_read = True
+        if source.address is not None:  # else the balancer's own check: it stays the requestor
+            self.dul.assoc.requestor.address_info = AddressInformation(source.address, source.port)
 
     def _shake_hands(self, raw: ssl.SSLSocket, deadline: float | None) -> None:
         """The TLS handshake, in this association's thread and within the time the first PDU has."""

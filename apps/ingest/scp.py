@@ -29,7 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from apps.core.tls import Reloading, peer_certificate
 
-from . import guard, reactor, services, streaming
+from . import guard, proxy_protocol, reactor, services, streaming
 from .storage import Spool
 
 logger = logging.getLogger(__name__)
@@ -270,11 +270,13 @@ def build_ae(*, ae_title: str, limits: Limits) -> AE:
 class Listener:
     """A port the SCP accepts on: plain TCP, or TLS with the context `tls` gives (rebuilt when its files
     change). `fd`: the listening socket the supervisor made (runscp --processes), shared with the other
-    SCP processes; whichever is free first takes a connection."""
+    SCP processes; whichever is free first takes a connection. `proxy`: the load balancers whose
+    connections start with a PROXY header (plain listeners only; proxy_protocol.py)."""
 
     port: int
     tls: Reloading | None = None
     fd: int | None = None
+    proxy: proxy_protocol.Balancers | None = None
 
 
 class _Server(ThreadedAssociationServer):
@@ -283,14 +285,20 @@ class _Server(ThreadedAssociationServer):
     pynetdicom 3.0.4 wraps an accepted socket with `do_handshake_on_connect` in `get_request`, in the one
     thread that accepts every connection: a peer that connects to the TLS port and says nothing would hold
     the door for everyone. Here the socket is wrapped without shaking hands; the PDU guard shakes them
-    before it reads the first PDU, within the ACSE timeout (guard.py)."""
+    before it reads the first PDU, within the ACSE timeout (guard.py).
+
+    The same holds for the PROXY header of a load balancer: here a connection from one is only marked, and
+    the guard reads its header in the association's thread."""
 
     tls: Reloading | None = None
+    proxy: proxy_protocol.Balancers | None = None
 
     def get_request(self):
         client, address = self.socket.accept()
         if self.tls is not None:
             client = self.tls.context().wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        elif self.proxy is not None and self.proxy.speaks_for(address[0]):
+            client = proxy_protocol.Pending.take(client)
         return client, address
 
 
@@ -342,7 +350,9 @@ def serve(
     handlers = scp.handlers() + [h for service in extra_services for h in service.handlers()]
     servers = []
     for listener in listeners:
-        attributes = {"tls": listener.tls}
+        if listener.tls is not None and listener.proxy is not None:
+            raise ValueError("the PROXY protocol is for plain listeners only")
+        attributes = {"tls": listener.tls, "proxy": listener.proxy}
         base = _Server
         if listener.fd is not None:
             base, attributes["listen_fd"] = _InheritedSocketServer, listener.fd
@@ -352,7 +362,7 @@ def serve(
         port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
         ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
-        kind = "TLS" if listener.tls else "plain TCP"
+        kind = "TLS" if listener.tls else "plain TCP" + (", PROXY protocol" if listener.proxy else "")
         logger.info("SCP %s listening on %s:%s (%s)", ae_title, host, port, kind)
         servers.append(server)
     return servers

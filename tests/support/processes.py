@@ -40,11 +40,11 @@ def wait_until(condition: Callable[[], object], *, timeout: float, interval: flo
 class Process:
     """A child process with its output in a log file; stopped by its own pid only."""
 
-    def __init__(self, name: str, args: list[str], *, env: dict, log_dir: Path) -> None:
+    def __init__(self, name: str, args: list[str], *, env: dict, log_dir: Path, cwd: Path = ROOT) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.popen = subprocess.Popen(args, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     @property
     def pid(self) -> int:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.archive import dimse
 from apps.core import tls
-from apps.ingest import scp, supervisor
+from apps.ingest import proxy_protocol, scp, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
 from apps.pipeline.chains import commitment_reported, studies_received, study_arriving
@@ -39,6 +39,7 @@ class Command(BaseCommand):
         if not port and not tls_port:
             raise CommandError("nothing to listen on: the plain and the TLS port are both 0 (SCP_PORT, SCP_TLS_PORT)")
         server_tls = _server_tls() if tls_port else None  # a bad certificate or key stops us here, clearly
+        _proxy_balancers()  # so is a PROXY protocol without its balancers, before any process starts
         if processes > 1 and options["listen_fd"] is None and options["tls_listen_fd"] is None:
             listeners = {}
             for kind, number in (("plain", port), ("tls", tls_port)):
@@ -61,7 +62,7 @@ class Command(BaseCommand):
             signal.signal(signal.SIGHUP, lambda *_: server_tls.reload())
         listeners = []
         if port:
-            listeners.append(scp.Listener(port, fd=options["listen_fd"]))
+            listeners.append(scp.Listener(port, fd=options["listen_fd"], proxy=_proxy_balancers()))
         if tls_port:
             listeners.append(scp.Listener(tls_port, tls=server_tls, fd=options["tls_listen_fd"]))
         stopping = threading.Event()  # for the heartbeat thread; set by this thread, never in a signal handler
@@ -106,6 +107,19 @@ def _query_retrieve(ae_title: str) -> tuple:
         return ()
     dimse.install()
     return (dimse.QueryRetrieve(ae_title=ae_title),)
+
+
+def _proxy_balancers() -> proxy_protocol.Balancers | None:
+    """SCP_PROXY_PROTOCOL: the load balancers (SCP_PROXY_FROM) whose connections carry a PROXY header."""
+    if not settings.SCP_PROXY_PROTOCOL:
+        return None
+    try:
+        balancers = proxy_protocol.Balancers.parse(settings.SCP_PROXY_FROM)
+    except ValueError as exc:
+        raise CommandError(f"SCP_PROXY_FROM: {exc}") from exc
+    if not balancers.networks:
+        raise CommandError("SCP_PROXY_PROTOCOL needs SCP_PROXY_FROM: the load balancers' addresses (docs/scale-out.md)")
+    return balancers
 
 
 def _server_tls() -> tls.Reloading:
