@@ -54,14 +54,16 @@ run: venv
 	WEB_PORT=$(WEB_PORT) SCP_PORT=$(SCP_PORT) SCP_AE_TITLE=$(SCP_AE_TITLE) PATH="$(abspath $(BIN)):$$PATH" \
 		$(BIN)/honcho start -f Procfile $(ROLES)
 
-# dcmtk (echoscu, storescu, storescp) and Orthanc are the tests' DICOM peers, Chromium their browser;
-# PostgreSQL and Redis their services.
+# dcmtk (echoscu, storescu, storescp) and Orthanc are the tests' DICOM peers, Chromium their browser,
+# HAProxy their load balancer, Prometheus (and promtool) their monitoring; PostgreSQL and Redis their services.
 system-test-deps:
 	@missing=""; \
 	[ -x /usr/bin/storescu ] || missing="$$missing dcmtk"; \
 	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
 	[ -x /usr/sbin/Orthanc ] || missing="$$missing orthanc"; \
 	[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	[ -x /usr/sbin/haproxy ] || missing="$$missing haproxy"; \
+	[ -x /usr/bin/promtool ] || missing="$$missing prometheus"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v pg_ctlcluster >/dev/null || missing="$$missing postgresql"; \
 	if [ -n "$$missing" ]; then $(APT) update -qq && $(APT) install -y -qq $$missing; fi
