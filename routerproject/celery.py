@@ -31,6 +31,8 @@ app.conf.task_routes = {
     # Escalations concern STAT studies: they share the STAT lane (a STAT study's own tasks are sent there
     # by apps.pipeline.chains when its priority is known).
     "pipeline.escalations_due": {"queue": "stat"},
+    # Beat's own heartbeat rides the lane kept free, so its age measures Beat, not a routine backlog.
+    "pipeline.beat_tick": {"queue": "stat"},
 }
 
 
@@ -41,6 +43,8 @@ def _beat_schedule() -> dict:
         # Re-enqueue received instances and study stages that sat still too long (lost message,
         # killed worker, broker outage). Idempotent: a second enqueue finds the work done.
         "reconcile": {"task": "pipeline.reconcile", "schedule": settings.RECONCILE_INTERVAL},
+        # Beat's heartbeat (role "beat" in /healthz and /metrics): its age says whether Beat still ticks.
+        "beat-tick": {"task": "pipeline.beat_tick", "schedule": 30.0},
         # Deliveries whose next_attempt_at has come (retries longer than any countdown we allow).
         "deliveries-due": {"task": "pipeline.deliveries_due", "schedule": settings.DELIVERY_SWEEP_INTERVAL},
         # Storage commitment requests due: never sent (a lost message), to ask again, or whose report is

@@ -43,6 +43,9 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     # Behind a TLS-terminating proxy that sets X-Forwarded-Proto (docs/deployment.md).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # Prometheus scrapes gunicorn directly on the internal network and cannot follow a redirect to an
+    # HTTPS port that is the proxy's (docs/operations.md); /metrics carries counts, no patient data.
+    SECURE_REDIRECT_EXEMPT = [r"^metrics$"]
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 # A worklist or admin session with no request from its user for this long is logged out; the worklist's

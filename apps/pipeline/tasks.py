@@ -10,6 +10,7 @@ from django.db import DatabaseError, connection
 
 from apps.notifications.services import notification_send as _notification_send
 from apps.notifications.services import notifications_due
+from apps.ops.services import heartbeat
 from apps.priors.services import prior_fetch_run, priors_start
 from apps.priors.services import prior_fetches_due as _prior_fetches_due
 from apps.reading.services import escalation_sweep, sla_sweep, study_assign
@@ -204,6 +205,12 @@ def reconcile() -> None:
         chain_start(study_id, step)
     for notification_id in notifications_due():
         task_start("notification_send", notification_id)
+
+
+@shared_task(name="pipeline.beat_tick")
+@sweeper
+def beat_tick() -> None:
+    heartbeat(role="beat", name="schedule")
 
 
 @shared_task(name="pipeline.deliveries_due")

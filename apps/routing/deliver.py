@@ -217,8 +217,12 @@ def _record(
     DeliveryItem.objects.bulk_update(
         items, ["state", "status", "error", "attempts", "updated_at", "sent_sha256", "sent_sop_instance_uid"]
     )
+    started = delivery.claimed_at  # the claim of this attempt (re-read below, it may be a renewed lease)
     with transaction.atomic():
         delivery = Delivery.objects.select_for_update().select_related("destination").get(pk=delivery.pk)
+        if items and started is not None:
+            delivery.last_attempt_at = now
+            delivery.last_attempt_seconds = max((now - started).total_seconds(), 0.0)
         pending = delivery.items.filter(state=DeliveryItem.State.PENDING).exists()
         failed = delivery.items.filter(state=DeliveryItem.State.FAILED).exists()
         held = delivery.items.filter(state=DeliveryItem.State.HELD).exists()
@@ -250,6 +254,8 @@ def _record(
                 "claimed_at",
                 "failures",
                 "attempts",
+                "last_attempt_at",
+                "last_attempt_seconds",
             ]
         )
     log = logger.info if delivery.state == Delivery.State.DELIVERED else logger.warning

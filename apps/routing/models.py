@@ -344,6 +344,10 @@ class Delivery(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # The last attempt that sent something: when it ended and how long it took from its claim (the
+    # per-destination send-time histogram of /metrics; claimed_at is a lease, renewed while sending).
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_attempt_seconds = models.FloatField(null=True, blank=True)
     # The destination actually used while sending: the primary, or its alternate.
     target = models.ForeignKey(Destination, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     # Chosen when the study was routed (the rule's, else the destination's); late instances use the same.
