@@ -125,8 +125,11 @@ def stream_start(self, study_id: int) -> None:
     the lane this task came by (the STAT lane when the first instance said STAT: it is not classified yet)."""
     came_by = (self.request.delivery_info or {}).get("routing_key")
     queue = STAT_LANE if came_by == STAT_LANE else study_lane(study_id)
-    for delivery_id in study_stream_decide(study_id=study_id):
+    first, *others = study_stream_decide(study_id=study_id) or [None]
+    for delivery_id in others:
         task_start("stream", delivery_id, queue=queue)
+    if first is not None:  # the first destination streams here: one Celery hop less before its first instance
+        _after_send(first, delivery_stream(delivery_id=first))
 
 
 @shared_task(name="pipeline.stream")

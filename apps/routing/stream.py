@@ -74,9 +74,12 @@ def delivery_stream(*, delivery_id: int, now: datetime | None = None, poll: floa
 def _run(delivery: Delivery, session, stream: _Stream, poll: float) -> None:
     tried: set[int] = set()
     quiet_since = renewed = time.monotonic()
+    look = True  # the ledger may hold pending items: at the start, and after each send
     while True:
-        study_persist_arrived(study_id=delivery.study_id)
-        items = _items_to_send(delivery, tried)
+        # While nothing arrives a pass is two indexed queries (received rows, the study's arriving flag).
+        look = study_persist_arrived(study_id=delivery.study_id) > 0 or look
+        items = _items_to_send(delivery, tried) if look else []
+        look = bool(items)
         if items:
             tried.update(item.pk for item in items)
             prepared = transformed.prepare(delivery, items)
