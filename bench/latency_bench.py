@@ -147,7 +147,7 @@ def commitment_run(study: BenchStudy, *, router: Router, watch: StudyWatch, time
         "notified": notified,
         "sent": sent,
         "idle": quiet,
-        "committed_after_delivered": added,
+        "committed_after_delivered": round(added, 3) if added is not None else None,
         "seconds_after_exit": seconds,
     }
 
@@ -234,7 +234,7 @@ def commitment_main(args, runs: int, output: Path) -> int:
         },
         "results": {
             "assigned_and_notified_after_exit": total,
-            "committed_after_delivered": added,
+            "committed_after_delivered": round(added, 3) if added is not None else None,
             "delivered_after_exit": summary(pick("delivered")),
             "last_committed_after_exit": summary(pick("last_committed")),
             "commitment_sent_after_exit": summary(pick("commitment_sent")),

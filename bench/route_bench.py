@@ -242,6 +242,7 @@ def main() -> int:
     parser.add_argument("--modes", default="after_qc", help="the rule's forward modes measured: after_qc,on_receipt")
     parser.add_argument("--destinations", default="fork", help="storescp destinations: fork (--fork), serial, both")
     parser.add_argument("--no-references", action="store_true", help="skip the sender-alone and ceiling runs")
+    parser.add_argument("--datasets", default="small,ct", help="the data sets measured: small,ct")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     modes = tuple(m for m in args.modes.split(",") if m)
@@ -259,7 +260,7 @@ def main() -> int:
     db = RouterDatabase(args.postgres, work / "logs", name=args.database)
     dest_port = free_port()  # one destination port for the whole benchmark: it is in the router's config
     print(f"scratch folder {work}; building data sets", flush=True)
-    datasets = make_datasets(work / "data", quick=args.quick)
+    datasets = [d for d in make_datasets(work / "data", quick=args.quick) if d.name in args.datasets.split(",")]
     result: dict = {
         "benchmark": "route",
         "machine": machine_info(args.postgres),
