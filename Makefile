@@ -89,7 +89,11 @@ bench: venv services
 	status=0; \
 	$(BIN)/python bench/ingest_bench.py || status=1; \
 	$(BIN)/python bench/route_bench.py || status=1; \
+	$(BIN)/python bench/route_bench.py --modes on_receipt,after_qc --destinations fork,serial --no-references || status=1; \
+	$(BIN)/python bench/stream_bench.py || status=1; \
 	$(BIN)/python bench/latency_bench.py || status=1; \
+	$(BIN)/python bench/latency_bench.py --assign-after-delivery || status=1; \
+	$(BIN)/python bench/latency_bench.py --storage-commitment --runs 10 || status=1; \
 	$(BIN)/python bench/backlog_bench.py || status=1; \
 	$(BIN)/python bench/memory_bench.py || status=1; \
 	$(BIN)/python bench/stall_bench.py || status=1; \

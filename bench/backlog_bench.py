@@ -267,7 +267,7 @@ def main() -> int:
         wipe(work)
         sys.exit(f"not enough free disk space in {work.parent}: {needed / 1e9:.1f} GB needed")
     (work / "logs").mkdir()
-    db = RouterDatabase(args.postgres, work / "logs")
+    db = RouterDatabase(args.postgres, work / "logs", name=args.database)
     dest_port = free_port()
     print(f"scratch folder {work}; building {studies} routine studies of {args.per_study} instances", flush=True)
     built = time.perf_counter()

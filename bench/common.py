@@ -177,15 +177,19 @@ def database_url(admin_url: str, name: str) -> str:
 class RouterDatabase:
     """A template migrated once (plus whatever `prepare` adds), and a fresh copy of it for every run."""
 
-    def __init__(self, admin_url: str, log_dir: Path) -> None:
+    def __init__(self, admin_url: str, log_dir: Path, *, name: str = DB_RUN) -> None:
+        # `name`: the run's database (its template is `name`_template), so that two benchmarks on one
+        # PostgreSQL (two engineers, two worktrees) never drop each other's.
         self.admin_url = admin_url
         self.log_dir = log_dir
-        self.template_url = database_url(admin_url, DB_TEMPLATE)
-        self.url = database_url(admin_url, DB_RUN)
+        self.run_name = name
+        self.template_name = DB_TEMPLATE if name == DB_RUN else f"{name}_template"
+        self.template_url = database_url(admin_url, self.template_name)
+        self.url = database_url(admin_url, name)
 
     def create_template(self, env: dict, prepare: Callable[[dict], None] | None = None) -> None:
         self.drop()
-        _postgres(f"CREATE DATABASE {DB_TEMPLATE}", self.admin_url)
+        _postgres(f"CREATE DATABASE {self.template_name}", self.admin_url)
         env = {**env, "DATABASE_URL": self.template_url}
         release = procfile.command("release")  # python manage.py migrate --noinput
         with open(self.log_dir / "migrate.log", "ab") as log:
@@ -194,8 +198,8 @@ class RouterDatabase:
             prepare(env)
 
     def fresh(self) -> str:
-        _postgres(f"DROP DATABASE IF EXISTS {DB_RUN} WITH (FORCE)", self.admin_url)
-        _postgres(f"CREATE DATABASE {DB_RUN} TEMPLATE {DB_TEMPLATE}", self.admin_url)
+        _postgres(f"DROP DATABASE IF EXISTS {self.run_name} WITH (FORCE)", self.admin_url)
+        _postgres(f"CREATE DATABASE {self.run_name} TEMPLATE {self.template_name}", self.admin_url)
         return self.url
 
     def count(self, sql: str) -> int:
@@ -205,7 +209,7 @@ class RouterDatabase:
             return conn.execute(sql).fetchone()[0]
 
     def drop(self) -> None:
-        for name in (DB_RUN, DB_TEMPLATE):
+        for name in (self.run_name, self.template_name):
             _postgres(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", self.admin_url)
 
 
@@ -331,9 +335,11 @@ class Orthanc(Receiver):
         forward_to: tuple[str, int] | None = None,
         dicomweb: bool = False,
         extra: dict | None = None,
+        port: int | None = None,
+        modalities: dict[str, list] | None = None,
     ) -> None:
         self.ae_title = "ORTHANC"
-        self.port = free_port()
+        self.port = port or free_port()
         self.http_port = free_port()
         folder.mkdir(parents=True, exist_ok=True)
         config: dict = {
@@ -353,11 +359,13 @@ class Orthanc(Receiver):
             # Orthanc's default since 1.7.4, stated: each stored file is fsync'ed before the answer.
             "SyncStorageArea": True,
         }
+        # `modalities`: peers it knows, e.g. the router, to which it sends storage commitment reports.
+        config["DicomModalities"] = dict(modalities or {})
         if forward_to:
-            ae_title, port = forward_to
+            ae_title, forward_port = forward_to
             script = folder / "forward.lua"
             script.write_text(LUA_FORWARD)
-            config["DicomModalities"] = {"destination": [ae_title, "127.0.0.1", port]}
+            config["DicomModalities"]["destination"] = [ae_title, "127.0.0.1", forward_port]
             config["LuaScripts"] = [str(script)]
         config.update(extra or {})  # qr_bench: the modalities that may move and be moved to
         path = folder / "orthanc.json"
@@ -382,11 +390,18 @@ class Router(Receiver):
     name = "router"
 
     def __init__(
-        self, env: dict, log_dir: Path, *, db: RouterDatabase, workers: tuple[str, ...] = (), beat: bool = False
+        self,
+        env: dict,
+        log_dir: Path,
+        *,
+        db: RouterDatabase,
+        workers: tuple[str, ...] = (),
+        beat: bool = False,
+        port: int | None = None,
     ) -> None:
         self.ae_title = "ROUTER"
         self.db = db
-        self.port = free_port()
+        self.port = port or free_port()
         self.workers: list[Process] = []
         self.scp: Process | None = None
         try:
@@ -538,6 +553,7 @@ def common_arguments(parser) -> None:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 100 small instances and 20 CT slices")
     parser.add_argument("--postgres", default=default_admin_url(), help="a PostgreSQL URL allowed to create databases")
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/9", help="Redis for the router (flushed)")
+    parser.add_argument("--database", default=DB_RUN, help=f"the router's run database, dropped at the end ({DB_RUN})")
     parser.add_argument("--output", type=Path, default=None, help="the results file")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder (logs, data) after the run")
 

@@ -141,7 +141,7 @@ def main() -> int:
     (work / "logs").mkdir()
     datasets = make_datasets(work / "data", quick=args.quick)
     seconds = {(d.name, k): Series() for d in datasets for k in SENDERS + RECEIVERS}
-    db = RouterDatabase(args.postgres, work / "logs")
+    db = RouterDatabase(args.postgres, work / "logs", name=args.database)
     with workspace(work, db, args, logs=f"{work / 'logs'}*"):
         db.create_template(router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl"))
         for data in datasets:

@@ -21,6 +21,15 @@ system is sent first and not counted.
 
 Goal (issue 8): p95 of delivered + assigned + notified under 2 s. Reported besides: p50/p95 of delivery
 alone, ours over Orthanc's. Results go to bench/results/latency.json (latency-quick.json with --quick).
+
+Issue 20: `--assign-after-delivery` gives the rule `assign_after_delivery: true` (the study is assigned
+only once the storescp destination has it); same goal; results in latency-assign-after-delivery.json.
+`--storage-commitment` measures what storage commitment adds: the router's destination is then an Orthanc
+(`storage_commitment: true` in the router's configuration; the router in Orthanc's DicomModalities, to
+which it reports over a new association, as Orthanc does), the rule also assigns after delivery, so a study
+is assigned once Orthanc committed to it; each run waits until the study is notified and reads from the
+rows the delivery's `delivered_at`, its items' last `committed_at` and the commitment request's times. No
+Orthanc forwarding peer in that mode. Results in latency-storage-commitment.json.
 """
 
 import argparse
@@ -71,17 +80,180 @@ ORTHANC_DESTINATION_AE = "ODEST"
 CONFIG = (
     """
 destinations:
-  - {name: destination, ae_title: %(ae)s, host: 127.0.0.1, port: %(port)d}
+  - {name: destination, ae_title: %(ae)s, host: 127.0.0.1, port: %(port)d%(destination_options)s}
 rules:
-  - {name: CT head, priority: 100, match: {modality: CT, body_part: HEAD}, destinations: [destination]}
+  - {name: CT head, priority: 100, match: {modality: CT, body_part: HEAD}, destinations: [destination]%(rule_options)s}
 """
     + READER_ON_SHIFT
 )
 
 
-def configure(env: dict, *, port: int, folder: Path) -> None:
+def configure(
+    env: dict, *, port: int, folder: Path, ae: str = DESTINATION_AE, after_delivery: bool = False, commit: bool = False
+) -> None:
     """Import the destination, the CT HEAD rule and the neuroradiologist into the template database."""
-    import_config(env, CONFIG % {"ae": DESTINATION_AE, "port": port}, folder / "latency.yaml")
+    text = CONFIG % {
+        "ae": ae,
+        "port": port,
+        "destination_options": ", storage_commitment: true" if commit else "",
+        "rule_options": ", assign_after_delivery: true" if after_delivery else "",
+    }
+    import_config(env, text, folder / "latency.yaml")
+
+
+_COMMITMENT = """
+SELECT d.delivered_at,
+       (SELECT max(i.committed_at) FROM routing_deliveryitem i WHERE i.delivery_id = d.id),
+       (SELECT count(*) FROM routing_deliveryitem i WHERE i.delivery_id = d.id AND i.committed_at IS NOT NULL),
+       (SELECT min(c.requested_at) FROM routing_commitmentrequest c WHERE c.delivery_id = d.id),
+       (SELECT min(c.sent_at) FROM routing_commitmentrequest c WHERE c.delivery_id = d.id),
+       (SELECT max(c.answered_at) FROM routing_commitmentrequest c WHERE c.delivery_id = d.id),
+       (SELECT count(*) FROM routing_commitmentrequest c WHERE c.delivery_id = d.id),
+       (SELECT min(a.assigned_at) FROM reading_assignment a WHERE a.study_id = s.id)
+FROM routing_delivery d JOIN studies_study s ON s.id = d.study_id WHERE s.study_instance_uid = %s
+"""
+COMMITMENT_EVENTS = (
+    "delivered",
+    "last_committed",
+    "committed_items",
+    "commitment_requested",
+    "commitment_sent",
+    "commitment_answered",
+    "commitment_requests",
+    "assigned",
+)
+
+
+def commitment_run(study: BenchStudy, *, router: Router, watch: StudyWatch, timeout: float) -> dict:
+    """Send a STAT study to the router (its destination an Orthanc that commits), wait until it is notified
+    (assigned once Orthanc committed to it); its commitment's times, in seconds after storescu's exit."""
+    quiet = settle(minimum=0.5, maximum=5)
+    sent = storescu_checked(router.port, study.dataset(), called=router.ae_title)
+    ended, ended_wall = time.perf_counter(), time.time()
+    while not watch.done(study.uid):
+        if time.perf_counter() - ended > timeout:
+            raise RuntimeError(f"after {timeout} s the study is {watch.stage(study.uid)}")
+        time.sleep(POLL)
+    notified = time.perf_counter() - ended
+    row = watch.conn.execute(_COMMITMENT, (study.uid,)).fetchone()
+    times = dict(zip(COMMITMENT_EVENTS, row, strict=True))
+    seconds = {k: (round(v.timestamp() - ended_wall, 3) if hasattr(v, "timestamp") else v) for k, v in times.items()}
+    added = (
+        seconds["last_committed"] - seconds["delivered"]
+        if seconds["last_committed"] is not None and seconds["delivered"] is not None
+        else None
+    )
+    return {
+        "notified": notified,
+        "sent": sent,
+        "idle": quiet,
+        "committed_after_delivered": round(added, 3) if added is not None else None,
+        "seconds_after_exit": seconds,
+    }
+
+
+def commitment_main(args, runs: int, output: Path) -> int:
+    """--storage-commitment: the router alone, its destination an Orthanc committing (see the docstring)."""
+    work = scratch("latency-commit-bench-")
+    logs = work / "logs"
+    logs.mkdir()
+    db = RouterDatabase(args.postgres, logs, name=args.database)
+    orthanc_port, router_port = free_port(), free_port()
+    print(f"scratch folder {work}; building {runs + 1} studies of {INSTANCES} STAT instances", flush=True)
+    studies = ct_small_studies(work / "data", studies=runs + 1, per_study=INSTANCES, priority="STAT")
+    warmup, studies = studies[0], studies[1:]
+    done: list[dict] = []
+    router = orthanc = watch = None
+    try:
+        template_env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
+        db.create_template(
+            template_env,
+            lambda env: configure(
+                env, port=orthanc_port, folder=work / "tmpl", ae="ORTHANC", after_delivery=True, commit=True
+            ),
+        )
+        db.fresh()
+        redis_flush(args.broker)
+        orthanc = Orthanc(
+            work / "orthanc", logs, port=orthanc_port, modalities={"router": ["ROUTER", "127.0.0.1", router_port]}
+        )
+        env = router_env(database_url_=db.url, broker_url=args.broker, folder=work / "router")
+        router = Router(env, logs, db=db, workers=WORKER_ROLES, beat=True, port=router_port)
+        watch = StudyWatch(db.url)
+        warm = commitment_run(warmup, router=router, watch=watch, timeout=args.timeout)
+        print(f"warm-up  notified after {warm['notified']:6.3f} s", flush=True)
+        for n, study in enumerate(studies):
+            one = commitment_run(study, router=router, watch=watch, timeout=args.timeout)
+            done.append(one)
+            print(
+                f"run {n + 1:2}/{runs} assigned and notified after {one['notified']:6.3f} s; committed "
+                f"{one['committed_after_delivered']} s after delivered; {one['seconds_after_exit']} "
+                f"(CPUs {one['idle']:.0%} idle before)",
+                flush=True,
+            )
+        held = orthanc.count()
+        if held != INSTANCES * (runs + 1):
+            raise RuntimeError(f"Orthanc holds {held} instances, {INSTANCES * (runs + 1)} sent")
+        incidents = router_incidents(logs)
+    except BaseException:
+        print(f"failed: the processes' logs are kept in {logs}", file=sys.stderr)
+        args.keep = True
+        raise
+    finally:
+        if watch is not None:
+            watch.close()
+        for process in (router, orthanc):
+            if process is not None:
+                process.stop()
+        db.drop()
+        redis_flush(args.broker)
+        if not args.keep:
+            wipe(work)
+
+    def pick(event: str) -> list[float]:
+        return [r["seconds_after_exit"][event] for r in done if r["seconds_after_exit"][event] is not None]
+
+    total = summary([r["notified"] for r in done])
+    added = summary([r["committed_after_delivered"] for r in done if r["committed_after_delivered"] is not None])
+    met = total["p95"] < GOAL_P95_SECONDS
+    result = {
+        "benchmark": "latency-storage-commitment",
+        "machine": machine_info(args.postgres),
+        "parameters": {
+            "runs": runs,
+            "quick": args.quick,
+            "broker": args.broker,
+            "study": f"{INSTANCES} CT_small instances, CT HEAD, RequestedProcedurePriority STAT, new UIDs per run",
+            "sender": "storescu, 1 association per study; timed from its exit",
+            "destination": "Orthanc, storage_commitment true (router in its DicomModalities: reports on a new "
+            "association to the router's SCP), SyncStorageArea true (its default)",
+            "rule": "CT HEAD, assign_after_delivery true",
+            "router_processes": ["scp", *WORKER_ROLES, "beat"],
+            "poll_seconds": POLL,
+            "percentile": "nearest rank",
+        },
+        "results": {
+            "assigned_and_notified_after_exit": total,
+            "committed_after_delivered": round(added, 3) if added is not None else None,
+            "delivered_after_exit": summary(pick("delivered")),
+            "last_committed_after_exit": summary(pick("last_committed")),
+            "commitment_sent_after_exit": summary(pick("commitment_sent")),
+            "commitment_answered_after_exit": summary(pick("commitment_answered")),
+            "assigned_after_exit": summary(pick("assigned")),
+            "commitment_requests_per_study": [r["seconds_after_exit"]["commitment_requests"] for r in done],
+            "runs": done,
+            "warmup_notified": round(warm["notified"], 3),
+            "warnings_and_errors": incidents,
+        },
+        "goal": {"p95_delivered_assigned_notified_under_seconds": GOAL_P95_SECONDS, "p95": total["p95"], "met": met},
+    }
+    print(
+        f"storage commitment: committed after delivered p50 {added['p50']:.3f} s, p95 {added['p95']:.3f} s; "
+        f"STAT assigned and notified (after commitment) p50 {total['p50']:.3f} s, p95 {total['p95']:.3f} s "
+        f"(goal < {GOAL_P95_SECONDS:g} s: {'met' if met else 'NOT met'})"
+    )
+    write_results(output, result)
+    return 0 if met else 1
 
 
 @dataclass
@@ -162,14 +334,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     common_arguments(parser)
     parser.add_argument("--timeout", type=float, default=60, help="longest wait for one study, seconds")
+    parser.add_argument("--assign-after-delivery", action="store_true", help="the rule assigns after delivery")
+    parser.add_argument("--storage-commitment", action="store_true", help="what storage commitment adds (Orthanc)")
     args = parser.parse_args()
     runs = args.runs or (3 if args.quick else 30)
-    output = args.output or RESULTS / ("latency-quick.json" if args.quick else "latency.json")
+    variant = (
+        "-storage-commitment"
+        if args.storage_commitment
+        else "-assign-after-delivery"
+        if args.assign_after_delivery
+        else ""
+    )
+    output = args.output or RESULTS / (f"latency{variant}-quick.json" if args.quick else f"latency{variant}.json")
+    if args.storage_commitment:
+        return commitment_main(args, runs, output)
 
     work = scratch("latency-bench-")
     logs = work / "logs"
     logs.mkdir()
-    db = RouterDatabase(args.postgres, logs)
+    db = RouterDatabase(args.postgres, logs, name=args.database)
     dest_port = free_port()  # in the router's configuration
     print(f"scratch folder {work}; building {runs + 1} studies of {INSTANCES} STAT instances", flush=True)
     studies = ct_small_studies(work / "data", studies=runs + 1, per_study=INSTANCES, priority="STAT")
@@ -187,6 +370,7 @@ def main() -> int:
             "router_processes": ["scp", *WORKER_ROLES, "beat"],
             "router_processes_started": "once, before the warm-up study",
             "peer": "Orthanc, Lua OnStoredInstance + SendToModality",
+            "rule_assign_after_delivery": args.assign_after_delivery,
             "poll_seconds": POLL,
             "warmup_studies_per_system": 1,
             "percentile": "nearest rank",
@@ -197,7 +381,10 @@ def main() -> int:
     router = orthanc = dest_router = dest_orthanc = watch = None
     try:
         template_env = router_env(database_url_=db.template_url, broker_url=args.broker, folder=work / "tmpl")
-        db.create_template(template_env, lambda env: configure(env, port=dest_port, folder=work / "tmpl"))
+        db.create_template(
+            template_env,
+            lambda env: configure(env, port=dest_port, folder=work / "tmpl", after_delivery=args.assign_after_delivery),
+        )
         db.fresh()
         redis_flush(args.broker)
         dest_router = StoreSCP(work / "dest-router", logs, ae_title=DESTINATION_AE, port=dest_port, fork=True)

@@ -178,7 +178,7 @@ def main() -> int:
         wipe(work)
         sys.exit(f"not enough free disk space in {work.parent}: {needed / 1e9:.1f} GB needed, {available / 1e9:.1f}")
     (work / "logs").mkdir()
-    db = RouterDatabase(args.postgres, work / "logs")
+    db = RouterDatabase(args.postgres, work / "logs", name=args.database)
     print(f"scratch folder {work} ({available / 1e9:.0f} GB free); building a {megabytes:.0f} MB instance", flush=True)
     built = time.perf_counter()
     path = work / "data" / "big.dcm"

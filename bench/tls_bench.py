@@ -123,7 +123,7 @@ def main() -> int:
     output = args.output or RESULTS / ("tls-quick.json" if args.quick else "tls.json")
     work = scratch("tls-bench-")
     (work / "logs").mkdir()
-    db = RouterDatabase(args.postgres, work / "logs")
+    db = RouterDatabase(args.postgres, work / "logs", name=args.database)
     ca = Authority(work / "pki", "Bench CA")
     pki = {"ca": ca, "server": ca.issue("receiver", server=True), "client": ca.issue("modality")}
     datasets = make_datasets(work / "data", quick=args.quick)
