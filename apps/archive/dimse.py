@@ -53,6 +53,7 @@ GET_MODELS = {
 PENDING, CANCEL, NOT_AUTHORISED, OUT_OF_RESOURCES = 0xFF00, 0xFE00, 0x0124, 0xA700
 CUT = 0xB001  # C-FIND: matching reached the response limit
 UNKNOWN_DESTINATION = 0xA801
+SEND_AHEAD = 8  # C-FIND responses queued for the network at most before the next is encoded
 _SKIPPED = {"QueryRetrieveLevel", "SpecificCharacterSet"}
 
 
@@ -207,11 +208,17 @@ class RetrieveService(QueryRetrieveServiceClass):
     sub-operations (pynetdicom records it from its DUL thread)."""
 
     def _c_find_scp(self, req, context) -> None:
-        """pynetdicom's C-FIND, sending one final response only. 3.0.4 sends a warning status (B001: the
-        result cap) and then goes on to a final success as well: the caller, already releasing, gets a
-        second final answer it did not expect. After the first non-pending response nothing more is sent."""
+        """pynetdicom's C-FIND, with two changes to how its responses are sent.
+
+        - One final response only: 3.0.4 sends a warning status (B001: the result cap) and then goes on to a
+          final success as well; the caller, already releasing, gets a second final answer it did not expect.
+        - At the network's pace: pynetdicom queues each response for its DUL thread without waiting, so the
+          handler would encode every match (up to QR_MAX_RESULTS) before the first left, holding them all in
+          memory, and a C-CANCEL would come too late to stop anything. A pending response waits while more
+          than SEND_AHEAD are still queued (at most the association's network timeout)."""
         dimse = self.dimse
         send = dimse.send_msg
+        queued = self.assoc.dul.to_provider_queue
         finished = False
 
         def send_until_final(rsp, context_id) -> None:
@@ -219,6 +226,10 @@ class RetrieveService(QueryRetrieveServiceClass):
             if finished:
                 return
             finished = rsp.Status not in (PENDING, 0xFF01)
+            if not finished:
+                deadline = time.monotonic() + (self.assoc.network_timeout or 60)
+                while queued.qsize() > SEND_AHEAD and self.assoc.is_established and time.monotonic() < deadline:
+                    time.sleep(0.001)  # the DUL thread drains the queue as the peer takes the data
             send(rsp, context_id)
 
         dimse.send_msg = send_until_final

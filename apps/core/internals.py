@@ -73,6 +73,7 @@ PATCHES = (
             "pynetdicom.service_class:ServiceClass.dimse",
             "pynetdicom.service_class:ServiceClass._c_find_scp source:if status[0] == STATUS_WARNING:",
             "pynetdicom.dimse:DIMSEServiceProvider.send_msg",
+            "pynetdicom.dul:DULServiceProvider.__init__ source:self.to_provider_queue",
             "pynetdicom.service_class:ServiceClass.__init__ source:self.assoc = assoc",
         ),
     ),
