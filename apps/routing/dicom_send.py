@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, _config, evt
 from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
     StorageCommitmentPushModelInstance,
@@ -143,11 +143,15 @@ def _ae(target: Target) -> AE:
 
 
 def _associate(
-    ae: AE, target: Target, *, patch_reactor: bool = True, handlers: tuple = ()
+    target: Target, contexts, *, patch_reactor: bool = True, handlers: tuple = ()
 ) -> tuple[object | None, _Connection, Result | None]:
-    """Open an association (over TLS if the target says so): (association, connection, None), or
-    (None, connection, why not) when none could even be requested. `patch_reactor=False` leaves the
-    association's reactor serving the peer's requests (see `commit`); `handlers`: more event handlers."""
+    """Open an association proposing `contexts` ((abstract syntax, transfer syntaxes or None for the default),
+    over TLS if the target says so): (association, connection, None) once established, or (None, connection,
+    why not). `patch_reactor=False` leaves the association's reactor serving the peer's requests (see
+    `commit`); `handlers`: more event handlers. The one place every association of the router's SCU opens."""
+    ae = _ae(target)
+    for abstract_syntax, syntaxes in contexts:
+        ae.add_requested_context(abstract_syntax, syntaxes or DEFAULT_TRANSFER_SYNTAXES)
     connection = _Connection()
     tls_args = None
     if target.tls is not None:
@@ -165,6 +169,8 @@ def _associate(
         )
     except (OSError, RuntimeError, ValueError) as exc:
         return None, connection, Result(TRANSIENT, error=f"connect failed: {exc}", unreachable=True)
+    if not assoc.is_established:
+        return None, connection, _association_failure(assoc, target, connection)
     return assoc, connection, None
 
 
@@ -213,15 +219,9 @@ def send(target: Target, files: list[File], on_sent: Callable[[int, Result], Non
 
 
 def _send_group(target: Target, files: list[File], indexes: list[int], group: set, results: list, on_sent=None) -> None:
-    ae = _ae(target)
-    for sop_class, syntax in sorted(group):
-        ae.add_requested_context(sop_class, [syntax])
-    assoc, connection, failure = _associate(ae, target)
+    assoc, connection, failure = _associate(target, [(c, [ts]) for c, ts in sorted(group)])
     if failure is not None:
         _fail_all(indexes, failure, results, on_sent)
-        return
-    if not assoc.is_established:
-        _fail_all(indexes, _association_failure(assoc, target, connection), results, on_sent)
         return
     try:
         for i in indexes:
@@ -266,14 +266,9 @@ class Session:
     def _open(self, needed: tuple[str, str]) -> Result | None:
         self.close()
         contexts = {needed, *sorted(self.contexts - {needed})[: MAX_CONTEXTS - 1]}
-        ae = _ae(self.target)
-        for sop_class, syntax in sorted(contexts):
-            ae.add_requested_context(sop_class, [syntax])
-        assoc, connection, failure = _associate(ae, self.target)
+        assoc, connection, failure = _associate(self.target, [(c, [ts]) for c, ts in sorted(contexts)])
         if failure is not None:
             return failure
-        if not assoc.is_established:
-            return _association_failure(assoc, self.target, connection)
         self.assoc, self.connection, self.contexts = assoc, connection, contexts
         return None
 
@@ -322,14 +317,10 @@ def _send_one(
 
 
 def echo(target: Target) -> Result:
-    ae = _ae(target)
-    ae.add_requested_context(Verification)
     # send_c_echo waits for its answer as send_c_store does: the same race, the same cure (_on_conn_open).
-    assoc, connection, failure = _associate(ae, target)
+    assoc, connection, failure = _associate(target, [(Verification, None)])
     if failure is not None:
         return failure
-    if not assoc.is_established:
-        return _association_failure(assoc, target, connection)
     try:
         status = assoc.send_c_echo()
     finally:
@@ -429,21 +420,19 @@ def commit(
     `transaction_uid`: one N-ACTION of the Storage Commitment Push Model. Never raises for network or peer
     trouble. A destination may send its report before we release the association: with `wait_for_report`
     seconds we wait for it there (most, Orthanc among them, send it later on a new association to our SCP)."""
-    ae = _ae(target)
-    ae.add_requested_context(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    contexts = [(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (Verification, None)]
     # Verification too: a destination that takes the association but not storage commitment then says so by
     # rejecting that one context (permanent), where it would otherwise abort an association it has no use for.
-    ae.add_requested_context(Verification)
     same = _SameAssociationReport(transaction_uid)
     # No `_reactor_reads_nothing` here: that patch makes the reactor read nothing, and an N-EVENT-REPORT
     # *request* the destination sends on this association would never be served (nor answered). The race it
     # cures can cost us the N-ACTION's answer: that comes back as "no response" (transient), and a report the
     # destination sends anyway is matched by its Transaction UID all the same.
-    assoc, connection, failure = _associate(ae, target, patch_reactor=False, handlers=((evt.EVT_N_EVENT_REPORT, same),))
+    assoc, connection, failure = _associate(
+        target, contexts, patch_reactor=False, handlers=((evt.EVT_N_EVENT_REPORT, same),)
+    )
     if failure is not None:
         return Commit(failure)
-    if not assoc.is_established:
-        return Commit(_association_failure(assoc, target, connection))
     try:
         result = _send_action(assoc, commitment_request(transaction_uid, references), connection.peer_certificate)
         if result.kind == DELIVERED and wait_for_report > 0:
@@ -503,22 +492,10 @@ def _query_status(code: int) -> str:
     return PERMANENT
 
 
-def _open(target: Target, sop_class: str):
-    """(association, connection, None) ready for `sop_class`, or (None, None, why not)."""
-    ae = _ae(target)
-    ae.add_requested_context(sop_class)
-    assoc, connection, failure = _associate(ae, target)
-    if failure is not None:
-        return None, None, failure
-    if not assoc.is_established:
-        return None, None, _association_failure(assoc, target, connection)
-    return assoc, connection, None
-
-
 def find(target: Target, identifiers: list[Dataset]) -> list[FindResult]:
     """C-FIND (Study Root) each identifier over one association; one FindResult per identifier, in order.
     Never raises for network or peer trouble."""
-    assoc, _, failure = _open(target, StudyRootQueryRetrieveInformationModelFind)
+    assoc, _, failure = _associate(target, [(StudyRootQueryRetrieveInformationModelFind, None)])
     if failure is not None:
         return [FindResult(failure, []) for _ in identifiers]
     try:
@@ -552,7 +529,7 @@ def _find_one(assoc, identifier: Dataset) -> FindResult:
 def move(target: Target, identifier: Dataset, move_destination: str) -> MoveResult:
     """C-MOVE (Study Root) `identifier` to the AE title `move_destination`, which the target must know.
     Never raises for network or peer trouble."""
-    assoc, _, failure = _open(target, StudyRootQueryRetrieveInformationModelMove)
+    assoc, _, failure = _associate(target, [(StudyRootQueryRetrieveInformationModelMove, None)])
     if failure is not None:
         return MoveResult(failure)
     counts = {"completed": 0, "failed": 0, "warning": 0}
