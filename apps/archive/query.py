@@ -226,16 +226,21 @@ class Results:
 def search(query: Query, *, limit: int, offset: int = 0, fold_person_names: bool = False) -> Results:
     """The matches of `query`, at most `limit` of them from `offset`, as dicts keyed by keyword."""
     rows_of = {PATIENT: _patients, STUDY: _studies, SERIES: _series, IMAGE: _instances}[query.level]
-    q = Q()
-    for attribute, value in query.matching():
-        path = PATHS[query.level][attribute.level]
-        if (c := condition(attribute, value, path=path, fold_person_names=fold_person_names)) is not None:
-            q &= c
-    rows = rows_of(query, q, limit + 1, offset)
+    rows = rows_of(query, conditions(query, query.level, fold_person_names=fold_person_names), limit + 1, offset)
     more = len(rows) > limit
     rows = rows[:limit]
     _add_counts(query, rows)
     return Results(rows=[_keyed(query, row) for row in rows], more=more)
+
+
+def conditions(query: Query, at: str, *, fold_person_names: bool = False) -> Q:
+    """The query's matching keys as one condition on the rows of level `at` (IMAGE: Instance rows)."""
+    q = Q()
+    for attribute, value in query.matching():
+        path = PATHS[at][attribute.level]
+        if (c := condition(attribute, value, path=path, fold_person_names=fold_person_names)) is not None:
+            q &= c
+    return q
 
 
 def _held_studies() -> Q:

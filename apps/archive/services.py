@@ -14,7 +14,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from apps.audit.models import AuditEvent
@@ -59,11 +58,7 @@ def retrieve_instances(query: q.Query) -> list[Instance]:
 
     A retrieve names what it wants by unique keys (PS3.4 C.4.2.2.1); other keys it carries are matched too,
     as a relational query would. One with no key at all is refused: it would send everything."""
-    conditions = Q()
-    for attribute, value in query.matching():
-        path = q.PATHS[q.IMAGE][attribute.level]
-        if (c := q.condition(attribute, value, path=path)) is not None:
-            conditions &= c
+    conditions = q.conditions(query, q.IMAGE)
     if not conditions:
         raise q.QueryError("a retrieve names what it wants (PatientID, StudyInstanceUID, ...)")
     instances = list(
