@@ -105,8 +105,35 @@ def tls_hello(port: int, ca: str, **context_options) -> bytes:
         return conn.getpeercert(binary_form=True)
 
 
-def threads_and_descriptors(pid: int) -> tuple[int, int]:
-    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+def connections_held(pid: int, port: int) -> int:
+    """The connections the process `pid` accepted on `port` and still holds open (its listener aside).
+
+    Counted by socket, not by descriptor: a database or broker connection the process opens meanwhile (a
+    heartbeat, say) is no connection a peer made, and once made a difference of one to a descriptor count.
+    """
+    held = set()
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if local_port == port and state != "0A":  # 0A: LISTEN
+                    held.add(f"socket:[{inode}]")
+    fds = f"/proc/{pid}/fd"
+    return sum(1 for fd in os.listdir(fds) if _link(f"{fds}/{fd}") in held)
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return ""  # closed while we looked
+
+
+def peers_gone(pid: int, port: int, threads_before: int) -> bool:
+    """Every connection to `port` closed by the SCP, and its association threads ended."""
+    return connections_held(pid, port) == 0 and len(os.listdir(f"/proc/{pid}/task")) <= threads_before
 
 
 def stored_nothing(storage: Path) -> bool:
@@ -215,7 +242,7 @@ def test_a_plain_client_on_the_tls_port_is_refused_cleanly(start_scp, tls_env, p
     tls_port = free_port()
     scp, _ = start_scp(tls_env, port=0, tls_port=tls_port)
     tls_hello(tls_port, pki["ca"].ca_file)  # warm: the first association's threads and imports
-    before = threads_and_descriptors(scp.pid)
+    threads = len(os.listdir(f"/proc/{scp.pid}/task"))
     _, paths = synthetic_study(tmp_path / "modality", count=1)
 
     plain = subprocess.run(
@@ -227,7 +254,7 @@ def test_a_plain_client_on_the_tls_port_is_refused_cleanly(start_scp, tls_env, p
 
     assert plain.returncode != 0
     assert stored_nothing(storage)
-    wait_until(lambda: threads_and_descriptors(scp.pid) <= before, timeout=10, what="threads and descriptors back")
+    wait_until(lambda: peers_gone(scp.pid, tls_port, threads), timeout=10, what="connections closed, threads back")
     assert "TLS connection from" in scp.log()
     assert storescu_tls(tls_port, paths, cert=pki["ct1"], ca=pki["ca"].ca_file).returncode == 0  # still serving
 
@@ -236,7 +263,7 @@ def test_a_tls_1_1_client_is_refused(start_scp, tls_env, pki, storage):
     tls_port = free_port()
     scp, _ = start_scp(tls_env, port=0, tls_port=tls_port)
     tls_hello(tls_port, pki["ca"].ca_file)
-    before = threads_and_descriptors(scp.pid)
+    threads = len(os.listdir(f"/proc/{scp.pid}/task"))
     old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
     old.set_ciphers("DEFAULT:@SECLEVEL=0")  # let OpenSSL 3 offer TLS 1.1 at all
@@ -246,7 +273,7 @@ def test_a_tls_1_1_client_is_refused(start_scp, tls_env, pki, storage):
         old.wrap_socket(raw, server_hostname="127.0.0.1")
 
     assert stored_nothing(storage)
-    wait_until(lambda: threads_and_descriptors(scp.pid) <= before, timeout=10, what="threads and descriptors back")
+    wait_until(lambda: peers_gone(scp.pid, tls_port, threads), timeout=10, what="connections closed, threads back")
     # The profile itself: TLS 1.2 or 1.3, an AEAD suite.
     with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as raw:
         context = ssl.create_default_context(cafile=pki["ca"].ca_file)
@@ -260,14 +287,14 @@ def test_a_client_certificate_from_another_ca_is_refused(start_scp, tls_env, pki
     tls_port = free_port()
     scp, _ = start_scp(tls_env, port=0, tls_port=tls_port)
     tls_hello(tls_port, pki["ca"].ca_file)
-    before = threads_and_descriptors(scp.pid)
+    threads = len(os.listdir(f"/proc/{scp.pid}/task"))
     _, paths = synthetic_study(tmp_path / "modality", count=1)
 
     forged = storescu_tls(tls_port, paths, cert=pki["intruder"], ca=pki["ca"].ca_file)
 
     assert forged.returncode != 0
     assert stored_nothing(storage)
-    wait_until(lambda: threads_and_descriptors(scp.pid) <= before, timeout=10, what="threads and descriptors back")
+    wait_until(lambda: peers_gone(scp.pid, tls_port, threads), timeout=10, what="connections closed, threads back")
 
 
 def test_a_caller_that_must_use_tls_is_rejected_on_the_plain_port_as_unknown(start_scp, tls_env, pki, storage):
@@ -390,9 +417,9 @@ def test_a_silent_peer_on_the_tls_port_holds_only_its_own_place_and_is_dropped_a
     tls_port = free_port()
     scp, _ = start_scp({**tls_env, "SCP_ACSE_TIMEOUT": "2"}, port=0, tls_port=tls_port)
     tls_hello(tls_port, pki["ca"].ca_file)
-    before = threads_and_descriptors(scp.pid)
+    threads = len(os.listdir(f"/proc/{scp.pid}/task"))
     with socket.create_connection(("127.0.0.1", tls_port), timeout=10) as silent:
         assert tls_hello(tls_port, pki["ca"].ca_file) == pki["router"].der  # others are served meanwhile
         silent.settimeout(10)
         assert silent.recv(1) == b""  # closed by the SCP after the ACSE timeout, no handshake
-    wait_until(lambda: threads_and_descriptors(scp.pid) <= before, timeout=10, what="threads and descriptors back")
+    wait_until(lambda: peers_gone(scp.pid, tls_port, threads), timeout=10, what="connections closed, threads back")
