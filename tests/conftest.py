@@ -9,6 +9,7 @@ from django.apps import apps
 from django.conf import settings as django_settings
 from django.db import connection
 
+from apps.reading.defaults import install_escalation_defaults
 from apps.studies.defaults import install_defaults
 
 from .support import procfile
@@ -55,6 +56,12 @@ def require_tool(name: str) -> str:
 def default_mapping(db) -> None:
     """The shipped classification and QC tables (transactional tests flush what the migration installed)."""
     install_defaults(apps.get_model)
+
+
+@pytest.fixture
+def escalation_ladder(db) -> None:
+    """The shipped escalation ladder (STAT: remind, reassign, supervisors, 5 minutes apart)."""
+    install_escalation_defaults(apps.get_model)
 
 
 @pytest.fixture

@@ -1,21 +1,26 @@
-"""Configuration as one YAML document: destinations, rules, prior rules, radiologists with shifts, the specialty
-mapping, the calling-AE allow-list and the retention policy. Import is all or nothing and idempotent;
-export writes the same format back. The format is documented in docs/configuration.md."""
+"""Configuration as one YAML document: every configuration model of the router (transforms, callers,
+destinations, rules, prior rules, radiologists with shifts and privileges, webhooks, the classification and
+QC tables, SLA policies, the escalation ladder, retention). Import is all or nothing and idempotent; export
+writes the same format back, with secrets only by reference. The format is documented in
+docs/configuration.md; versions, diffs and rollback are apps.configuration.versions."""
 
 from dataclasses import dataclass, field
-from datetime import time
+from datetime import date, time
 from urllib.parse import urlsplit
 
 import yaml
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, models, transaction
+from django.db.models import ProtectedError
 from pydicom import datadict as keyword_dictionary
 
+from apps.core import secret_refs
 from apps.core.timewindows import WEEKDAYS
 from apps.ingest.models import AllowedCaller
+from apps.notifications.models import WebhookEndpoint
 from apps.priors.models import PriorRule
-from apps.reading.models import Radiologist, Shift
+from apps.reading.models import EscalationPolicy, Privilege, Radiologist, Shift, SlaPolicy
 from apps.routing.health import destination_resume
 from apps.routing.models import (
     DeliveryWindow,
@@ -37,10 +42,13 @@ SECTIONS = (
     "rules",
     "prior_rules",
     "radiologists",
+    "webhooks",
     "specialty_mapping",
     "priority_keywords",
     "workload_weights",
     "qc_checks",
+    "sla_policies",
+    "escalation",
     "retention",
 )
 RETENTION_FIELDS = ("delivered_hours", "unrouted_hours", "failed_hours", "rejected_hours", "emergency_free_bytes")
@@ -75,20 +83,35 @@ class Report:
     created: list[str] = field(default_factory=list)
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
+    removed: list[str] = field(default_factory=list)  # by --prune
+    disabled: list[str] = field(default_factory=list)  # by --prune, where history keeps the row
 
     @property
     def changed(self) -> bool:
-        return bool(self.created or self.updated)
+        return bool(self.created or self.updated or self.removed or self.disabled)
 
     def __str__(self) -> str:
-        return f"{len(self.created)} created, {len(self.updated)} updated, {self.unchanged} unchanged"
+        text = f"{len(self.created)} created, {len(self.updated)} updated, {self.unchanged} unchanged"
+        if self.removed or self.disabled:
+            text += f", {len(self.removed)} removed, {len(self.disabled)} disabled (kept for their history)"
+        return text
 
 
-def config_import(text: str) -> Report:
+def document_parse(text: str) -> dict:
     try:
         document = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise ConfigError("the document must be a mapping with the sections " + ", ".join(SECTIONS))
+    return document
+
+
+def config_import(text: str, *, prune: bool = False) -> Report:
+    """Apply the document: entries are created or updated by their natural key, all or nothing. With
+    `prune`, entries of a section the document has but does not name are removed (or disabled, where
+    deliveries, assignments or notifications refer to them)."""
+    document = document_parse(text)
     if not isinstance(document, dict):
         raise ConfigError("the document must be a mapping with the sections " + ", ".join(SECTIONS))
     unknown = set(document) - set(SECTIONS)
@@ -103,6 +126,7 @@ def config_import(text: str) -> Report:
             ("rules", _import_rule),
             ("prior_rules", _import_prior_rule),
             ("radiologists", _import_radiologist),
+            ("webhooks", _import_webhook),
         ):
             entries = document.get(name) or []
             if not isinstance(entries, list):
@@ -131,6 +155,8 @@ def config_import(text: str) -> Report:
                     _import_table(name, document[name] or [], report)
                 except (ValidationError, ValueError, TypeError, KeyError) as exc:
                     raise ConfigError(f"{name}: {_message(exc)}") from exc
+        if prune:
+            _prune(document, report)
     return report
 
 
@@ -526,6 +552,7 @@ def _import_radiologist(entry: dict, report: Report) -> None:
             "seniority",
             "max_per_hour",
             "shifts",
+            "privileges",
         },
         {"username", "specialty"},
     )
@@ -546,14 +573,120 @@ def _import_radiologist(entry: dict, report: Report) -> None:
         "display_name": str(entry.get("name") or username),
         "specialty": str(entry["specialty"]),
         "subspecialty": str(entry.get("subspecialty", "")),
-        "status": str(entry.get("status", Radiologist.Status.ONLINE)),
         "capacity": float(entry.get("capacity", Radiologist._meta.get_field("capacity").default)),
         "seniority": int(entry.get("seniority", 0)),
         "max_per_hour": int(entry.get("max_per_hour", 0)),
     }
+    status = str(entry.get("status", Radiologist.Status.ONLINE))
+    if status not in Radiologist.Status.values:
+        raise ValueError(f"status {status!r} is not one of {', '.join(Radiologist.Status.values)}")
+    if not Radiologist.objects.filter(user=user).exists():
+        values["status"] = status  # state, not configuration: set when the reader is created, then theirs
     radiologist = _upsert(Radiologist, {"user": user}, values, report, label)
-    if _windows_sync(radiologist.shifts, Shift, {"radiologist": radiologist}, _windows_from(entry, "shifts")):
+    if _shifts_sync(radiologist, entry.get("shifts") or []):
         _mark_updated(report, label)
+    if _privileges_sync(radiologist, entry.get("privileges") or []):
+        _mark_updated(report, label)
+
+
+def _shifts_sync(radiologist: Radiologist, items: list) -> bool:
+    """Shifts are windows with `sets_online` (the reader counts as online during the shift)."""
+    if not isinstance(items, list):
+        raise ValueError("shifts must be a list")
+    flags = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each shift must be a mapping (days, start, end, timezone, sets_online)")
+        flags.append(bool(item.get("sets_online", False)))
+    windows = _windows_from({"shifts": [{k: v for k, v in i.items() if k != "sets_online"} for i in items]}, "shifts")
+    wanted = [(*window, flag) for window, flag in zip(windows, flags, strict=True)]
+    for days, start, end, tz, _ in wanted:
+        Shift(radiologist=radiologist, weekdays=days, start=start, end=end, timezone=tz).full_clean(
+            exclude=["radiologist"]
+        )
+    current = [(w.weekdays, w.start, w.end, w.timezone, w.sets_online) for w in radiologist.shifts.all()]
+    if current == wanted:
+        return False
+    radiologist.shifts.all().delete()
+    Shift.objects.bulk_create(
+        Shift(radiologist=radiologist, weekdays=d, start=st, end=e, timezone=tz, sets_online=on)
+        for d, st, e, tz, on in wanted
+    )
+    return True
+
+
+def _privileges_sync(radiologist: Radiologist, items: list) -> bool:
+    """`privileges: [{institution, expires_on}]`: where the reader may read, until when (none: no expiry).
+    A privilege whose expiry is unchanged keeps its "expiry warned" mark."""
+    if not isinstance(items, list):
+        raise ValueError("privileges must be a list")
+    wanted = {}
+    for item in items:
+        if not isinstance(item, dict):
+            raise ValueError("each privilege must be a mapping (institution, expires_on)")
+        _check_keys(item, {"institution", "expires_on"}, {"institution"})
+        expires = item.get("expires_on")
+        if expires is not None and not isinstance(expires, date):
+            try:
+                expires = date.fromisoformat(str(expires))
+            except ValueError as exc:
+                raise ValueError(f"privileges: expires_on {expires!r} is not YYYY-MM-DD") from exc
+        institution = str(item["institution"])
+        if institution in wanted:
+            raise ValueError(f"privileges: {institution} twice")
+        wanted[institution] = expires
+    current = {p.institution: p for p in radiologist.privileges.all()}
+    changed = False
+    for institution, privilege in current.items():
+        if institution not in wanted:
+            privilege.delete()
+            changed = True
+        elif privilege.expires_on != wanted[institution]:
+            privilege.expires_on, privilege.expiry_warned_on = wanted[institution], None
+            privilege.full_clean()
+            privilege.save(update_fields=["expires_on", "expiry_warned_on"])
+            changed = True
+    for institution, expires in wanted.items():
+        if institution not in current:
+            privilege = Privilege(radiologist=radiologist, institution=institution, expires_on=expires)
+            privilege.full_clean()
+            privilege.save()
+            changed = True
+    return changed
+
+
+WEBHOOK_FIELDS = ("url", "events", "enabled", "phi_approved")
+
+
+def _import_webhook(entry: dict, report: Report) -> None:
+    """A webhook endpoint; its `secret` is where the signing secret is (env:VARIABLE or file:/path)."""
+    _check_keys(entry, {"name", "secret", *WEBHOOK_FIELDS}, {"name", "url"})
+    name = str(entry["name"])
+    existing = WebhookEndpoint.objects.filter(name=name).first()
+    secret = entry.get("secret")
+    if secret is None and existing is None:
+        raise ValueError("secret: env:VARIABLE or file:/path (where the signing secret is)")
+    if secret is not None and not secret_refs.is_reference(str(secret)):
+        raise ValueError("secret: env:VARIABLE or file:/path, never the secret itself")
+    events = entry.get("events") or []
+    events = events.split(",") if isinstance(events, str) else events
+    values = {
+        "url": str(entry["url"]),
+        "events": ",".join(str(e).strip() for e in events if str(e).strip()),
+        "enabled": bool(entry.get("enabled", True)),
+        "phi_approved": bool(entry.get("phi_approved", False)),
+        "secret": str(secret) if secret is not None else existing.secret,
+    }
+    _upsert(WebhookEndpoint, {"name": name}, values, report, f"webhook {name}")
+
+
+def _export_webhook(w: WebhookEndpoint) -> dict:
+    out = {"name": w.name, "url": w.url}
+    if secret_refs.is_reference(w.secret):  # a literal from before references is never written out
+        out["secret"] = w.secret
+    if events := [e for e in w.events.split(",") if e]:
+        out["events"] = events
+    return out | {"enabled": w.enabled, "phi_approved": w.phi_approved}
 
 
 def _import_retention(entry: dict, report: Report) -> None:
@@ -593,6 +726,17 @@ def _mapping_row(index: int, item: dict) -> dict:
     }
 
 
+def _escalation_row(index: int, item: dict) -> dict:
+    steps = item.get("steps", EscalationPolicy._meta.get_field("steps").default)
+    steps = steps.split(",") if isinstance(steps, str) else steps
+    return {
+        "priority": str(item["priority"]).upper(),
+        "window_minutes": int(item.get("window_minutes", EscalationPolicy._meta.get_field("window_minutes").default)),
+        "steps": ",".join(str(step).strip() for step in steps),
+        "enabled": bool(item.get("enabled", True)),
+    }
+
+
 # Tables replaced as a whole when they differ: (model, builder of one row from an entry).
 TABLES = {
     "specialty_mapping": (SpecialtyMapping, _mapping_row),
@@ -619,6 +763,21 @@ TABLES = {
             "enabled": bool(item.get("enabled", True)),
         },
     ),
+    "sla_policies": (
+        SlaPolicy,
+        lambda i, item: {
+            "priority": str(item["priority"]).upper(),
+            "institution": str(item.get("institution", "")),
+            "acknowledge_minutes": int(item["acknowledge_minutes"]),
+            "report_minutes": int(item["report_minutes"]),
+            "at_risk_fraction": float(item.get("at_risk_fraction", 0.8)),
+        },
+    ),
+    "escalation": (EscalationPolicy, _escalation_row),
+}
+# How a table's row is written out, where not field by field.
+TABLE_EXPORTS = {
+    "escalation": lambda row: row | {"steps": row["steps"].split(",")},
 }
 
 
@@ -657,8 +816,9 @@ def _import_table(name: str, entries: list, report: Report) -> None:
     report.updated.append(name)
 
 
-def config_export() -> str:
-    document = {
+def config_document() -> dict:
+    """Every configuration model as the document's sections, in a stable order (secrets by reference only)."""
+    return {
         "transforms": [_export_transform(t) for t in TransformProfile.objects.order_by("name")],
         "callers": [_export_caller(c) for c in AllowedCaller.objects.order_by("ae_title", "host")],
         "destinations": [
@@ -673,15 +833,76 @@ def config_export() -> str:
                 "criteria", "destinations", "windows", "transforms__destination", "transforms__profile"
             )
         ],
-        "prior_rules": [_export_prior_rule(r) for r in PriorRule.objects.select_related("archive")],
+        "prior_rules": [_export_prior_rule(r) for r in PriorRule.objects.select_related("archive").order_by("name")],
         "radiologists": [
             _export_radiologist(r)
-            for r in Radiologist.objects.select_related("user").prefetch_related("shifts").order_by("user__username")
+            for r in Radiologist.objects.select_related("user")
+            .prefetch_related("shifts", "privileges")
+            .order_by("user__username")
         ],
-        **{name: _table_rows(model) for name, (model, _) in TABLES.items()},
+        "webhooks": [_export_webhook(w) for w in WebhookEndpoint.objects.order_by("name")],
+        **{
+            name: [TABLE_EXPORTS.get(name, dict)(row) for row in _table_rows(model)]
+            for name, (model, _) in TABLES.items()
+        },
         "retention": {name: getattr(RetentionPolicy.current(), name) for name in RETENTION_FIELDS},
     }
+
+
+def config_export() -> str:
+    return document_dump(config_document())
+
+
+def document_dump(document: dict) -> str:
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
+
+
+# --prune: (section, model, the entry's natural key as a lookup, how a row is disabled when history keeps it).
+PRUNABLE = (
+    ("rules", RoutingRule, lambda e: {"name": str(e["name"])}, None),
+    ("prior_rules", PriorRule, lambda e: {"name": str(e["name"])}, None),
+    ("destinations", Destination, lambda e: {"name": str(e["name"])}, {"enabled": False}),
+    ("transforms", TransformProfile, lambda e: {"name": str(e["name"])}, None),
+    ("callers", AllowedCaller, lambda e: {"ae_title": str(e["ae_title"]), "host": str(e.get("host", ""))}, None),
+    (
+        "radiologists",
+        Radiologist,
+        lambda e: {"user__username": str(e["username"])},
+        {"status": Radiologist.Status.OFFLINE},
+    ),
+    ("webhooks", WebhookEndpoint, lambda e: {"name": str(e["name"])}, {"enabled": False}),
+)
+
+
+def _prune(document: dict, report: Report) -> None:
+    """Remove what a section of the document does not name. A destination with deliveries, a reader with
+    assignments and a webhook with notifications are kept for that history, disabled (a reader: offline);
+    anything else that history keeps refuses the whole import."""
+    for section, model, lookup, disable in PRUNABLE:
+        if section not in document:
+            continue  # a section left out is left alone, as on import
+        named = models.Q(pk__in=[])
+        for entry in document[section] or []:
+            named |= models.Q(**lookup(entry))
+        for obj in model.objects.exclude(named):
+            label = f"{section[:-1].replace('_', ' ')} {obj}"
+            kept = isinstance(obj, WebhookEndpoint) and obj.notifications.exists()
+            if not kept:
+                try:
+                    with transaction.atomic():
+                        obj.delete()
+                    report.removed.append(label)
+                    continue
+                except ProtectedError as exc:
+                    if disable is None:
+                        raise ConfigError(f"--prune: {label} is still used ({exc.args[0]})") from exc
+            if disable is None:
+                raise ConfigError(f"--prune: {label} is still used")
+            if any(getattr(obj, k) != v for k, v in disable.items()):
+                for k, v in disable.items():
+                    setattr(obj, k, v)
+                obj.save(update_fields=list(disable))
+                report.disabled.append(label)
 
 
 def _clean(d: dict) -> dict:
@@ -756,15 +977,23 @@ def _export_transform(t: TransformProfile) -> dict:
 
 
 def _export_radiologist(r: Radiologist) -> dict:
-    return {
+    out = {
         "username": r.user.username,
         "name": r.display_name,
         "email": r.user.email,
         "specialty": r.specialty,
         "subspecialty": r.subspecialty,
-        "status": r.status,
         "capacity": r.capacity,
         "seniority": r.seniority,
         "max_per_hour": r.max_per_hour,
-        "shifts": _export_windows(r.shifts),
+        "shifts": [
+            window | ({"sets_online": True} if shift.sets_online else {})
+            for window, shift in zip(_export_windows(r.shifts), r.shifts.all(), strict=True)
+        ],
     }
+    if privileges := [
+        {"institution": p.institution, "expires_on": p.expires_on}
+        for p in sorted(r.privileges.all(), key=lambda p: p.institution)
+    ]:
+        out["privileges"] = privileges
+    return out

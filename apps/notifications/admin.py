@@ -1,6 +1,14 @@
 from django.contrib import admin
 
-from .models import Notification
+from apps.configuration.versioned import VersionedAdmin
+
+from .models import Notification, WebhookEndpoint
+
+
+@admin.register(WebhookEndpoint)
+class WebhookEndpointAdmin(VersionedAdmin, admin.ModelAdmin):
+    list_display = ("name", "url", "events", "enabled", "phi_approved")
+    list_filter = ("enabled", "phi_approved")
 
 
 @admin.register(Notification)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from django.core.mail import send_mail
 
+from apps.core import secret_refs
+
 from .models import Notification
 
 
@@ -23,8 +25,16 @@ def send_email(notification: Notification) -> None:
 WEBHOOK_TIMEOUT = 10
 
 
-def signature(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signature(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def endpoint_key(endpoint) -> bytes:
+    """The endpoint's signing secret, read where its reference says (env:VARIABLE or file:/path). A literal
+    kept from before references still signs; the configuration document never carries it."""
+    if secret_refs.is_reference(endpoint.secret):
+        return secret_refs.read(endpoint.secret)
+    return endpoint.secret.encode()
 
 
 def send_webhook(notification: Notification) -> None:
@@ -38,7 +48,7 @@ def send_webhook(notification: Notification) -> None:
         headers={
             "Content-Type": "application/json",
             "X-Router-Event": notification.event,
-            "X-Router-Signature": signature(endpoint.secret, body),
+            "X-Router-Signature": signature(endpoint_key(endpoint), body),
         },
     )
     with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:  # noqa: S310 - admin-set URL

@@ -1,6 +1,9 @@
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+from apps.core import secret_refs
 
 
 class WebhookEndpoint(models.Model):
@@ -8,7 +11,11 @@ class WebhookEndpoint(models.Model):
 
     name = models.SlugField(max_length=64, unique=True)
     url = models.URLField(max_length=500)
-    secret = models.CharField(max_length=255, help_text="Shared secret for the X-Router-Signature header.")
+    secret = models.CharField(
+        max_length=255,
+        help_text="Where the shared secret of the X-Router-Signature header is: env:VARIABLE or file:/path "
+        "(read when a message is signed; never the secret itself).",
+    )
     events = models.CharField(max_length=500, blank=True, help_text="Comma-separated events; empty: every event.")
     enabled = models.BooleanField(default=True)
     phi_approved = models.BooleanField(
@@ -17,6 +24,10 @@ class WebhookEndpoint(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if not secret_refs.is_reference(self.secret):
+            raise ValidationError({"secret": "env:VARIABLE or file:/path, never the secret itself"})
 
     def wants(self, event: str) -> bool:
         wanted = {e.strip() for e in self.events.split(",") if e.strip()}

@@ -99,7 +99,7 @@ def study_timeline(*, study_id: int) -> list[tuple]:
                 events.append((when, what, name))
         events += [(e.occurred_at, "SLA", e.get_kind_display()) for e in assignment.sla_events.all()]
     events += [
-        (s.done_at, f"escalation {s.level}", s.get_level_display() + (f": {s.detail}" if s.detail else ""))
+        (s.done_at, f"escalation {s.level}", s.get_action_display() + (f": {s.detail}" if s.detail else ""))
         for s in EscalationStep.objects.filter(study=study)
     ]
     notifications = Notification.objects.filter(subject_key__startswith="assignment:").filter(

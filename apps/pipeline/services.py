@@ -13,7 +13,7 @@ from apps.notifications.models import Notification
 from apps.notifications.services import notification_create, notification_webhooks
 from apps.ops import services as ops_services
 from apps.reading.defaults import SUPERVISORS_GROUP
-from apps.reading.models import Assignment, EscalationStep, SlaEvent
+from apps.reading.models import Assignment, EscalationPolicy, SlaEvent
 from apps.reading.services import EscalationAction, privileges_expiring
 from apps.routing.commitment import MAX_ATTEMPTS as COMMITMENT_MAX_ATTEMPTS
 from apps.routing.models import CommitmentRequest, Delivery, DeliveryItem, Destination
@@ -230,37 +230,39 @@ def _notify_users(users, *, event: str, subject_key: str, title: str, body: str)
 
 
 def escalation_notify(*, action: EscalationAction) -> list[int]:
-    """Tell whoever each escalation step concerns: the reader (reminder), the new reader (reassignment),
-    the supervisors (last step). Ids and accession only."""
+    """Tell whoever each escalation step concerns: the reader (remind), the new reader (reassign), the
+    supervisors (supervisors). Ids and accession only. Events: `stat_reminder`, `stat_reassigned`,
+    `stat_escalated` (the priority's name in front: `urgent_reminder` for an URGENT policy)."""
     step, assignment = action.step, action.assignment
     study = assignment.study
-    what = f"STAT study {study.pk} (accession {study.accession_number or '-'}, {study.modality or '-'})"
+    what = f"{study.priority} study {study.pk} (accession {study.accession_number or '-'}, {study.modality or '-'})"
     due = f"acknowledge was due {assignment.acknowledge_due_at:%H:%M} UTC"
     key = f"escalation:{step.pk}"
-    event = {1: "stat_reminder", 2: "stat_reassigned", 3: "stat_escalated"}[step.level]
+    suffix = {"remind": "reminder", "reassign": "reassigned", "supervisors": "escalated"}[step.action]
+    event = f"{study.priority.lower()}_{suffix}"
     hooks = _webhooks(event, key, study, assignment, level=step.level)
-    if step.level == EscalationStep.Level.REMIND:
+    if step.action == EscalationPolicy.Action.REMIND:
         return hooks + _notify_users(
             [assignment.radiologist.user],
-            event="stat_reminder",
+            event=event,
             subject_key=key,
             title=f"Reminder: {what} waits for you",
             body=f"{what} is not acknowledged; {due}.",
         )
-    if step.level == EscalationStep.Level.REASSIGN:
+    if step.action == EscalationPolicy.Action.REASSIGN:
         if step.detail.startswith("no other"):
             return hooks
         title, body = assignment_message(assignment)
         return hooks + _notify_users(
             [assignment.radiologist.user],
-            event="stat_reassigned",
+            event=event,
             subject_key=key,
             title=f"Reassigned to you: {title}",
             body=body,
         )
     return hooks + _notify_users(
         _supervisors(),
-        event="stat_escalated",
+        event=event,
         subject_key=key,
         title=f"Escalation: {what} not acknowledged",
         body=f"{what} is still not acknowledged by {assignment.radiologist.display_name}; {due}.",

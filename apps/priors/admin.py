@@ -1,11 +1,13 @@
 from django.contrib import admin
 
+from apps.configuration.versioned import VersionedAdmin
+
 from .models import PriorFetch, PriorRule, PriorStudy
 from .services import prior_fetch_retry
 
 
 @admin.register(PriorRule)
-class PriorRuleAdmin(admin.ModelAdmin):
+class PriorRuleAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("name", "enabled", "archive", "match", "max_age_years", "max_count", "modalities")
     list_filter = ("enabled", "match", "archive")
     search_fields = ("name", "description")

@@ -3,16 +3,22 @@ Actions that let a study go on say so by a signal (apps.core.signals); the pipel
 
 from django.contrib import admin
 
+from apps.configuration.versioned import VersionedAdmin
 from apps.core.signals import assignment_made, study_step_due
 
-from .models import Assignment, EscalationStep, Privilege, Radiologist, Shift, SlaEvent, SlaPolicy
+from .models import Assignment, EscalationPolicy, EscalationStep, Privilege, Radiologist, Shift, SlaEvent, SlaPolicy
 from .services import assignment_reassign, radiologist_status_set
 
 
 @admin.register(SlaPolicy)
-class SlaPolicyAdmin(admin.ModelAdmin):
+class SlaPolicyAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("priority", "institution", "acknowledge_minutes", "report_minutes", "at_risk_fraction")
     list_filter = ("priority",)
+
+
+@admin.register(EscalationPolicy)
+class EscalationPolicyAdmin(VersionedAdmin, admin.ModelAdmin):
+    list_display = ("priority", "window_minutes", "steps", "enabled")
 
 
 @admin.register(SlaEvent)
@@ -24,9 +30,9 @@ class SlaEventAdmin(admin.ModelAdmin):
 
 @admin.register(EscalationStep)
 class EscalationStepAdmin(admin.ModelAdmin):
-    list_display = ("study", "level", "assignment", "due_at", "done_at", "detail")
-    list_filter = ("level",)
-    readonly_fields = ("study", "assignment", "level", "due_at", "done_at", "detail")
+    list_display = ("study", "level", "action", "assignment", "due_at", "done_at", "detail")
+    list_filter = ("action",)
+    readonly_fields = ("study", "assignment", "level", "action", "due_at", "done_at", "detail")
 
 
 class ShiftInline(admin.TabularInline):
@@ -41,7 +47,7 @@ class PrivilegeInline(admin.TabularInline):
 
 
 @admin.register(Radiologist)
-class RadiologistAdmin(admin.ModelAdmin):
+class RadiologistAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("display_name", "user", "specialty", "subspecialty", "status", "capacity", "seniority")
     list_filter = ("specialty", "status")
     search_fields = ("display_name", "user__username", "user__email")

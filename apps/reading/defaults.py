@@ -7,6 +7,15 @@ DEFAULT_SLA_POLICIES = [
     {"priority": "ROUTINE", "institution": "", "acknowledge_minutes": 240, "report_minutes": 1440},
 ]
 
-# After the acknowledge target of a STAT study passes unanswered, one escalation step per window.
-ESCALATION_WINDOW_MINUTES = 5
+# The escalation ladder a new database starts with (installed by a migration; the document's `escalation`).
+DEFAULT_ESCALATION_POLICIES = [
+    {"priority": "STAT", "window_minutes": 5, "steps": "remind,reassign,supervisors"},
+]
 SUPERVISORS_GROUP = "supervisors"
+
+
+def install_escalation_defaults(get_model) -> None:
+    """The shipped escalation ladder, into an empty table (the migration and the tests use it)."""
+    policy = get_model("reading", "EscalationPolicy")
+    if not policy.objects.exists():
+        policy.objects.bulk_create(policy(**row) for row in DEFAULT_ESCALATION_POLICIES)

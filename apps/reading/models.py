@@ -1,6 +1,7 @@
 """Radiologists, their shifts, and assignments of studies to them."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -139,18 +140,52 @@ class SlaEvent(models.Model):
         return f"{self.assignment_id}: {self.kind}"
 
 
-class EscalationStep(models.Model):
-    """One step of a STAT study's escalation when nobody acknowledges it: 1 remind the reader, 2 reassign to
-    the next eligible reader, 3 tell the supervisors. Once per (study, level): a database key, not a hope."""
+class EscalationPolicy(models.Model):
+    """The escalation ladder of one priority: when nobody acknowledges a study of it, step k (of `steps`) is
+    taken at the first assignment's acknowledge target + (k - 1) windows. Shipped: STAT, 5 minutes, remind
+    the reader, reassign to the next eligible reader, tell the supervisors."""
 
-    class Level(models.IntegerChoices):
-        REMIND = 1
-        REASSIGN = 2
-        SUPERVISORS = 3
+    class Action(models.TextChoices):
+        REMIND = "remind", "remind the reader"
+        REASSIGN = "reassign", "reassign to the next eligible reader"
+        SUPERVISORS = "supervisors", "tell the supervisors"
+
+    priority = models.CharField(max_length=8, choices=Priority.choices, unique=True)
+    window_minutes = models.PositiveIntegerField(default=5, help_text="Minutes between one step and the next.")
+    steps = models.CharField(
+        max_length=200,
+        default="remind,reassign,supervisors",
+        help_text="Comma-separated, in order: remind, reassign, supervisors.",
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["priority"]
+        verbose_name_plural = "escalation policies"
+
+    def __str__(self) -> str:
+        return f"{self.priority}: {self.steps} every {self.window_minutes} min"
+
+    @property
+    def actions(self) -> list[str]:
+        return [step.strip() for step in self.steps.split(",") if step.strip()]
+
+    def clean(self) -> None:
+        unknown = [a for a in self.actions if a not in self.Action.values]
+        if unknown or not self.actions:
+            raise ValidationError({"steps": f"a list of {', '.join(self.Action.values)}; not {', '.join(unknown)}"})
+        if len(self.actions) > 9:
+            raise ValidationError({"steps": "at most 9 steps"})
+
+
+class EscalationStep(models.Model):
+    """One step taken in a study's escalation when nobody acknowledges it; what it did (`action`) is the
+    policy's step at `level` when it was taken. Once per (study, level): a database key, not a hope."""
 
     study = models.ForeignKey(Study, on_delete=models.CASCADE, related_name="escalations")
     assignment = models.ForeignKey(Assignment, on_delete=models.CASCADE, related_name="escalations")
-    level = models.PositiveSmallIntegerField(choices=Level.choices)
+    level = models.PositiveSmallIntegerField()
+    action = models.CharField(max_length=16, choices=EscalationPolicy.Action.choices, default="remind")
     due_at = models.DateTimeField()
     done_at = models.DateTimeField(default=timezone.now)
     detail = models.CharField(max_length=255, blank=True)
@@ -160,4 +195,4 @@ class EscalationStep(models.Model):
         constraints = [models.UniqueConstraint(fields=["study", "level"], name="escalation_step_once")]
 
     def __str__(self) -> str:
-        return f"study {self.study_id} level {self.level}"
+        return f"study {self.study_id} level {self.level} ({self.action})"

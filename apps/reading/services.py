@@ -10,8 +10,7 @@ from django.db.models import Avg, Count, F, Q, Sum
 from apps.core import clock
 from apps.studies.models import Priority, Stage, Study
 
-from .defaults import ESCALATION_WINDOW_MINUTES
-from .models import Assignment, EscalationStep, Privilege, Radiologist, SlaEvent, SlaPolicy
+from .models import Assignment, EscalationPolicy, EscalationStep, Privilege, Radiologist, SlaEvent, SlaPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -245,45 +244,48 @@ class EscalationAction:
 
 
 def escalation_sweep(*, now: datetime | None = None) -> list[EscalationAction]:
-    """STAT studies nobody acknowledged: take every escalation step whose time has come, once each.
+    """Studies nobody acknowledged, of a priority with an escalation policy: take every step whose time has
+    come, once each.
 
-    Step k is due at the first assignment's acknowledge target + (k - 1) escalation windows, all in UTC,
+    Step k is due at the first assignment's acknowledge target + (k - 1) of the policy's windows, all in UTC,
     so a missed or doubled Beat tick, two Beat processes or a DST change neither skip nor repeat a step.
     """
     now = now or clock.now()
-    window = timedelta(minutes=ESCALATION_WINDOW_MINUTES)
+    policies = {p.priority: p for p in EscalationPolicy.objects.filter(enabled=True)}
     actions = []
     waiting = Assignment.objects.filter(
-        status=Assignment.Status.ASSIGNED, study__priority=Priority.STAT, acknowledge_due_at__lte=now
-    ).values_list("study_id", flat=True)
-    for study_id in waiting:
+        status=Assignment.Status.ASSIGNED, study__priority__in=list(policies), acknowledge_due_at__lte=now
+    ).values_list("study_id", "study__priority")
+    for study_id, priority in waiting:
+        policy = policies[priority]
+        window = timedelta(minutes=policy.window_minutes)
         first = Assignment.objects.filter(study_id=study_id).exclude(acknowledge_due_at=None).order_by("assigned_at")[0]
-        for level in EscalationStep.Level:
+        for level, step in enumerate(policy.actions, start=1):
             due = first.acknowledge_due_at + (level - 1) * window
             if due > now:
                 break
-            action = _escalate(study_id, level, due, now)
+            action = _escalate(study_id, level, step, due, now)
             if action is not None:
                 actions.append(action)
     return actions
 
 
-def _escalate(study_id: int, level: int, due: datetime, now: datetime) -> EscalationAction | None:
+def _escalate(study_id: int, level: int, step: str, due: datetime, now: datetime) -> EscalationAction | None:
     with transaction.atomic():
         study = Study.objects.select_for_update().get(pk=study_id)
         current = study.assignments.filter(status=Assignment.Status.ASSIGNED).first()
         if current is None or EscalationStep.objects.filter(study=study, level=level).exists():
             return None  # acknowledged meanwhile, or this step was already taken
         detail = ""
-        if level == EscalationStep.Level.REASSIGN:
+        if step == EscalationPolicy.Action.REASSIGN:
             replacement = _reassign(study, current, now)
             detail = f"reassigned to {replacement.radiologist_id}" if replacement else "no other eligible reader"
             current = replacement or current
-        step = EscalationStep.objects.create(
-            study=study, assignment=current, level=level, due_at=due, done_at=now, detail=detail
+        taken = EscalationStep.objects.create(
+            study=study, assignment=current, level=level, action=step, due_at=due, done_at=now, detail=detail
         )
-    logger.info("escalation: study %s level %s %s", study_id, level, detail)
-    return EscalationAction(step=step, assignment=current)
+    logger.info("escalation: study %s level %s %s %s", study_id, level, step, detail)
+    return EscalationAction(step=taken, assignment=current)
 
 
 def _reassign(study: Study, current: Assignment, now: datetime) -> Assignment | None:

@@ -8,6 +8,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from apps.audit.services import audit_action
+from apps.configuration.versioned import VersionedAdmin
 from apps.core import clock
 from apps.core.signals import study_step_due
 from apps.studies import admin as studies_admin
@@ -52,7 +53,7 @@ class DeliveryWindowInline(admin.TabularInline):
 
 
 @admin.register(Destination)
-class DestinationAdmin(admin.ModelAdmin):
+class DestinationAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = (
         "name",
         "protocol",
@@ -209,7 +210,7 @@ class DryRunForm(forms.Form):
 
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = (
         "name",
         "priority",

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import reverse
 
 from apps.audit.services import audit_views
+from apps.configuration.versioned import VersionedAdmin
 from apps.core.signals import study_step_due
 
 from .models import (
@@ -115,32 +116,32 @@ class QualityAssessmentAdmin(admin.ModelAdmin):
 
 
 @admin.register(QcCheck)
-class QcCheckAdmin(admin.ModelAdmin):
+class QcCheckAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("name", "modality", "min_value", "max_value", "policy", "enabled")
     list_editable = ("min_value", "max_value", "policy", "enabled")
     list_filter = ("policy", "modality", "enabled")
 
 
 @admin.register(SpecialtyMapping)
-class SpecialtyMappingAdmin(admin.ModelAdmin):
+class SpecialtyMappingAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("order", "modality", "body_parts", "description_pattern", "specialty", "subspecialty", "enabled")
     list_editable = ("enabled",)
     list_filter = ("specialty", "enabled")
 
 
 @admin.register(PriorityKeyword)
-class PriorityKeywordAdmin(admin.ModelAdmin):
+class PriorityKeywordAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("keyword", "priority")
 
 
 @admin.register(WorkloadWeight)
-class WorkloadWeightAdmin(admin.ModelAdmin):
+class WorkloadWeightAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("modality", "body_part", "weight")
     list_editable = ("weight",)
 
 
 @admin.register(RetentionPolicy)
-class RetentionPolicyAdmin(admin.ModelAdmin):
+class RetentionPolicyAdmin(VersionedAdmin, admin.ModelAdmin):
     """One row: how long files are kept (docs/storage.md)."""
 
     list_display = ("__str__", "delivered_hours", "unrouted_hours", "failed_hours", "rejected_hours")

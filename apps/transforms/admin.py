@@ -7,6 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from apps.audit.services import audit_action
+from apps.configuration.versioned import VersionedAdmin
 
 from . import services
 from .models import PseudonymEntry, TransformProfile
@@ -17,7 +18,7 @@ class PreviewForm(forms.Form):
 
 
 @admin.register(TransformProfile)
-class TransformProfileAdmin(admin.ModelAdmin):
+class TransformProfileAdmin(VersionedAdmin, admin.ModelAdmin):
     list_display = ("name", "deidentify", "use_pseudonym_table", "secret", "description", "updated_at")
     search_fields = ("name", "description")
     change_form_template = "admin/transforms/transformprofile_change_form.html"

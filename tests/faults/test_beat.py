@@ -55,7 +55,7 @@ def sweeps_run(workers: list[Process], task: str = "escalations_due") -> int:
 
 
 def test_two_beats_at_once_take_each_escalation_step_once_and_notify_once(
-    start_scp, start_worker, start_beat, storescp, tmp_path
+    start_scp, start_worker, start_beat, storescp, tmp_path, escalation_ladder
 ):
     pacs, pacs_port, pacs_folder = storescp("PACS")
     config_import(CONFIG % {"port": pacs_port})

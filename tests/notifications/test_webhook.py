@@ -59,9 +59,12 @@ def webhook_ids():
     return list(Notification.objects.filter(channel="webhook").values_list("id", flat=True))
 
 
-def test_the_webhook_is_signed_and_carries_no_patient_name(storage, tmp_path, default_mapping):
+def test_the_webhook_is_signed_and_carries_no_patient_name(storage, tmp_path, default_mapping, monkeypatch):
+    monkeypatch.setenv("RIS_WEBHOOK_SECRET", "s3cret")
     with Receiver() as receiver:
-        WebhookEndpoint.objects.create(name="ris", url=receiver.url, secret="s3cret", events="stat_assigned")
+        WebhookEndpoint.objects.create(
+            name="ris", url=receiver.url, secret="env:RIS_WEBHOOK_SECRET", events="stat_assigned"
+        )
         assigned_study(storage, tmp_path)
         [notification_id] = webhook_ids()
         assert notification_send(notification_id=notification_id) == "sent"

@@ -18,7 +18,7 @@ NIGHT = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def night_readers(default_mapping, sla_policies):
+def night_readers(default_mapping, sla_policies, escalation_ladder):
     readers = []
     for name in ("first", "second"):
         r = Radiologist.objects.create(

@@ -6,7 +6,8 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from apps.configuration.services import ConfigError, config_import
+from apps.configuration.services import ConfigError
+from apps.configuration.versions import config_apply
 from apps.reading.models import Radiologist
 
 DEMO_CONFIG = Path(settings.BASE_DIR) / "docs" / "examples" / "demo.yaml"
@@ -20,7 +21,7 @@ class Command(BaseCommand):
         if settings.PRODUCTION:
             raise CommandError("loaddemo sets known passwords: it is for the embedded default, not production")
         try:
-            report = config_import(DEMO_CONFIG.read_text())
+            report = config_apply(DEMO_CONFIG.read_text(), author="loaddemo").report
         except ConfigError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"demo configuration: {report}")
