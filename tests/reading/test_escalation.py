@@ -186,3 +186,40 @@ def test_admins_are_warned_once_of_a_privilege_about_to_expire(night_readers):
     Privilege.objects.create(radiologist=first, institution="North", expires_on=date.today() + timedelta(days=3))
     assert len(privileges_expiring_notify()) == 2  # in-app and email to the one staff user
     assert privileges_expiring_notify() == []
+
+
+def test_an_escalation_window_of_two_minutes_set_in_the_document_paces_the_steps(night_readers):
+    from apps.configuration.services import config_import
+
+    config_import("escalation:\n  - {priority: STAT, window_minutes: 2, steps: [remind, reassign, supervisors]}\n")
+    stat_study(NIGHT)
+    assert sweep(NIGHT + timedelta(minutes=5)) == [(1, "First")]  # the acknowledge target, as before
+    assert sweep(NIGHT + timedelta(minutes=6, seconds=59)) == []
+    assert sweep(NIGHT + timedelta(minutes=7)) == [(2, "Second")]
+    assert sweep(NIGHT + timedelta(minutes=9)) == [(3, "Second")]
+    steps = EscalationStep.objects.order_by("level")
+    assert [(s.action, s.due_at - NIGHT) for s in steps] == [
+        ("remind", timedelta(minutes=5)),
+        ("reassign", timedelta(minutes=7)),
+        ("supervisors", timedelta(minutes=9)),
+    ]
+
+
+def test_a_ladder_of_other_steps_and_priorities_is_followed(night_readers):
+    from apps.configuration.services import config_import
+
+    config_import(
+        "escalation:\n"
+        "  - {priority: STAT, window_minutes: 5, steps: [supervisors]}\n"
+        "  - {priority: URGENT, window_minutes: 10, steps: [remind, supervisors]}\n"
+    )
+    stat_study(NIGHT)
+    urgent = Study.objects.create(
+        study_instance_uid="1.2.4", specialty="neuroradiology", priority="URGENT", stage=Stage.ROUTED, received_at=NIGHT
+    )
+    study_assign(study_id=urgent.pk, now=NIGHT)  # acknowledge within 30 minutes
+    assert sweep(NIGHT + timedelta(minutes=5)) == [(1, "First")]
+    assert sweep(NIGHT + timedelta(minutes=30)) == [(1, "Second")]
+    assert sweep(NIGHT + timedelta(minutes=40)) == [(2, "Second")]
+    events = sorted(Notification.objects.filter(channel="in_app").values_list("event", "recipient__username"))
+    assert events == [("stat_escalated", "boss"), ("urgent_escalated", "boss"), ("urgent_reminder", "second")]
