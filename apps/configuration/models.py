@@ -10,7 +10,6 @@ class ConfigVersion(models.Model):
     class Source(models.TextChoices):
         ADMIN = "admin", "admin"
         IMPORT = "import", "import"
-        API = "api", "API"
         ROLLBACK = "rollback", "rollback"
         BASELINE = "baseline", "baseline (what was there before the first recorded change)"
 
