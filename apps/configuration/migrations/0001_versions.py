@@ -29,7 +29,6 @@ class Migration(migrations.Migration):
                         choices=[
                             ("admin", "admin"),
                             ("import", "import"),
-                            ("api", "API"),
                             ("rollback", "rollback"),
                             ("baseline", "baseline (what was there before the first recorded change)"),
                         ],
