@@ -254,6 +254,18 @@ SCP_PROCESSES = env_int("SCP_PROCESSES", 1)
 SCP_PROXY_PROTOCOL = env_bool("SCP_PROXY_PROTOCOL", False)
 SCP_PROXY_FROM = env_list("SCP_PROXY_FROM", [])
 SCP_MAX_ASSOCIATIONS = env_int("SCP_MAX_ASSOCIATIONS", 16)
+# Seconds between two heartbeats of an SCP or worker process (/healthz, and the SCP's refusal counts).
+HEARTBEAT_INTERVAL = env_float("HEARTBEAT_INTERVAL", 30.0)
+# The door (apps/ingest/door.py, docs/security.md): connections not associated yet are counted apart from
+# associations, and bounded per process and per source address; one host holds at most
+# SCP_MAX_ASSOCIATIONS_PER_ADDRESS associations (an allow-list entry with a host may set its own figure).
+SCP_MAX_PENDING = env_int("SCP_MAX_PENDING", 64)
+SCP_MAX_PENDING_PER_ADDRESS = env_int("SCP_MAX_PENDING_PER_ADDRESS", 8)
+SCP_MAX_ASSOCIATIONS_PER_ADDRESS = env_int("SCP_MAX_ASSOCIATIONS_PER_ADDRESS", 8)
+# From the connect to the whole A-ASSOCIATE-RQ (a PROXY header and the TLS handshake included).
+SCP_NEGOTIATION_TIMEOUT = env_float("SCP_NEGOTIATION_TIMEOUT", 5.0)
+# New connections from one address, a second on average (bursts up to 2.5 s worth); beyond, closed at once.
+SCP_CONNECTION_RATE_PER_ADDRESS = env_float("SCP_CONNECTION_RATE_PER_ADDRESS", 20.0)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)

@@ -200,8 +200,10 @@ def _upsert(model: type[models.Model], lookup: dict, values: dict, report: Repor
 
 
 def _import_caller(entry: dict, report: Report) -> None:
-    _check_keys(entry, {"ae_title", "host", "enabled", "description", "tls", "may"}, {"ae_title"})
+    _check_keys(entry, {"ae_title", "host", "enabled", "description", "tls", "may", "max_associations"}, {"ae_title"})
     values = {"enabled": bool(entry.get("enabled", True)), "description": str(entry.get("description", ""))}
+    limit = entry.get("max_associations")
+    values["max_associations"] = None if limit is None else int(limit)
     values |= _caller_grants(entry.get("may"), entry["ae_title"])
     values |= _caller_tls_fields(entry.get("tls"))
     _upsert(
@@ -922,7 +924,15 @@ def _export_windows(manager) -> list[dict]:
 
 
 def _export_caller(c: AllowedCaller) -> dict:
-    out = _clean({"ae_title": c.ae_title, "host": c.host, "enabled": c.enabled, "description": c.description})
+    out = _clean(
+        {
+            "ae_title": c.ae_title,
+            "host": c.host,
+            "enabled": c.enabled,
+            "description": c.description,
+            "max_associations": c.max_associations,
+        }
+    )
     if grants := [name for name, flag in (("query", c.may_query), ("retrieve", c.may_retrieve)) if flag]:
         out["may"] = grants
     if c.tls_required or c.client_ca_file or c.client_subject or c.client_sha256:

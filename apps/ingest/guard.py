@@ -17,7 +17,10 @@ reads and decodes a PDU as pynetdicom does (same decoder, same state-machine eve
   we advertised (plus a small allowance for senders that count it loosely), any other PDU as long as
   `max_associate_pdu`; the first PDU must be an A-ASSOCIATE-RQ (PS3.8: anything else aborts);
 - the whole PDU must arrive within a deadline: the ACSE timeout before the association is established,
-  the network (idle) timeout after;
+  the network (idle) timeout after; and everything before the association (a PROXY header, the TLS
+  handshake, the whole A-ASSOCIATE-RQ) within the negotiation deadline from the connect (door.py);
+- a complete A-ASSOCIATE-RQ asks the door for an association slot; without one it is rejected as
+  transient, local limit exceeded (2, 3, 2), as pynetdicom rejects beyond its own maximum;
 - a connection that ends, or is ended, before the association was requested also ends its acceptor
   thread at once, so it gives its place back;
 - on a TLS connection the handshake comes first, within the same deadline (the SCP's server leaves it to
@@ -46,6 +49,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT
 from pynetdicom.transport import AddressInformation
 
+from . import door as doors
 from . import proxy_protocol
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -71,6 +75,7 @@ INVALID_PDU_PARAMETER_VALUE = 0x06
 class PduLimits:
     max_pdu: int  # the maximum length of a P-DATA-TF, as we advertise it
     max_associate_pdu: int  # any other PDU (in practice the A-ASSOCIATE-RQ)
+    negotiation_timeout: float | None = None  # from the connect to the whole A-ASSOCIATE-RQ; None: no bound
 
     def __post_init__(self) -> None:
         if self.max_pdu <= 0:
@@ -95,10 +100,27 @@ class _NoProxyHeader(Exception):
     pass
 
 
+class _Dropped(Exception):
+    """Dropped by the door (which logged it)."""
+
+
+# A-ASSOCIATE-RJ: rejected-transient, service provider (presentation related), local limit exceeded.
+REJECT_LOCAL_LIMIT = struct.pack(">BBLBBBB", 0x03, 0x00, 4, 0x00, 0x02, 0x03, 0x02)
+
+
 class PduGuard:
-    def __init__(self, dul: "DULServiceProvider", limits: PduLimits) -> None:
+    def __init__(
+        self,
+        dul: "DULServiceProvider",
+        limits: PduLimits,
+        door: "doors.Door | None" = None,
+        ticket: "doors.Ticket | None" = None,
+    ) -> None:
         self.dul = dul
         self.limits = limits
+        self.door, self.ticket = door, ticket
+        opened = ticket.opened if ticket is not None else time.monotonic()
+        self.negotiation_deadline = None if limits.negotiation_timeout is None else opened + limits.negotiation_timeout
         # Our own record, not the state machine's: the DUL may read before it has processed the
         # connection's own event (Sta1 -> Sta2).
         self.requested = False
@@ -112,6 +134,8 @@ class PduGuard:
             return
         timeout = self._timeout()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.requested and self.negotiation_deadline is not None:
+            deadline = self.negotiation_deadline if deadline is None else min(deadline, self.negotiation_deadline)
         try:
             if isinstance(raw, proxy_protocol.Pending) and not raw.header_read:
                 self._take_proxy_header(raw, deadline)
@@ -131,16 +155,27 @@ class PduGuard:
                     f"PDU type 0x{pdu_type:02X} declares {length} bytes, over {bound}", INVALID_PDU_PARAMETER_VALUE
                 )
             body = self._receive(raw, length, deadline)
+            if not self.requested and not self._slot():
+                with contextlib.suppress(OSError):
+                    raw.settimeout(1)
+                    raw.sendall(REJECT_LOCAL_LIMIT)
+                self._end(raw, abort_reason=None)
+                return
         except _Refused as refused:
-            logger.warning("connection from %s aborted: %s", self._peer(), refused)
+            if not self._late():  # a late one is counted and logged by the door
+                logger.warning("connection from %s aborted: %s", self._peer(), refused)
             self._end(raw, abort_reason=refused.reason)
+            return
+        except _Dropped:
+            self._end(raw, abort_reason=None)
             return
         except _NoProxyHeader as missing:
             logger.warning("connection from the load balancer %s dropped: %s", self._peer(), missing)
             self._end(raw, abort_reason=None)  # not a DICOM peer we know: nothing to say to it
             return
         except _HandshakeFailed as failed:
-            logger.warning("TLS connection from %s refused: %s", self._peer(), failed)
+            if not self._late():  # a late one is counted and logged by the door
+                logger.warning("TLS connection from %s refused: %s", self._peer(), failed)
             self._end(raw, abort_reason=None)  # no A-ABORT: there is no TLS session to send it in
             return
         except (OSError, EOFError):
@@ -161,6 +196,20 @@ class PduGuard:
         dul.event_queue.put(event)
         dul._recv_pdu.put(pdu)
 
+    def _slot(self) -> bool:
+        """The A-ASSOCIATE-RQ is complete: an association slot from the door (no door: pynetdicom's count)."""
+        return self.door is None or self.ticket is None or self.door.associate(self.ticket)
+
+    def _late(self) -> bool:
+        """Past the negotiation deadline without an A-ASSOCIATE-RQ (the door counts and logs it when the
+        connection's threads end)."""
+        return (
+            self.door is not None
+            and not self.requested
+            and self.negotiation_deadline is not None
+            and time.monotonic() >= self.negotiation_deadline
+        )
+
     def _timeout(self) -> float | None:
         assoc = self.dul.assoc
         return assoc.network_timeout if assoc.is_established else assoc.acse_timeout
@@ -178,6 +227,12 @@ class PduGuard:
         raw.header_read = True
         if source.address is not None:  # else the balancer's own check: it stays the requestor
             self.dul.assoc.requestor.address_info = AddressInformation(source.address, source.port)
+            if (
+                self.door is not None
+                and self.ticket is not None
+                and not self.door.readdress(self.ticket, source.address)
+            ):
+                raise _Dropped
 
     def _shake_hands(self, raw: ssl.SSLSocket, deadline: float | None) -> None:
         """The TLS handshake, in this association's thread and within the time the first PDU has."""
@@ -235,9 +290,11 @@ class PduGuard:
         return str(self.dul.assoc.requestor.address)
 
 
-def install(assoc: "Association", limits: PduLimits) -> None:
+def install(
+    assoc: "Association", limits: PduLimits, door: "doors.Door | None" = None, ticket: "doors.Ticket | None" = None
+) -> None:
     """Guard the PDU reads of `assoc`, an acceptor whose threads have not started yet (EVT_CONN_OPEN)."""
-    assoc.dul._read_pdu_data = PduGuard(assoc.dul, limits).read
+    assoc.dul._read_pdu_data = PduGuard(assoc.dul, limits, door, ticket).read
     raw = assoc.dul.socket.socket if assoc.dul.socket else None
     if raw is not None:
         # Sends get a bound too: a peer that stops reading cannot hold a thread in send() for ever.

@@ -35,6 +35,11 @@ class AllowedCaller(models.Model):
     may_retrieve = models.BooleanField(
         default=False, help_text="May have held studies sent (C-MOVE to a known destination, C-GET to itself)."
     )
+    max_associations = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        help_text="With a host: the associations that host may hold at once (empty: SCP_MAX_ASSOCIATIONS_PER_ADDRESS).",
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["ae_title", "host"], name="allowed_caller_unique")]

@@ -29,7 +29,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from apps.core.tls import Reloading, peer_certificate
 
-from . import guard, proxy_protocol, reactor, services, streaming
+from . import door, guard, proxy_protocol, reactor, services, streaming
 from .storage import Spool
 
 logger = logging.getLogger(__name__)
@@ -69,11 +69,26 @@ MAX_URGENCY_VALUES = 64
 class Limits:
     """What peers may take of the SCP (settings.SCP_*; see docs/configuration.md)."""
 
-    max_associations: int = 16  # connections, in fact: pynetdicom counts every acceptor thread
+    max_associations: int = 16  # established associations (the door's; door.py)
     max_pdu: int = 131072  # advertised; a P-DATA-TF declaring more is refused before it is read
     max_associate_pdu: int = 65536  # any other PDU
     acse_timeout: float = 30  # to negotiate, and to send any one PDU before the association
     idle_timeout: float = 120  # silence, and time to send any one PDU, once associated
+    max_pending: int = 64  # connections not associated yet
+    max_pending_per_address: int = 8
+    max_associations_per_address: int = 8
+    negotiation_timeout: float = 5  # from the connect to the whole A-ASSOCIATE-RQ (TLS handshake included)
+    connection_rate_per_address: float = 20  # new connections a second from one address; 0: no limit
+
+    def door_limits(self) -> door.DoorLimits:
+        return door.DoorLimits(
+            pending=self.max_pending,
+            pending_per_address=self.max_pending_per_address,
+            associations=self.max_associations,
+            associations_per_address=self.max_associations_per_address,
+            negotiation_timeout=self.negotiation_timeout,
+            rate_per_address=self.connection_rate_per_address,
+        )
 
 
 def _dataset_status(outcome: services.Outcome) -> Dataset | int:
@@ -94,8 +109,10 @@ class StoreSCP:
         on_studies_received: StudiesReceived,
         pdu_limits: guard.PduLimits,
         on_study_started: StudyStarted | None = None,
+        entrance: door.Door | None = None,
     ) -> None:
         self.ae_title = ae_title
+        self.entrance = entrance
         self.spool = spool
         self.on_studies_received = on_studies_received
         self.on_study_started = on_study_started
@@ -123,10 +140,12 @@ class StoreSCP:
         with contextlib.suppress(OSError, AttributeError):
             event.assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         assoc = event.assoc
-        guard.install(assoc, self.pdu_limits)
+        ticket = self.entrance.ticket(assoc.dul.socket.socket if assoc.dul.socket else None) if self.entrance else None
+        guard.install(assoc, self.pdu_limits, self.entrance, ticket)
         close_wakeups = reactor.install(assoc)
         self.streams.watch(assoc)
-        _when_thread_ends(assoc, lambda: self.streams.end(assoc), close_wakeups)
+        done = (lambda: self.entrance.closed(ticket)) if self.entrance else (lambda: None)
+        _when_thread_ends(assoc, lambda: self.streams.end(assoc), close_wakeups, done)
 
     def on_acse_recv(self, event) -> None:
         """Admission: the calling AE title must be allowed from this host, and over TLS with the client
@@ -143,6 +162,8 @@ class StoreSCP:
         close_old_connections()
         try:
             self._allow_list = services.allowed_callers()
+            if self.entrance is not None:
+                self.entrance.own_figures(services.association_figures())
         except DatabaseError:
             # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
             connection.close()
@@ -249,11 +270,14 @@ def _when_thread_ends(assoc, *callbacks: Callable[[], None]) -> None:
 
 def build_ae(*, ae_title: str, limits: Limits) -> AE:
     ae = AE(ae_title=ae_title)
-    # Beyond it pynetdicom rejects the association as transient, local limit exceeded (2, 3, 2).
-    ae.maximum_associations = limits.max_associations
+    # pynetdicom counts every acceptor thread, pending connections included: the door (door.py) keeps
+    # both bounds, so pynetdicom's own (a rejection as transient, local limit exceeded) is never reached.
+    ae.maximum_associations = limits.max_associations + limits.max_pending
     ae.maximum_pdu_size = limits.max_pdu
-    # Before association: time to send the A-ASSOCIATE-RQ (pynetdicom's ARTIM and its wait for the request).
-    ae.acse_timeout = limits.acse_timeout
+    # Before association: time to send the A-ASSOCIATE-RQ (pynetdicom's ARTIM and its wait for the request),
+    # within the negotiation deadline: a peer that connects and says nothing never wakes the guard, and
+    # pynetdicom's wait is what ends it.
+    ae.acse_timeout = min(limits.acse_timeout, limits.negotiation_timeout)
     # After: an association silent this long is aborted.
     ae.network_timeout = limits.idle_timeout
     ae.dimse_timeout = 60  # only for requests of our own: a storage SCP sends none
@@ -292,6 +316,19 @@ class _Server(ThreadedAssociationServer):
 
     tls: Reloading | None = None
     proxy: proxy_protocol.Balancers | None = None
+    entrance: door.Door | None = None
+    # socketserver's default is 5: a burst of connections (an attacker's) would fill the kernel's queue and
+    # make a modality's connect wait for SYN retransmissions. The door refuses at once what it must.
+    request_queue_size = 512
+
+    def verify_request(self, request, client_address) -> bool:
+        """The door, in the acceptor thread: a connection over the pending limits is closed before any
+        thread is started for it (socketserver closes what this refuses)."""
+        if self.entrance is None:
+            return True
+        host = client_address[0]
+        balancer = self.proxy is not None and self.proxy.speaks_for(host)
+        return self.entrance.admit(request, host, limited=not balancer)
 
     def get_request(self):
         client, address = self.socket.accept()
@@ -335,7 +372,12 @@ def serve(
 
     `extra_services`: more DIMSE services on the same AE (query/retrieve), each with `configure(ae)` to add its
     presentation contexts and `handlers()` to bind its events; ingest knows nothing else of them."""
-    pdu_limits = guard.PduLimits(max_pdu=limits.max_pdu, max_associate_pdu=limits.max_associate_pdu)
+    pdu_limits = guard.PduLimits(
+        max_pdu=limits.max_pdu,
+        max_associate_pdu=limits.max_associate_pdu,
+        negotiation_timeout=limits.negotiation_timeout,
+    )
+    entrance = door.Door(limits.door_limits())
     streaming.install()
     ae = build_ae(ae_title=ae_title, limits=limits)
     for service in extra_services:
@@ -346,13 +388,14 @@ def serve(
         on_studies_received=on_studies_received,
         pdu_limits=pdu_limits,
         on_study_started=on_study_started,
+        entrance=entrance,
     )
     handlers = scp.handlers() + [h for service in extra_services for h in service.handlers()]
     servers = []
     for listener in listeners:
         if listener.tls is not None and listener.proxy is not None:
             raise ValueError("the PROXY protocol is for plain listeners only")
-        attributes = {"tls": listener.tls, "proxy": listener.proxy}
+        attributes = {"tls": listener.tls, "proxy": listener.proxy, "entrance": entrance}
         base = _Server
         if listener.fd is not None:
             base, attributes["listen_fd"] = _InheritedSocketServer, listener.fd

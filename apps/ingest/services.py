@@ -160,6 +160,15 @@ def allowed_callers() -> list[Caller]:
     return [Caller(*row) for row in AllowedCaller.objects.filter(enabled=True).values_list(*fields)]
 
 
+def association_figures() -> dict[str, int]:
+    """Hosts whose allow-list entry sets its own association limit (the door's; docs/security.md)."""
+    rows = AllowedCaller.objects.filter(enabled=True, max_associations__isnull=False).exclude(host="")
+    figures: dict[str, int] = {}
+    for host, limit in rows.values_list("host", "max_associations"):
+        figures[host] = max(figures.get(host, 0), limit)
+    return figures
+
+
 def caller_allowed(allow_list: list[Caller], *, ae_title: str, peer: Peer) -> bool:
     """An empty allow-list admits everyone; otherwise an entry for this title must admit this host (or
     have none), and its TLS terms: the TLS port, a client certificate issued by its CA, with its subject

@@ -3,30 +3,34 @@
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 from celery.signals import worker_ready, worker_shutdown
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 from .services import heartbeat
 
 logger = logging.getLogger(__name__)
-HEARTBEAT_INTERVAL = 30.0
 _stop = threading.Event()
 
 
-def start(role: str, name: str, stop: threading.Event | None = None) -> threading.Thread:
-    """Report now and then every interval until `stop` is set; a database outage only skips beats."""
+def start(
+    role: str, name: str, stop: threading.Event | None = None, counters: Callable[[], dict] | None = None
+) -> threading.Thread:
+    """Report now and then every HEARTBEAT_INTERVAL seconds until `stop` is set, with the process's
+    `counters()` if it keeps any; a database outage only skips beats."""
     stop = stop or _stop
 
     def run() -> None:
         while True:
             try:
-                heartbeat(role=role, name=name)
+                heartbeat(role=role, name=name, counters=counters() if counters else None)
             except DatabaseError as exc:
                 logger.warning("heartbeat of %s %s skipped: %s", role, name, type(exc).__name__)
             finally:
                 connection.close()
-            if stop.wait(HEARTBEAT_INTERVAL):
+            if stop.wait(settings.HEARTBEAT_INTERVAL):
                 return
 
     thread = threading.Thread(target=run, name=f"heartbeat-{role}", daemon=True)

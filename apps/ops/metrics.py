@@ -83,9 +83,17 @@ def _heartbeats():
         "Seconds since each process last reported (beat: Beat's tick, run by the stat worker)",
         labels=["role", "name"],
     )
+    refused = CounterMetricFamily(
+        "router_scp_refused_connections",
+        "Connections the SCP refused or dropped since the process started, by reason (docs/security.md)",
+        labels=["scp", "reason"],
+    )
     for beat in Heartbeat.objects.order_by("role", "name"):
         age.add_metric([beat.role, beat.name], max((now - beat.last_seen).total_seconds(), 0.0))
+        for reason, n in sorted((beat.counters or {}).get("refused", {}).items()):
+            refused.add_metric([beat.name, reason], n)
     yield age
+    yield refused
 
 
 def _receipt():

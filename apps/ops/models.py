@@ -8,6 +8,9 @@ class Heartbeat(models.Model):
     role = models.CharField(max_length=16)
     name = models.CharField(max_length=255)
     last_seen = models.DateTimeField(default=timezone.now)
+    counters = models.JSONField(
+        default=dict, blank=True, help_text="Counts the process keeps since it started (an SCP: refusals by reason)."
+    )
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["role", "name"], name="heartbeat_unique")]

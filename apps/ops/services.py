@@ -15,8 +15,11 @@ from .models import Heartbeat
 HEARTBEAT_STALE = timedelta(seconds=90)
 
 
-def heartbeat(*, role: str, name: str, now: datetime | None = None) -> None:
-    Heartbeat.objects.update_or_create(role=role, name=name, defaults={"last_seen": now or clock.now()})
+def heartbeat(*, role: str, name: str, now: datetime | None = None, counters: dict | None = None) -> None:
+    defaults = {"last_seen": now or clock.now()}
+    if counters is not None:
+        defaults["counters"] = counters
+    Heartbeat.objects.update_or_create(role=role, name=name, defaults=defaults)
 
 
 def free_bytes() -> int | None:

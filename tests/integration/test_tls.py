@@ -30,7 +30,7 @@ from ..support.config import ACHEN_ON_SHIFT
 from ..support.dicom import storescu, synthetic_study
 from ..support.orthanc import Orthanc
 from ..support.pipeline import receive_study, run_steps
-from ..support.processes import Process, free_port, wait_until
+from ..support.processes import Process, connections_held, free_port, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -103,32 +103,6 @@ def tls_hello(port: int, ca: str, **context_options) -> bytes:
         context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
     ):
         return conn.getpeercert(binary_form=True)
-
-
-def connections_held(pid: int, port: int) -> int:
-    """The connections the process `pid` accepted on `port` and still holds open (its listener aside).
-
-    Counted by socket, not by descriptor: a database or broker connection the process opens meanwhile (a
-    heartbeat, say) is no connection a peer made, and once made a difference of one to a descriptor count.
-    """
-    held = set()
-    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
-        with open(table) as lines:
-            next(lines)
-            for line in lines:
-                fields = line.split()
-                local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
-                if local_port == port and state != "0A":  # 0A: LISTEN
-                    held.add(f"socket:[{inode}]")
-    fds = f"/proc/{pid}/fd"
-    return sum(1 for fd in os.listdir(fds) if _link(f"{fds}/{fd}") in held)
-
-
-def _link(path: str) -> str:
-    try:
-        return os.readlink(path)
-    except FileNotFoundError:
-        return ""  # closed while we looked
 
 
 def peers_gone(pid: int, port: int, threads_before: int) -> bool:

@@ -22,7 +22,7 @@ transforms:
     secret: env:ROUTER_SECRET_RESEARCH
     pseudonym_table: true
 callers:
-  - {ae_title: CT_NORTH, host: 10.0.0.5, enabled: true, description: north CT}
+  - {ae_title: CT_NORTH, host: 10.0.0.5, enabled: true, description: north CT, max_associations: 12}
   - ae_title: CT_SOUTH
     tls: {required: true, ca: /etc/router/tls/modalities-ca.pem, subject: ct-south,
           sha256: "AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB:AB"}

@@ -133,3 +133,29 @@ def dcmtk(name: str) -> str:
     if found is None or Path(found).parent == BIN:
         raise FileNotFoundError(f"dcmtk's {name} is not installed (make test installs the dcmtk package)")
     return found
+
+
+def connections_held(pid: int, port: int) -> int:
+    """The connections the process `pid` accepted on `port` and still holds open (its listener aside).
+
+    Counted by socket, not by descriptor: a database or broker connection the process opens meanwhile (a
+    heartbeat, say) is no connection a peer made, and once made a difference of one to a descriptor count.
+    """
+    held = set()
+    for table in (f"/proc/{pid}/net/tcp", f"/proc/{pid}/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local_port, state, inode = int(fields[1].rsplit(":", 1)[1], 16), fields[3], fields[9]
+                if local_port == port and state != "0A":  # 0A: LISTEN
+                    held.add(f"socket:[{inode}]")
+    fds = f"/proc/{pid}/fd"
+    return sum(1 for fd in os.listdir(fds) if _link(f"{fds}/{fd}") in held)
+
+
+def _link(path: str) -> str:
+    try:
+        return os.readlink(path)
+    except FileNotFoundError:
+        return ""  # closed while we looked

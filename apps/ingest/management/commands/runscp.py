@@ -82,6 +82,11 @@ class Command(BaseCommand):
                 max_associate_pdu=settings.SCP_MAX_ASSOCIATE_PDU,
                 acse_timeout=settings.SCP_ACSE_TIMEOUT,
                 idle_timeout=settings.SCP_IDLE_TIMEOUT,
+                max_pending=settings.SCP_MAX_PENDING,
+                max_pending_per_address=settings.SCP_MAX_PENDING_PER_ADDRESS,
+                max_associations_per_address=settings.SCP_MAX_ASSOCIATIONS_PER_ADDRESS,
+                negotiation_timeout=settings.SCP_NEGOTIATION_TIMEOUT,
+                connection_rate_per_address=settings.SCP_CONNECTION_RATE_PER_ADDRESS,
             ),
         )
         ports = [server.server_address[1] for server in servers]
@@ -92,7 +97,13 @@ class Command(BaseCommand):
             for number, listener in zip(ports, listeners, strict=True)
         )
         self.stdout.write(f"SCP {ae_title} listening on {addresses}{which}", ending="\n")
-        heartbeats.start("scp", f"{socket.gethostname()}:{port}{suffix}", stop=stopping)
+        entrance = servers[0].entrance
+        heartbeats.start(
+            "scp",
+            f"{socket.gethostname()}:{port}{suffix}",
+            stop=stopping,
+            counters=lambda: {"refused": dict(entrance.refused)},
+        )
         self.stdout.flush()
         stop.wait()
         stopping.set()

@@ -1,0 +1,192 @@
+"""Who may hold a connection to the SCP: pending connections (not yet associated) apart from associations,
+and per source address limits, so that one host, silent or flooding, cannot keep the others out.
+
+pynetdicom counts every acceptor thread as an association, from the connect on: 40 connections that never
+send an A-ASSOCIATE-RQ used to fill the router for the ACSE timeout (30 s), and again on every reconnect.
+Here a connection is *pending* from its accept until its A-ASSOCIATE-RQ has arrived in full, within the
+negotiation deadline (guard.py reads it), and only then asks for an association slot:
+
+- at the accept (the acceptor thread, before any thread is started for it): refused, by closing it, when
+  the process holds `pending` pending connections, or its address holds `pending_per_address`, or its
+  address opened more than `rate_per_address` connections a second (on average; bursts up to
+  RATE_BURST_SECONDS times that): a flood of short associations costs an accept and a close each;
+- at its A-ASSOCIATE-RQ: rejected as transient, local limit exceeded (2, 3, 2), when the process holds
+  `associations` associations, or its address `associations_per_address` (an allow-list entry with a host
+  and `max_associations` sets that host's own figure).
+
+Behind a load balancer that sends the PROXY protocol the address is the client's: the per-address pending
+limit is applied once the header is read (the balancer's own address is not limited).
+
+Refusals are counted by reason (the heartbeat writes the counts; /metrics serves them) and logged once per
+address and reason per minute, with how many were refused meanwhile.
+"""
+
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+LOG_EVERY = 60.0  # seconds between two log lines for one (address, reason)
+RATE_BURST_SECONDS = 2.5  # an address may open this many seconds' worth of connections at once
+
+PENDING = "pending"  # the process's pending connections are all taken
+PENDING_PER_ADDRESS = "pending_per_address"
+ASSOCIATIONS = "associations"
+ASSOCIATIONS_PER_ADDRESS = "associations_per_address"
+NEGOTIATION_TIMEOUT = "negotiation_timeout"  # dropped: no complete A-ASSOCIATE-RQ within the deadline
+RATE_PER_ADDRESS = "rate_per_address"
+REASONS = (PENDING, PENDING_PER_ADDRESS, ASSOCIATIONS, ASSOCIATIONS_PER_ADDRESS, NEGOTIATION_TIMEOUT, RATE_PER_ADDRESS)
+
+
+@dataclass(frozen=True)
+class DoorLimits:
+    """settings.SCP_* (docs/security.md)."""
+
+    pending: int = 64
+    pending_per_address: int = 8
+    associations: int = 16
+    associations_per_address: int = 8
+    negotiation_timeout: float = 5.0
+    rate_per_address: float = 20.0  # new connections a second, on average; 0: no limit
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One accepted connection: where from, and whether it holds an association slot yet."""
+
+    address: str
+    limited: bool = True  # False for a load balancer's connection until its PROXY header names the client
+    associated: bool = False
+    done: bool = False
+    opened: float = field(default_factory=time.monotonic)
+
+
+class Door:
+    def __init__(self, limits: DoorLimits) -> None:
+        self.limits = limits
+        self._lock = threading.Lock()
+        self._tickets: weakref.WeakKeyDictionary[socket.socket, Ticket] = weakref.WeakKeyDictionary()
+        self._own_figures: dict[str, int] = {}  # address -> associations, from the allow-list
+        self.refused: Counter[str] = Counter()
+        self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when counted)
+        self._logged: dict[tuple[str, str], tuple[float, int]] = {}
+
+    # The acceptor thread ----------------------------------------------------------------------------------
+
+    def admit(self, sock: socket.socket, address: str, *, limited: bool = True) -> bool:
+        """A new connection: True if it may wait for its A-ASSOCIATE-RQ (its ticket is kept), else it is to
+        be closed at once."""
+        with self._lock:
+            live = self._live()
+            pending = [t for t in live if not t.associated]
+            reason = None
+            if len(pending) >= self.limits.pending:
+                reason = PENDING
+            elif limited and sum(1 for t in pending if t.address == address) >= self.limits.pending_per_address:
+                reason = PENDING_PER_ADDRESS
+            elif limited and not self._token(address):
+                reason = RATE_PER_ADDRESS
+            if reason is None:
+                self._tickets[sock] = Ticket(address=address, limited=limited)
+                return True
+        self._refuse(address, reason)
+        return False
+
+    # The association's threads ----------------------------------------------------------------------------
+
+    def ticket(self, sock: socket.socket | None) -> Ticket | None:
+        with self._lock:
+            return self._tickets.get(sock) if sock is not None else None
+
+    def readdress(self, ticket: Ticket, address: str) -> bool:
+        """A load balancer's connection names its client (PROXY header): the per-address limits are the
+        client's from now on. False: the client holds its pending connections already (drop this one)."""
+        with self._lock:
+            pending = [t for t in self._live() if not t.associated and t is not ticket]
+            reason = None
+            if sum(1 for t in pending if t.limited and t.address == address) >= self.limits.pending_per_address:
+                reason = PENDING_PER_ADDRESS
+            elif not self._token(address):
+                reason = RATE_PER_ADDRESS
+            else:
+                ticket.address, ticket.limited = address, True
+        if reason is not None:
+            self._refuse(address, reason)
+        return reason is None
+
+    def associate(self, ticket: Ticket) -> bool:
+        """Its A-ASSOCIATE-RQ arrived: True if it takes an association slot, False to reject it as transient."""
+        with self._lock:
+            associated = [t for t in self._live() if t.associated]
+            own = self._own_figures.get(ticket.address, self.limits.associations_per_address)
+            reason = None
+            if len(associated) >= self.limits.associations:
+                reason = ASSOCIATIONS
+            elif ticket.limited and sum(1 for t in associated if t.address == ticket.address) >= own:
+                reason = ASSOCIATIONS_PER_ADDRESS
+            else:
+                ticket.associated = True
+        if reason is not None:
+            self._refuse(ticket.address, reason)
+        return reason is None
+
+    def closed(self, ticket: Ticket | None) -> None:
+        """Its threads ended. One that never completed its A-ASSOCIATE-RQ and lasted the negotiation
+        deadline was dropped for it (by the guard, or by pynetdicom's wait for the request)."""
+        if ticket is None:
+            return
+        ticket.done = True
+        if not ticket.associated and time.monotonic() - ticket.opened >= self.limits.negotiation_timeout * 0.99:
+            self._refuse(ticket.address, NEGOTIATION_TIMEOUT)
+
+    def own_figures(self, figures: dict[str, int]) -> None:
+        """Per host association limits of the allow-list's entries (read with it, at each association)."""
+        self._own_figures = dict(figures)
+
+    # Counting ---------------------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            live = self._live()
+        return {"pending": sum(1 for t in live if not t.associated), "associated": sum(1 for t in live if t.associated)}
+
+    def _token(self, address: str) -> bool:
+        """One connection from `address` within its rate (a token bucket; called under the lock)."""
+        rate = self.limits.rate_per_address
+        if rate <= 0:
+            return True
+        burst = max(rate * RATE_BURST_SECONDS, 1.0)
+        now = time.monotonic()
+        tokens, then = self._buckets.get(address, (burst, now))
+        tokens = min(burst, tokens + (now - then) * rate)
+        if len(self._buckets) > 10_000:  # many addresses: those with full buckets are forgotten
+            self._buckets = {a: (t, w) for a, (t, w) in self._buckets.items() if t + (now - w) * rate < burst}
+        if tokens < 1:
+            self._buckets[address] = (tokens, now)
+            return False
+        self._buckets[address] = (tokens - 1, now)
+        return True
+
+    def _live(self) -> list[Ticket]:
+        """Tickets whose connection is open: its thread has not ended and its socket is not closed (a
+        connection that failed before its association started is counted no longer than that)."""
+        return [t for s, t in list(self._tickets.items()) if not t.done and s.fileno() != -1]
+
+    def _refuse(self, address: str, reason: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.refused[reason] += 1
+            last, quiet = self._logged.get((address, reason), (0.0, 0))
+            if last and now - last < LOG_EVERY:
+                self._logged[(address, reason)] = (last, quiet + 1)
+                return
+            self._logged[(address, reason)] = (now, 0)
+            if len(self._logged) > 10_000:  # many addresses: forget the oldest
+                for key in sorted(self._logged, key=lambda k: self._logged[k][0])[:5_000]:
+                    del self._logged[key]
+        also = f" ({quiet} more since the last report)" if quiet else ""
+        logger.warning("connection from %s refused: %s limit%s", address, reason.replace("_", " "), also)

@@ -1,0 +1,209 @@
+"""A hostile host on the same network (127.0.0.2) against a modality (127.0.0.1): silent connections, byte-a-
+time senders and floods of short associations must not keep the modality's study out (apps/ingest/door.py).
+
+Each study's time under attack is compared with a quiet run in the same test (the best of three runs each,
+so that the machine's other work does not decide): within twice the quiet time, as the issue asks, for idle
+connections; under a flood of short associations the ratio is recorded, not yet met (issue 23).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from apps.ops.models import Heartbeat
+
+from ..support.dicom import storescu, synthetic_study
+from ..support.processes import connections_held, wait_until
+from . import ASSOCIATE_AC, associate_rq, pdu_header, read_pdu
+
+ATTACKER = "127.0.0.2"
+ROOT = Path(__file__).resolve().parents[2]
+RUNS = 3
+
+
+def study_time(port: int, folder: Path, runs: int = RUNS) -> float:
+    """The best of `runs` sends of a new 50-instance study from 127.0.0.1 by dcmtk's storescu."""
+    best = None
+    for run in range(runs):
+        _, paths = synthetic_study(folder / f"run{run}", count=50)
+        start = time.monotonic()
+        result = storescu(port, paths)
+        elapsed = time.monotonic() - start
+        assert result.returncode == 0, result.stdout + result.stderr
+        best = elapsed if best is None else min(best, elapsed)
+    return best
+
+
+def connect_from(address: str, port: int, timeout: float = 5) -> socket.socket:
+    sock = socket.socket()
+    sock.settimeout(timeout)
+    sock.bind((address, 0))
+    sock.connect(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def closed(sock: socket.socket) -> bool:
+    try:
+        sock.setblocking(False)
+        return sock.recv(1 << 16) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def threads_and_descriptors(pid: int) -> tuple[int, int]:
+    return len(os.listdir(f"/proc/{pid}/task")), len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+@pytest.fixture
+def door_env(service_env) -> dict:
+    return {
+        **service_env,
+        "SCP_NEGOTIATION_TIMEOUT": "2",
+        "SCP_IDLE_TIMEOUT": "3",
+        "HEARTBEAT_INTERVAL": "1",
+        "SCP_CONNECTION_RATE_PER_ADDRESS": os.environ.get("XRATE", "20"),
+    }
+
+
+def test_200_idle_connections_from_one_host_do_not_keep_a_modality_out(start_scp, door_env, tmp_path):
+    scp, port = start_scp(door_env)
+    quiet = study_time(port, tmp_path / "quiet")
+    idle = []
+    try:
+        for _ in range(200):
+            idle.append(connect_from(ATTACKER, port))
+        attacked = study_time(port, tmp_path / "attacked")
+        # All but the 8 pending connections one address may hold were closed at once, those 8 at the
+        # negotiation deadline (2 s here).
+        wait_until(lambda: all(closed(s) for s in idle), timeout=20, what="every idle connection closed")
+    finally:
+        for sock in idle:
+            sock.close()
+    print(f"50 instances: quiet {quiet:.3f} s, beside 200 idle connections {attacked:.3f} s")
+    assert attacked <= 2 * quiet
+
+    def counted():
+        beat = Heartbeat.objects.filter(role="scp").first()
+        refused = beat.counters.get("refused", {}) if beat else {}
+        return refused.get("pending_per_address", 0) >= 150 and refused.get("negotiation_timeout", 0) >= 1
+
+    wait_until(counted, timeout=10, what="the refusals reported by the SCP's heartbeat")
+    metrics = Client().get("/metrics").content.decode()
+    lines = [line for line in metrics.splitlines() if line.startswith("router_scp_refused_connections_total{")]
+    assert any('reason="pending_per_address"' in line for line in lines), lines
+    assert any('reason="negotiation_timeout"' in line for line in lines), lines
+    assert scp.log().count("refused: pending per address limit") == 1  # once a minute, not 192 lines
+
+
+def trickle_negotiation(port: int, outcome: dict) -> None:
+    """An A-ASSOCIATE-RQ a byte at a time (one every 0.1 s: 7 s for the whole request)."""
+    with connect_from(ATTACKER, port) as sock:
+        start = time.monotonic()
+        try:
+            for byte in associate_rq():
+                sock.sendall(bytes([byte]))
+                if closed(sock):
+                    break
+                sock.setblocking(True)
+                time.sleep(0.1)
+        except OSError:
+            pass
+        outcome.setdefault("negotiation", []).append(time.monotonic() - start)
+
+
+def trickle_dataset(port: int, outcome: dict) -> None:
+    """Associated, then a P-DATA-TF a byte at a time, never whole."""
+    with connect_from(ATTACKER, port) as sock:
+        sock.sendall(associate_rq())
+        assert read_pdu(sock)[0] == ASSOCIATE_AC
+        start = time.monotonic()
+        sock.sendall(pdu_header(0x04, 1000))
+        try:
+            for _ in range(100):
+                sock.sendall(b"\0")
+                if closed(sock):
+                    break
+                sock.setblocking(True)
+                time.sleep(0.1)
+        except OSError:
+            pass
+        outcome.setdefault("dataset", []).append(time.monotonic() - start)
+
+
+def test_byte_a_time_senders_are_dropped_at_their_deadlines_while_a_study_goes_through(start_scp, door_env, tmp_path):
+    _, port = start_scp(door_env)
+    outcome: dict = {}
+    attackers = [threading.Thread(target=trickle_negotiation, args=(port, outcome)) for _ in range(4)]
+    attackers += [threading.Thread(target=trickle_dataset, args=(port, outcome)) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    study_time(port, tmp_path / "study", runs=1)  # succeeds meanwhile
+    for thread in attackers:
+        thread.join(timeout=30)
+    print(f"negotiation dropped after {outcome['negotiation']} s, mid-dataset after {outcome['dataset']} s")
+    assert len(outcome["negotiation"]) == 4 and all(1.5 <= t <= 4 for t in outcome["negotiation"])
+    assert len(outcome["dataset"]) == 4 and all(2.5 <= t <= 6 for t in outcome["dataset"])
+
+
+def flood(port: int, count: int, stop: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["nice", "-n", "19", sys.executable, "-m", "tests.hostile.flood", str(port), ATTACKER, str(count), str(stop)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_2000_short_associations_from_one_host_leave_a_modality_served_and_the_scp_nothing_held(
+    start_scp, door_env, tmp_path, record_property
+):
+    scp, port = start_scp(door_env)
+    stop = tmp_path / "stop"
+    stop.touch()
+    warm = flood(port, 200, stop)  # the first associations load what the SCP needs
+    assert warm.wait(timeout=120) == 0
+    stop.unlink()
+    wait_until(lambda: threads_and_descriptors(scp.pid)[0] <= 4, timeout=10, what="warm-up threads ended")
+    before, rss_before = threads_and_descriptors(scp.pid), rss_kb(scp.pid)
+    quiet = study_time(port, tmp_path / "quiet")
+
+    attacker = flood(port, 2000, stop)
+    try:
+        attacked = study_time(port, tmp_path / "attacked")
+    finally:
+        stop.touch()
+    output, _ = attacker.communicate(timeout=300)
+    done, refused = map(int, output.split())
+    print(
+        f"50 instances: quiet {quiet:.3f} s, during the flood {attacked:.3f} s; "
+        f"flood: {done} associations, {refused} refused"
+    )
+    record_property("study_seconds", {"quiet": round(quiet, 3), "flood": round(attacked, 3)})
+    # The goal (within twice the quiet time) is not met yet: 2.6-3.8x on a two-core machine whatever the
+    # connection rate allowed (issue 23's note). What must hold: the study goes through, nothing is held.
+    assert done + refused >= 2000 and done > 0
+    wait_until(
+        lambda: connections_held(scp.pid, port) == 0 and threads_and_descriptors(scp.pid)[0] <= before[0],
+        timeout=15,
+        what=f"no connection held, threads back to {before[0]}",
+    )
+    grown = rss_kb(scp.pid) - rss_before
+    print(f"RSS {rss_before} kB before the flood, +{grown} kB after it")
+    assert grown < 16 * 1024
