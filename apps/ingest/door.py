@@ -62,7 +62,7 @@ class Ticket:
     limited: bool = True  # False for a load balancer's connection until its PROXY header names the client
     associated: bool = False
     done: bool = False
-    opened: float = field(default_factory=time.monotonic)
+    opened: float = field(default_factory=lambda: time.monotonic())
 
 
 class Door:
