@@ -265,7 +265,8 @@ SCP_MAX_ASSOCIATIONS_PER_ADDRESS = env_int("SCP_MAX_ASSOCIATIONS_PER_ADDRESS", 8
 # From the connect to the whole A-ASSOCIATE-RQ (a PROXY header and the TLS handshake included).
 SCP_NEGOTIATION_TIMEOUT = env_float("SCP_NEGOTIATION_TIMEOUT", 5.0)
 # New connections from one address, a second on average (bursts up to 2.5 s worth); beyond, closed at once.
-SCP_CONNECTION_RATE_PER_ADDRESS = env_float("SCP_CONNECTION_RATE_PER_ADDRESS", 20.0)
+# Off (0) by default: a sender with an association per instance can be fast (docs/security.md).
+SCP_CONNECTION_RATE_PER_ADDRESS = env_float("SCP_CONNECTION_RATE_PER_ADDRESS", 0.0)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)

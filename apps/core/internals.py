@@ -61,6 +61,15 @@ PATCHES = (
         ),
     ),
     Patch(
+        "apps.ingest.scp",
+        "pynetdicom",
+        "3.0.4",
+        (
+            "pynetdicom.transport:RequestHandler._create_association source:deepcopy(self.server.contexts)",
+            "pynetdicom.presentation:negotiate_as_acceptor",
+        ),
+    ),
+    Patch(
         "apps.archive.dimse",
         "pynetdicom",
         "3.0.4",

@@ -7,9 +7,9 @@ Here a connection is *pending* from its accept until its A-ASSOCIATE-RQ has arri
 negotiation deadline (guard.py reads it), and only then asks for an association slot:
 
 - at the accept (the acceptor thread, before any thread is started for it): refused, by closing it, when
-  the process holds `pending` pending connections, or its address holds `pending_per_address`, or its
-  address opened more than `rate_per_address` connections a second (on average; bursts up to
-  RATE_BURST_SECONDS times that): a flood of short associations costs an accept and a close each;
+  the process holds `pending` pending connections, or its address holds `pending_per_address`, or (when
+  set; off by default) its address opened more than `rate_per_address` connections a second (on average;
+  bursts up to RATE_BURST_SECONDS times that);
 - at its A-ASSOCIATE-RQ: rejected as transient, local limit exceeded (2, 3, 2), when the process holds
   `associations` associations, or its address `associations_per_address` (an allow-list entry with a host
   and `max_associations` sets that host's own figure).
@@ -51,7 +51,7 @@ class DoorLimits:
     associations: int = 16
     associations_per_address: int = 8
     negotiation_timeout: float = 5.0
-    rate_per_address: float = 20.0  # new connections a second, on average; 0: no limit
+    rate_per_address: float = 0.0  # new connections a second, on average; 0: no limit
 
 
 @dataclass(eq=False)

@@ -78,7 +78,7 @@ class Limits:
     max_pending_per_address: int = 8
     max_associations_per_address: int = 8
     negotiation_timeout: float = 5  # from the connect to the whole A-ASSOCIATE-RQ (TLS handshake included)
-    connection_rate_per_address: float = 20  # new connections a second from one address; 0: no limit
+    connection_rate_per_address: float = 0  # new connections a second from one address; 0: no limit
 
     def door_limits(self) -> door.DoorLimits:
         return door.DoorLimits(
@@ -303,6 +303,19 @@ class Listener:
     proxy: proxy_protocol.Balancers | None = None
 
 
+class SharedContexts(list):
+    """The SCP's supported presentation contexts, shared by its associations instead of copied for each.
+
+    pynetdicom 3.0.4 deep-copies them for every connection (`RequestHandler._create_association`): ~130
+    storage SOP classes with their transfer syntaxes, every UID validated again, 54 % of the SCP's CPU
+    under a flood of short associations (py-spy), ~10 ms per connection. Negotiation only reads them
+    (`negotiate_as_acceptor` builds new contexts for its answer) and nothing of ours changes them once the
+    server runs, so one list serves every association. apps.core.internals checks the version."""
+
+    def __deepcopy__(self, memo) -> "SharedContexts":
+        return self
+
+
 class _Server(ThreadedAssociationServer):
     """pynetdicom's server, with TLS hands shaken in the association's own thread instead of the acceptor's.
 
@@ -402,6 +415,7 @@ def serve(
         server_class = type(base.__name__.lstrip("_"), (base,), attributes)
         # ae.start_server(block=False) with our server class: pynetdicom's make_server takes one.
         server = ae.make_server((host, listener.port), evt_handlers=handlers, server_class=server_class)
+        server.contexts = SharedContexts(server.contexts)
         port = server.server_address[1]
         threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{port}", daemon=True).start()
         ae._servers.append(server)  # as start_server does: ae.shutdown() stops it
