@@ -101,6 +101,7 @@ bench: venv services
 	$(BIN)/python bench/transform_bench.py || status=1; \
 	$(BIN)/python bench/dicomweb_bench.py || status=1; \
 	$(BIN)/python bench/qr_bench.py || status=1; \
+	$(BIN)/python bench/hostile_bench.py || status=1; \
 	exit $$status
 
 clean:
