@@ -144,7 +144,8 @@ class Door:
             self._refuse(ticket.address, NEGOTIATION_TIMEOUT)
 
     def own_figures(self, figures: dict[str, int]) -> None:
-        """Per host association limits of the allow-list's entries (read with it, at each association)."""
+        """Per host association limits of the allow-list's entries (read with the list at each association,
+        and at each heartbeat: a host held at its limit never gets to read it)."""
         self._own_figures = dict(figures)
 
     # Counting ---------------------------------------------------------------------------------------------

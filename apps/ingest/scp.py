@@ -163,7 +163,7 @@ class StoreSCP:
         try:
             self._allow_list = services.allowed_callers()
             if self.entrance is not None:
-                self.entrance.own_figures(services.association_figures())
+                self.entrance.own_figures(services.association_figures(self._allow_list))
         except DatabaseError:
             # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
             connection.close()

@@ -131,6 +131,7 @@ class Caller:
     client_sha256: str = ""
     may_query: bool = False
     may_retrieve: bool = False
+    max_associations: int | None = None  # with a host: that host's own association limit (door.py)
 
     @property
     def needs_certificate(self) -> bool:
@@ -156,16 +157,17 @@ def allowed_callers() -> list[Caller]:
         "client_sha256",
         "may_query",
         "may_retrieve",
+        "max_associations",
     )
     return [Caller(*row) for row in AllowedCaller.objects.filter(enabled=True).values_list(*fields)]
 
 
-def association_figures() -> dict[str, int]:
+def association_figures(allow_list: list[Caller]) -> dict[str, int]:
     """Hosts whose allow-list entry sets its own association limit (the door's; docs/security.md)."""
-    rows = AllowedCaller.objects.filter(enabled=True, max_associations__isnull=False).exclude(host="")
     figures: dict[str, int] = {}
-    for host, limit in rows.values_list("host", "max_associations"):
-        figures[host] = max(figures.get(host, 0), limit)
+    for caller in allow_list:
+        if caller.host and caller.max_associations is not None:
+            figures[caller.host] = max(figures.get(caller.host, 0), caller.max_associations)
     return figures
 
 

@@ -16,15 +16,22 @@ _stop = threading.Event()
 
 
 def start(
-    role: str, name: str, stop: threading.Event | None = None, counters: Callable[[], dict] | None = None
+    role: str,
+    name: str,
+    stop: threading.Event | None = None,
+    counters: Callable[[], dict] | None = None,
+    each: Callable[[], None] | None = None,
 ) -> threading.Thread:
     """Report now and then every HEARTBEAT_INTERVAL seconds until `stop` is set, with the process's
-    `counters()` if it keeps any; a database outage only skips beats."""
+    `counters()` if it keeps any, after `each()` (what the process reads from the database now and then);
+    a database outage only skips beats."""
     stop = stop or _stop
 
     def run() -> None:
         while True:
             try:
+                if each is not None:
+                    each()
                 heartbeat(role=role, name=name, counters=counters() if counters else None)
             except DatabaseError as exc:
                 logger.warning("heartbeat of %s %s skipped: %s", role, name, type(exc).__name__)

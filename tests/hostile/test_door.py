@@ -205,3 +205,46 @@ def test_2000_short_associations_from_one_host_leave_a_modality_its_speed_and_th
     grown = rss_kb(scp.pid) - rss_before
     print(f"RSS {rss_before} kB before the flood, +{grown} kB after it")
     assert grown < 16 * 1024
+
+
+def test_one_hosts_associations_beyond_its_limit_are_rejected_as_transient_unless_its_entry_says_more(
+    start_scp, service_env
+):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    from apps.configuration.services import config_import
+
+    _, port = start_scp({**service_env, "SCP_MAX_ASSOCIATIONS_PER_ADDRESS": "2", "HEARTBEAT_INTERVAL": "1"})
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    held = [ae.associate("127.0.0.1", port, ae_title="ROUTER") for _ in range(2)]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        third = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+        assert third.is_rejected
+        rejection = third.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == (0x02, 0x03, 0x02)
+        # Another host is not held back by this one's associations.
+        other = AE(ae_title="OTHER")
+        other.add_requested_context(CTImageStorage)
+        elsewhere = other.associate("127.0.0.1", port, ae_title="ROUTER", bind_address=(ATTACKER, 0))
+        assert elsewhere.is_established
+        elsewhere.release()
+        # The allow-list gives this host a figure of its own: the SCP reads it at each association and each
+        # heartbeat (HEARTBEAT_INTERVAL, 1 s here).
+        config_import(
+            "callers:\n  - {ae_title: MODALITY, host: 127.0.0.1, max_associations: 3}\n  - {ae_title: OTHER}\n"
+        )
+
+        def admitted():
+            assoc = ae.associate("127.0.0.1", port, ae_title="ROUTER")
+            if assoc.is_established:
+                held.append(assoc)
+            return assoc.is_established
+
+        wait_until(admitted, timeout=5, interval=0.2, what="a third association once the entry allows it")
+    finally:
+        for assoc in held:
+            if assoc.is_established:
+                assoc.release()

@@ -115,3 +115,15 @@ def test_a_connection_that_lasted_the_negotiation_deadline_unassociated_is_count
     now[0] += 5
     entrance.closed(entrance.ticket(slow))
     assert entrance.refused == {"negotiation_timeout": 1}
+
+
+def test_the_allow_lists_own_figures_are_per_host_and_the_highest_wins():
+    from apps.ingest.services import Caller, association_figures
+
+    allow = [
+        Caller("CT_NORTH", "10.0.0.5", max_associations=4),
+        Caller("CT_NORTH_2", "10.0.0.5", max_associations=12),
+        Caller("MR_ANY", "", max_associations=30),  # no host: no address to give it to
+        Caller("US", "10.0.0.6"),
+    ]
+    assert association_figures(allow) == {"10.0.0.5": 12}

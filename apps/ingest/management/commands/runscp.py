@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from apps.archive import dimse
 from apps.core import tls
-from apps.ingest import proxy_protocol, scp, supervisor
+from apps.ingest import proxy_protocol, scp, services, supervisor
 from apps.ingest.storage import Spool
 from apps.ops import heartbeats
 from apps.pipeline.chains import commitment_reported, studies_received, study_arriving
@@ -103,6 +103,9 @@ class Command(BaseCommand):
             f"{socket.gethostname()}:{port}{suffix}",
             stop=stopping,
             counters=lambda: {"refused": dict(entrance.refused)},
+            # An allow-list entry's own association figure reaches the door here too: a host held at its
+            # limit is rejected before its association reads the list (scp.StoreSCP.on_acse_recv).
+            each=lambda: entrance.own_figures(services.association_figures(services.allowed_callers())),
         )
         self.stdout.flush()
         stop.wait()
