@@ -211,8 +211,11 @@ class PduGuard:
         )
 
     def _timeout(self) -> float | None:
+        """Before the A-ASSOCIATE-RQ: the ACSE timeout; after it, the idle timeout. By our own record of the
+        request, not `assoc.is_established`: the DUL may read the first P-DATA-TF before the association's
+        thread has marked the association established, and that PDU would get the (short) ACSE timeout."""
         assoc = self.dul.assoc
-        return assoc.network_timeout if assoc.is_established else assoc.acse_timeout
+        return assoc.network_timeout if self.requested else assoc.acse_timeout
 
     def _take_proxy_header(self, raw: "proxy_protocol.Pending", deadline: float | None) -> None:
         """The PROXY header a load balancer sends first: its client becomes this association's requestor."""
