@@ -127,23 +127,15 @@ def document_diff(before: dict, after: dict) -> Diff:
     return diff
 
 
-class _Preview(Exception):
-    """Raised to roll a preview's transaction back."""
-
-
 def config_preview(text: str, *, prune: bool = False) -> tuple[Report, Diff]:
     """What `text` would do, computed by applying it in a transaction that is then rolled back: nothing is
     written, no version recorded, nothing sent (work a change would start waits for the commit)."""
-    result = None
-    try:
-        with transaction.atomic():
-            before = config_document()
-            report = config_import(text, prune=prune)
-            result = report, document_diff(before, config_document())
-            raise _Preview
-    except _Preview:
-        pass
-    return result
+    with transaction.atomic():
+        before = config_document()
+        report = config_import(text, prune=prune)
+        diff = document_diff(before, config_document())
+        transaction.set_rollback(True)
+    return report, diff
 
 
 @dataclass
@@ -168,16 +160,7 @@ def config_apply(
         report = config_import(text, prune=prune)
         after = config_document()
         diff = document_diff(before, after)
-        version = None
-        if not diff.empty:
-            version = ConfigVersion.objects.create(
-                user=user,
-                author=_author(user, author),
-                source=source,
-                summary=str(diff),
-                document=document_dump(after),
-                restored_from=restored_from,
-            )
+        version = version_record(user=user, author=author, source=source, restored_from=restored_from, after=after)
     if version is not None:
         logger.info("configuration version %s (%s by %s): %s", version.pk, source, version.author, diff.summary())
     return Applied(report, diff, version)
@@ -233,9 +216,18 @@ def changed(*, user, source: str = ConfigVersion.Source.ADMIN) -> None:
     transaction.on_commit(lambda: version_record(user=user, source=source))
 
 
-def version_record(*, user=None, author: str | None = None, source: str) -> ConfigVersion | None:
+def version_record(
+    *,
+    user=None,
+    author: str | None = None,
+    source: str,
+    restored_from: ConfigVersion | None = None,
+    after: dict | None = None,
+) -> ConfigVersion | None:
+    """Record the configuration as it is (`after`, if the caller has it) as a version, with what changed
+    from the latest; none when it is the latest's document."""
     with transaction.atomic():
-        after = config_document()
+        after = config_document() if after is None else after
         latest = ConfigVersion.objects.select_for_update().order_by("-pk").first()
         text = document_dump(after)
         if latest is not None and latest.document == text:
@@ -247,6 +239,7 @@ def version_record(*, user=None, author: str | None = None, source: str) -> Conf
             source=source,
             summary=str(document_diff(before, after)),
             document=text,
+            restored_from=restored_from,
         )
 
 
