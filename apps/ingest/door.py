@@ -150,6 +150,11 @@ class Door:
 
     # Counting ---------------------------------------------------------------------------------------------
 
+    def refusals(self) -> dict[str, int]:
+        """The refusals so far by reason, copied under the lock (the acceptor thread adds to them)."""
+        with self._lock:
+            return dict(self.refused)
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             live = self._live()
@@ -174,8 +179,16 @@ class Door:
 
     def _live(self) -> list[Ticket]:
         """Tickets whose connection is open: its thread has not ended and its socket is not closed (a
-        connection that failed before its association started is counted no longer than that)."""
-        return [t for s, t in list(self._tickets.items()) if not t.done and s.fileno() != -1]
+        connection that failed before its association started is counted no longer than that). The others
+        are dropped here: a socket can outlive its connection (pynetdicom's objects hold it in reference
+        cycles until the garbage collector runs), and a flood would otherwise make every accept walk
+        thousands of them."""
+        live, ended = [], []
+        for sock, ticket in list(self._tickets.items()):
+            (ended if ticket.done or sock.fileno() == -1 else live).append((sock, ticket))
+        for sock, _ in ended:
+            self._tickets.pop(sock, None)
+        return [ticket for _, ticket in live]
 
     def _refuse(self, address: str, reason: str) -> None:
         now = time.monotonic()

@@ -63,6 +63,9 @@ StudiesReceived = Callable[[dict[str, set[tuple[str, str]]]], None]
 StudyStarted = Callable[[str, set[tuple[str, str]]], None]
 # A sender could vary descriptions per instance; a study's urgency needs only a few of them.
 MAX_URGENCY_VALUES = 64
+# The allow-list is read again for an association when the last read is older than this: a change to it
+# applies to associations requested this long after it, at most.
+ALLOW_LIST_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -122,7 +125,9 @@ class StoreSCP:
         self._studies: dict[int, dict[str, set[tuple[str, str]]]] = {}
         self._current: dict[int, str] = {}  # per association: the study of its last instance
         self._lock = threading.Lock()
-        self._allow_list: list[tuple[str, str]] = []
+        self._allow_list: list[services.Caller] = []
+        self._allow_list_at = -ALLOW_LIST_SECONDS
+        self._allow_list_lock = threading.Lock()
 
     def handlers(self) -> list:
         return [
@@ -159,20 +164,13 @@ class StoreSCP:
         primitive = event.primitive
         if not isinstance(primitive, A_ASSOCIATE) or primitive.result is not None:
             return
-        close_old_connections()
-        try:
-            self._allow_list = services.allowed_callers()
-            if self.entrance is not None:
-                self.entrance.own_figures(services.association_figures(self._allow_list))
-        except DatabaseError:
-            # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
-            connection.close()
-        titles = sorted({c.ae_title for c in self._allow_list} - {_DENIED})
+        allow_list = self._allow_list_read()
+        titles = sorted({c.ae_title for c in allow_list} - {_DENIED})
         event.assoc.ae.require_calling_aet = titles
         peer = peer_of(event.assoc)
         title = str(primitive.calling_ae_title or "")
         try:
-            allowed = services.caller_allowed(self._allow_list, ae_title=title, peer=peer)
+            allowed = services.caller_allowed(allow_list, ae_title=title, peer=peer)
         except Exception as exc:  # noqa: BLE001 - pynetdicom would log it and admit the caller: refuse instead
             logger.error("association from %s refused: its admission check failed (%s)", peer.host, type(exc).__name__)
             allowed = False
@@ -182,6 +180,24 @@ class StoreSCP:
                 "association from %s at %s over %s refused: not on the allow-list", title.strip(), peer.host, over
             )
             primitive.calling_ae_title = _DENIED
+
+    def _allow_list_read(self) -> list:
+        """The allow-list, read at most every ALLOW_LIST_SECONDS for the whole process. Reading it for each
+        association cost a database connection per association thread: under a flood of short associations
+        a fifth of the SCP's CPU (py-spy), besides the database's own work for each connection."""
+        with self._allow_list_lock:
+            if time.monotonic() - self._allow_list_at < ALLOW_LIST_SECONDS:
+                return self._allow_list
+            close_old_connections()
+            try:
+                self._allow_list = services.allowed_callers()
+                self._allow_list_at = time.monotonic()
+                if self.entrance is not None:
+                    self.entrance.own_figures(services.association_figures(self._allow_list))
+            except DatabaseError:
+                # Keep the last list we read: the C-STORE will answer 0xA700 while the database is away.
+                connection.close()
+            return self._allow_list
 
     def on_echo(self, event) -> int:
         return 0x0000
@@ -308,9 +324,10 @@ class SharedContexts(list):
 
     pynetdicom 3.0.4 deep-copies them for every connection (`RequestHandler._create_association`): ~130
     storage SOP classes with their transfer syntaxes, every UID validated again, 54 % of the SCP's CPU
-    under a flood of short associations (py-spy), ~10 ms per connection. Negotiation only reads them
-    (`negotiate_as_acceptor` builds new contexts for its answer) and nothing of ours changes them once the
-    server runs, so one list serves every association. apps.core.internals checks the version."""
+    under a flood of short associations (py-spy): an association cost ~15 ms of CPU with the copy, ~4 ms
+    without. Negotiation only reads them (`negotiate_as_acceptor` builds new contexts for its answer) and
+    nothing of ours changes them once the server runs, so one list serves every association.
+    apps.core.internals checks the version."""
 
     def __deepcopy__(self, memo) -> "SharedContexts":
         return self

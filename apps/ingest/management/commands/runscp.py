@@ -102,7 +102,7 @@ class Command(BaseCommand):
             "scp",
             f"{socket.gethostname()}:{port}{suffix}",
             stop=stopping,
-            counters=lambda: {"refused": dict(entrance.refused)},
+            counters=lambda: {"refused": entrance.refusals()},
             # An allow-list entry's own association figure reaches the door here too: a host held at its
             # limit is rejected before its association reads the list (scp.StoreSCP.on_acse_recv).
             each=lambda: entrance.own_figures(services.association_figures(services.allowed_callers())),
