@@ -347,6 +347,9 @@ RECONCILE_INTERVAL = env_float("RECONCILE_INTERVAL", 15.0)
 RECONCILE_AFTER = env_float("RECONCILE_AFTER", 120.0)
 DELIVERY_SWEEP_INTERVAL = env_float("DELIVERY_SWEEP_INTERVAL", 5.0)
 HEALTH_CHECK_INTERVAL = env_float("HEALTH_CHECK_INTERVAL", 30.0)
+# A delivery through a transform profile has its copies made by a helper process beside each delivering
+# process while the sender sends (apps/transforms/ahead.py); off: made in the delivering process first.
+TRANSFORM_AHEAD = env_bool("TRANSFORM_AHEAD", True)
 # How often the purge removes files whose retention passed (docs/storage.md); an emergency runs it at once.
 STORAGE_PURGE_INTERVAL = env_float("STORAGE_PURGE_INTERVAL", 3600.0)
 

@@ -58,11 +58,13 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     if delivery is None:
         return state
     items = list(delivery.items.filter(state=DeliveryItem.State.PENDING).select_related("instance"))
-    prepared = transformed.prepare(delivery, items)
+    send, target = sender(delivery.target)  # C-STORE or STOW-RS
+    # Over C-STORE, transformed copies are made by a helper process while the sender sends those already made.
+    prepared = transformed.prepare(delivery, items, ahead=send is dicom_send.send and settings.TRANSFORM_AHEAD)
     try:
-        transformed.hold(prepared)
-        send, target = sender(delivery.target)  # C-STORE or STOW-RS
         results = send(target, prepared.files, on_sent=_Answers(delivery.pk, prepared))
+        results = prepared.finish(results)  # held and unwritten copies leave the lists and the results
+        transformed.hold(prepared)
     finally:
         transformed.clean(prepared)
     busy = destination_health_from_results(delivery.target, results, clock.now())  # none sent: learns nothing

@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -36,6 +36,7 @@ _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
 DELIVERED, WARNING, TRANSIENT, PERMANENT = "delivered", "warning", "transient", "permanent"
+SKIPPED = "skipped"  # not sent: its copy was not made (the caller knows why)
 WARNING_STATUSES = {0xB000, 0xB006, 0xB007}
 MAX_CONTEXTS = 128  # the most presentation contexts one association may propose
 
@@ -59,6 +60,9 @@ class File:
     sop_class_uid: str
     transfer_syntax_uid: str
     path: Path
+    # A copy still being made for this send (apps/routing/transformed.py): waits until it is written, False
+    # when it will not be (the profile holds it); such a file is skipped, its result SKIPPED.
+    ready: Callable[[], bool] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -228,7 +232,10 @@ def _send_group(target: Target, files: list[File], indexes: list[int], group: se
             if not assoc.is_established:
                 results[i] = Result(TRANSIENT, error="association ended before this instance was sent")
                 continue
-            results[i] = _send_one(assoc, files[i], connection.peer_certificate, originator=target.originator)
+            if files[i].ready is not None and not files[i].ready():
+                results[i] = Result(SKIPPED, error="no copy made for this destination")
+            else:
+                results[i] = _send_one(assoc, files[i], connection.peer_certificate, originator=target.originator)
             if on_sent is not None:
                 on_sent(i, results[i])
     finally:

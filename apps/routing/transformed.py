@@ -8,6 +8,8 @@ pixels, a patient missing from the pseudonym table, a secret that cannot be read
 destination with the reason; the other instances and the other destinations go on.
 """
 
+import dataclasses
+import functools
 import logging
 import shutil
 import tempfile
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from apps.transforms import ahead as transform_ahead
 from apps.transforms import engine
 from apps.transforms.models import SecretUnavailable, TransformProfile
 
@@ -36,6 +39,35 @@ class Prepared:
     sent_uids: list[str] = field(default_factory=list)
     held: dict[int, str] = field(default_factory=dict)  # item id -> reason
     folder: Path | None = None
+    # Made ahead of the sender: each file waits for its copy (`File.ready`); `finish` then drops those
+    # that were not made (held, or not written) from the lists and from the results.
+    maker: "_Maker | None" = None
+
+    def finish(self, results: list[dicom_send.Result] | None = None) -> list[dicom_send.Result]:
+        """Every file's outcome known, and the lists (and `results`, one per file) kept to those made."""
+        results = list(results or [])
+        if self.maker is None:
+            return results
+        maker, self.maker = self.maker, None
+        maker.finish()
+        kept = [i for i in range(len(self.files)) if maker.made[i]]
+        self.sendable = [self.sendable[i] for i in kept]
+        self.files = [dataclasses.replace(self.files[i], ready=None) for i in kept]
+        self.sha256 = [self.sha256[i] for i in kept]
+        self.sent_uids = [self.sent_uids[i] for i in kept]
+        return [results[i] for i in kept] if results else results
+
+
+@dataclass(frozen=True)
+class Source:
+    """One stored instance to transform: the thing it stands for (an item, an instance) and its row."""
+
+    thing: object
+    pk: int
+    path: Path
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    sop_instance_uid: str
 
 
 def profile_for(delivery: Delivery) -> TransformProfile | None:
@@ -48,60 +80,116 @@ def profile_for(delivery: Delivery) -> TransformProfile | None:
     return delivery.transform or target.transform
 
 
-def prepare(delivery: Delivery, items: list[DeliveryItem]) -> Prepared:
+def prepare(delivery: Delivery, items: list[DeliveryItem], *, ahead: bool = False) -> Prepared:
     """The file to send for each pending item (its instance preloaded), or why it is held. An item whose copy
-    could not be written (a full disk) is neither: it stays pending and goes at the next attempt."""
-    return prepare_for(profile_for(delivery), items, instance=lambda item: item.instance, label=str(delivery.pk))
+    could not be written (a full disk) is neither: it stays pending and goes at the next attempt.
+    With `ahead`, copies are made in a helper process while the sender sends (apps/transforms/ahead.py): the
+    caller sends `prepared.files`, whose copies it waits for one by one, then calls `prepared.finish`."""
+    profile = profile_for(delivery)
+    return prepare_for(profile, items, instance=lambda item: item.instance, label=str(delivery.pk), ahead=ahead)
 
 
-def prepare_for(profile: TransformProfile | None, things: list, *, instance, label: str) -> Prepared:
+def prepare_for(
+    profile: TransformProfile | None, things: list, *, instance, label: str, ahead: bool = False
+) -> Prepared:
     """As `prepare`, for anything that names an instance (`instance(thing)`, preloaded): a delivery's items,
     or the instances a C-MOVE sends. `prepared.sendable` holds the things sent, `held` their pk's."""
-    prepared = Prepared()
+    sources = [
+        Source(thing, i.pk, settings.STORAGE_ROOT / i.path, i.sop_class_uid, i.transfer_syntax_uid, i.sop_instance_uid)
+        for thing, i in ((thing, instance(thing)) for thing in things)
+    ]
     if profile is None:
-        for thing in things:
-            _add(prepared, thing, instance(thing), settings.STORAGE_ROOT / instance(thing).path, instance(thing).sha256)
+        prepared = Prepared()
+        for source, thing in zip(sources, things, strict=True):
+            _add(prepared, source, source.path, instance(thing).sha256)
         return prepared
     try:
         secret = profile.secret_bytes()
     except SecretUnavailable as exc:
-        prepared.held = {thing.pk: str(exc) for thing in things}
-        return prepared
+        return Prepared(held={source.thing.pk: str(exc) for source in sources})
     transform = profile.engine_profile(_pseudonym_table(profile))
-    # A folder of this attempt's own: a second worker given the same delivery after a lease never shares it.
+    return prepare_files(transform, secret, sources, label=label, ahead=ahead)
+
+
+def prepare_files(
+    transform: engine.Profile, secret: bytes, sources: list[Source], *, label: str, ahead: bool = False
+) -> Prepared:
+    """The copies of `sources` through `transform`, in a folder of this attempt's own under STORAGE_ROOT (a
+    second worker given the same delivery after a lease never shares it). Made here before this returns, or
+    with `ahead` by the helper process while the caller sends (then `finish` after the send)."""
     root = settings.STORAGE_ROOT / FOLDER
     root.mkdir(parents=True, exist_ok=True)
-    prepared.folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root))
-    for thing in things:
-        stored = instance(thing)
-        target = prepared.folder / f"{stored.pk}.dcm"
-        try:
-            made = engine.transform(settings.STORAGE_ROOT / stored.path, target, transform, secret)
-        except engine.Held as held:
-            prepared.held[thing.pk] = f"held by profile {profile.name}: {held.reason}"
-            continue
-        except engine.SecretNeeded:
-            need = f"at least {engine.MIN_SECRET_BYTES} bytes, env:VARIABLE or file:/path"
-            prepared.held[thing.pk] = f"profile {profile.name} needs a secret ({need})"
-            continue
-        except OSError as exc:  # our disk, not the data: the item stays pending and goes again
-            logger.error("deliver: transformed copy of instance %s not written: %s", stored.pk, exc.strerror)
-            continue
-        except Exception as exc:  # noqa: BLE001 - a file the engine cannot rewrite: held, never a crashed delivery
-            # The message could quote a value of the file: its type only.
-            logger.error("deliver: profile %s failed on instance %s: %s", profile.name, stored.pk, type(exc).__name__)
-            prepared.held[thing.pk] = f"profile {profile.name} could not rewrite this file ({type(exc).__name__})"
-            continue
-        other_uid = made.sop_instance_uid if made.sop_instance_uid != stored.sop_instance_uid else ""
-        _add(prepared, thing, stored, target, made.sha256, other_uid)
+    prepared = Prepared(folder=Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root)))
+    targets = [prepared.folder / f"{source.pk}.dcm" for source in sources]
+    maker = _Maker(prepared, sources, targets, transform, secret, ahead=ahead)
+    for source, target in zip(sources, targets, strict=True):
+        _add(prepared, source, target, "")
+    for index, file in enumerate(prepared.files):
+        prepared.files[index] = dataclasses.replace(file, ready=functools.partial(maker.ready, index))
+    prepared.maker = maker
+    if not ahead:
+        prepared.finish()
     return prepared
 
 
-def _add(prepared: Prepared, thing, instance, path: Path, sha256: str, sent_uid: str = "") -> None:
-    prepared.sendable.append(thing)
-    prepared.files.append(dicom_send.File(instance.sop_class_uid, instance.transfer_syntax_uid, path))
+class _Maker:
+    """Makes the copies, in order, and records each outcome in the Prepared as it becomes known."""
+
+    def __init__(self, prepared: Prepared, sources, targets, transform, secret: bytes, *, ahead: bool) -> None:
+        self.prepared = prepared
+        self.sources = sources
+        self.name = transform.name
+        self.made: list[bool | None] = [None] * len(sources)  # None: not known yet
+        pairs = list(zip((s.path for s in sources), targets, strict=True))
+        self.job = transform_ahead.start(pairs, transform, secret) if ahead else None
+        self.pairs, self.transform, self.secret = pairs, transform, secret
+        self.known = 0
+
+    def ready(self, index: int) -> bool:
+        """Wait until files[index] is made; False when it will not be (held, or not written)."""
+        while self.known <= index:
+            self._next()
+        return bool(self.made[index])
+
+    def finish(self) -> None:
+        while self.known < len(self.sources):
+            self._next()
+
+    def _next(self) -> None:
+        index = self.known
+        if self.job is not None:
+            answer = self.job.next()
+        else:
+            answer = transform_ahead.outcome(*self.pairs[index], self.transform, self.secret)
+        self.known += 1
+        self.made[index] = self._record(index, answer)
+
+    def _record(self, index: int, answer: tuple) -> bool:
+        source = self.sources[index]
+        kind = answer[0]
+        if kind == "made":
+            sha256, uid = answer[1], answer[2]
+            self.prepared.sha256[index] = sha256
+            self.prepared.sent_uids[index] = uid if uid != source.sop_instance_uid else ""
+            return True
+        if kind == "held":
+            self.prepared.held[source.thing.pk] = f"held by profile {self.name}: {answer[1]}"
+        elif kind == "secret":
+            need = f"at least {engine.MIN_SECRET_BYTES} bytes, env:VARIABLE or file:/path"
+            self.prepared.held[source.thing.pk] = f"profile {self.name} needs a secret ({need})"
+        elif kind == "oserror":  # our disk, not the data: the item stays pending and goes again
+            logger.error("deliver: transformed copy of instance %s not written: %s", source.pk, answer[1])
+        else:  # a file the engine cannot rewrite: held, never a crashed delivery (its type only: no value)
+            logger.error("deliver: profile %s failed on instance %s: %s", self.name, source.pk, answer[1])
+            self.prepared.held[source.thing.pk] = f"profile {self.name} could not rewrite this file ({answer[1]})"
+        return False
+
+
+def _add(prepared: Prepared, source: Source, path: Path, sha256: str) -> None:
+    prepared.sendable.append(source.thing)
+    prepared.files.append(dicom_send.File(source.sop_class_uid, source.transfer_syntax_uid, path))
     prepared.sha256.append(sha256)
-    prepared.sent_uids.append(sent_uid)
+    prepared.sent_uids.append("")
 
 
 def _pseudonym_table(profile: TransformProfile) -> dict[str, str] | None:
@@ -120,5 +208,9 @@ def hold(prepared: Prepared) -> None:
 
 
 def clean(prepared: Prepared) -> None:
+    """Remove this attempt's copies (after `finish`: the helper may still be writing them until then). A C-MOVE's
+    run (apps/archive/services.py) passes itself: it has a folder, and its copies were made before."""
+    if isinstance(prepared, Prepared):
+        prepared.finish()
     if prepared.folder is not None:
         shutil.rmtree(prepared.folder, ignore_errors=True)
