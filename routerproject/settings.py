@@ -267,6 +267,9 @@ SCP_NEGOTIATION_TIMEOUT = env_float("SCP_NEGOTIATION_TIMEOUT", 5.0)
 # New connections from one address, a second on average (bursts up to 2.5 s worth); beyond, closed at once.
 # Off (0) by default: a sender with an association per instance can be fast (docs/security.md).
 SCP_CONNECTION_RATE_PER_ADDRESS = env_float("SCP_CONNECTION_RATE_PER_ADDRESS", 0.0)
+# While another address holds an association, one address starts at most this many associations a second
+# (bursts of 2.5 s); one beyond waits its turn, up to 1 s, before it is answered. 0: never paced.
+SCP_ASSOCIATION_PACE_PER_ADDRESS = env_float("SCP_ASSOCIATION_PACE_PER_ADDRESS", 25.0)
 # Advertising 128 KB instead of pynetdicom's 16 KB saves about a quarter of the time on CT studies.
 SCP_MAX_PDU = env_int("SCP_MAX_PDU", 131072)
 SCP_SHUTDOWN_GRACE = env_float("SCP_SHUTDOWN_GRACE", 30.0)

@@ -12,7 +12,13 @@ negotiation deadline (guard.py reads it), and only then asks for an association 
   bursts up to RATE_BURST_SECONDS times that);
 - at its A-ASSOCIATE-RQ: rejected as transient, local limit exceeded (2, 3, 2), when the process holds
   `associations` associations, or its address `associations_per_address` (an allow-list entry with a host
-  and `max_associations` sets that host's own figure).
+  and `max_associations` sets that host's own figure);
+- also at its A-ASSOCIATE-RQ, *paced*, not refused: while another address holds an association here, an
+  address starts at most `pace_per_address` associations a second (on average; bursts up to
+  RATE_BURST_SECONDS times that); one beyond waits its turn (at most PACE_WAIT_MAX seconds) before it is
+  answered. A host that associates and releases in a loop would otherwise take half the process from a
+  modality sending a study (they share one interpreter); waiting, its loop slows to that rate. A host alone
+  is never paced, whatever its rate (a modality with an association per instance).
 
 Behind a load balancer that sends the PROXY protocol the address is the client's: the per-address pending
 limit is applied once the header is read (the balancer's own address is not limited).
@@ -32,6 +38,7 @@ from dataclasses import dataclass, field
 logger = logging.getLogger(__name__)
 LOG_EVERY = 60.0  # seconds between two log lines for one (address, reason)
 RATE_BURST_SECONDS = 2.5  # an address may open this many seconds' worth of connections at once
+PACE_WAIT_MAX = 1.0  # the longest an association request is held before it is answered
 
 PENDING = "pending"  # the process's pending connections are all taken
 PENDING_PER_ADDRESS = "pending_per_address"
@@ -52,6 +59,7 @@ class DoorLimits:
     associations_per_address: int = 8
     negotiation_timeout: float = 5.0
     rate_per_address: float = 0.0  # new connections a second, on average; 0: no limit
+    pace_per_address: float = 25.0  # associations a second while others are served, on average; 0: no pacing
 
 
 @dataclass(eq=False)
@@ -73,6 +81,8 @@ class Door:
         self._own_figures: dict[str, int] = {}  # address -> associations, from the allow-list
         self.refused: Counter[str] = Counter()
         self._buckets: dict[str, tuple[float, float]] = {}  # address -> (tokens, when counted)
+        self._paces: dict[str, tuple[float, float]] = {}  # the same, for associations (pace)
+        self.paced: Counter[str] = Counter()  # associations held for their turn, by address
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
 
     # The acceptor thread ----------------------------------------------------------------------------------
@@ -134,6 +144,30 @@ class Door:
             self._refuse(ticket.address, reason)
         return reason is None
 
+    def pace(self, ticket: Ticket) -> float:
+        """Its A-ASSOCIATE-RQ arrived: seconds it waits for its turn before it asks for a slot (0: none)."""
+        rate = self.limits.pace_per_address
+        if rate <= 0 or not ticket.limited:
+            return 0.0
+        with self._lock:
+            burst = max(rate * RATE_BURST_SECONDS, 1.0)
+            now = time.monotonic()
+            tokens, then = self._paces.get(ticket.address, (burst, now))
+            tokens = min(burst, tokens + (now - then) * rate) - 1
+            others = any(t.associated and t.address != ticket.address for t in self._live())
+            if not others:  # alone: counted, never held
+                tokens = max(tokens, 0.0)
+            tokens = max(tokens, -rate * PACE_WAIT_MAX)  # the wait is bounded, and so is the debt
+            if len(self._paces) > 10_000:  # many addresses: those with full buckets are forgotten
+                self._paces = {a: (t, w) for a, (t, w) in self._paces.items() if t + (now - w) * rate < burst}
+            self._paces[ticket.address] = (tokens, now)
+            wait = -tokens / rate if tokens < 0 else 0.0
+            if wait:
+                self.paced[ticket.address] += 1
+        if wait:
+            self._log_paced(ticket.address, rate)
+        return wait
+
     def closed(self, ticket: Ticket | None) -> None:
         """Its threads ended. One that never completed its A-ASSOCIATE-RQ and lasted the negotiation
         deadline was dropped for it (by the guard, or by pynetdicom's wait for the request)."""
@@ -154,6 +188,11 @@ class Door:
         """The refusals so far by reason, copied under the lock (the acceptor thread adds to them)."""
         with self._lock:
             return dict(self.refused)
+
+    def paced_total(self) -> int:
+        """Associations held for their turn so far (`pace`)."""
+        with self._lock:
+            return sum(self.paced.values())
 
     def counts(self) -> dict[str, int]:
         with self._lock:
@@ -189,6 +228,18 @@ class Door:
         for sock, _ in ended:
             self._tickets.pop(sock, None)
         return [ticket for _, ticket in live]
+
+    def _log_paced(self, address: str, rate: float) -> None:
+        if self._once_a_minute(address, "paced"):
+            logger.warning("associations from %s paced to %g a second while others are served", address, rate)
+
+    def _once_a_minute(self, address: str, reason: str) -> bool:
+        with self._lock:
+            last, _ = self._logged.get((address, reason), (0.0, 0))
+            if last and time.monotonic() - last < LOG_EVERY:
+                return False
+            self._logged[(address, reason)] = (time.monotonic(), 0)
+            return True
 
     def _refuse(self, address: str, reason: str) -> None:
         now = time.monotonic()

@@ -197,8 +197,13 @@ class PduGuard:
         dul._recv_pdu.put(pdu)
 
     def _slot(self) -> bool:
-        """The A-ASSOCIATE-RQ is complete: an association slot from the door (no door: pynetdicom's count)."""
-        return self.door is None or self.ticket is None or self.door.associate(self.ticket)
+        """The A-ASSOCIATE-RQ is complete: an association slot from the door (no door: pynetdicom's count),
+        after the request's turn when its host is paced (door.py: this thread waits, the others go on)."""
+        if self.door is None or self.ticket is None:
+            return True
+        if wait := self.door.pace(self.ticket):
+            time.sleep(wait)
+        return self.door.associate(self.ticket)
 
     def _late(self) -> bool:
         """Past the negotiation deadline without an A-ASSOCIATE-RQ (the door counts and logs it when the

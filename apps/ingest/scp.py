@@ -82,6 +82,7 @@ class Limits:
     max_associations_per_address: int = 8
     negotiation_timeout: float = 5  # from the connect to the whole A-ASSOCIATE-RQ (TLS handshake included)
     connection_rate_per_address: float = 0  # new connections a second from one address; 0: no limit
+    association_pace_per_address: float = 25  # associations a second from one address while others are served
 
     def door_limits(self) -> door.DoorLimits:
         return door.DoorLimits(
@@ -91,6 +92,7 @@ class Limits:
             associations_per_address=self.max_associations_per_address,
             negotiation_timeout=self.negotiation_timeout,
             rate_per_address=self.connection_rate_per_address,
+            pace_per_address=self.association_pace_per_address,
         )
 
 

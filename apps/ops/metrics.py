@@ -88,12 +88,20 @@ def _heartbeats():
         "Connections the SCP refused or dropped since the process started, by reason (docs/security.md)",
         labels=["scp", "reason"],
     )
+    paced = CounterMetricFamily(
+        "router_scp_paced_associations",
+        "Association requests the SCP held for their turn (a host over its pace while others are served)",
+        labels=["scp"],
+    )
     for beat in Heartbeat.objects.order_by("role", "name"):
         age.add_metric([beat.role, beat.name], max((now - beat.last_seen).total_seconds(), 0.0))
         for reason, n in sorted((beat.counters or {}).get("refused", {}).items()):
             refused.add_metric([beat.name, reason], n)
+        if beat.role == "scp":
+            paced.add_metric([beat.name], (beat.counters or {}).get("paced", 0))
     yield age
     yield refused
+    yield paced
 
 
 def _receipt():

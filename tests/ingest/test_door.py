@@ -78,6 +78,39 @@ def test_the_connection_rate_allows_a_burst_then_the_rate(sockets, monkeypatch):
     assert entrance.admit(sockets(), "10.0.0.8")  # another address has its own bucket
 
 
+def test_a_host_is_paced_only_while_another_is_served_and_never_waits_more_than_a_second(
+    sockets, monkeypatch, caplog
+):
+    now = [1000.0]
+    monkeypatch.setattr(door.time, "monotonic", lambda: now[0])
+    entrance = door.Door(door.DoorLimits(pending_per_address=100, associations_per_address=100, pace_per_address=4))
+
+    def request(address: str) -> tuple[door.Ticket, float]:
+        sock = sockets()
+        assert entrance.admit(sock, address)
+        ticket = entrance.ticket(sock)
+        return ticket, entrance.pace(ticket)
+
+    alone = [request("10.0.0.7")[1] for _ in range(40)]  # ten times its burst, nobody else here
+    assert alone == [0.0] * 40
+    modality, wait = request("10.0.0.1")
+    assert wait == 0.0 and entrance.associate(modality)  # now 10.0.0.1 is served
+    with caplog.at_level(logging.WARNING, logger="apps.ingest.door"):
+        waits = [request("10.0.0.7")[1] for _ in range(8)]
+    # Its bucket was emptied while alone: each request now waits its turn at 4 a second, up to one second.
+    assert waits == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0]
+    assert [r.getMessage() for r in caplog.records] == [
+        "associations from 10.0.0.7 paced to 4 a second while others are served"
+    ]
+    assert entrance.paced_total() == 8 and entrance.refused == {}
+    now[0] += 10  # quiet for a while: its burst is back
+    assert [request("10.0.0.7")[1] for _ in range(10)] == [0.0] * 10
+    balancer = sockets()
+    assert entrance.admit(balancer, "10.9.0.1", limited=False)
+    assert entrance.pace(entrance.ticket(balancer)) == 0.0  # a balancer before its header names the client
+    assert door.Door(door.DoorLimits(pace_per_address=0)).pace(door.Ticket("10.0.0.7")) == 0.0
+
+
 def test_a_balancers_connection_takes_the_limits_of_the_client_its_header_names(sockets):
     entrance = door.Door(door.DoorLimits(pending_per_address=1, rate_per_address=0))
     through = [sockets() for _ in range(3)]

@@ -87,6 +87,7 @@ class Command(BaseCommand):
                 max_associations_per_address=settings.SCP_MAX_ASSOCIATIONS_PER_ADDRESS,
                 negotiation_timeout=settings.SCP_NEGOTIATION_TIMEOUT,
                 connection_rate_per_address=settings.SCP_CONNECTION_RATE_PER_ADDRESS,
+                association_pace_per_address=settings.SCP_ASSOCIATION_PACE_PER_ADDRESS,
             ),
         )
         ports = [server.server_address[1] for server in servers]
@@ -102,7 +103,7 @@ class Command(BaseCommand):
             "scp",
             f"{socket.gethostname()}:{port}{suffix}",
             stop=stopping,
-            counters=lambda: {"refused": entrance.refusals()},
+            counters=lambda: {"refused": entrance.refusals(), "paced": entrance.paced_total()},
             # An allow-list entry's own association figure reaches the door here too: a host held at its
             # limit is rejected before its association reads the list (scp.StoreSCP.on_acse_recv).
             each=lambda: entrance.own_figures(services.association_figures(services.allowed_callers())),
