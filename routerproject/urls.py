@@ -22,7 +22,7 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("worklist/", reading_views.worklist, VIEWER, name="worklist"),
     path("worklist/rows/", reading_views.rows, VIEWER, name="worklist-rows"),
-    path("worklist/events/", reading_views.events, name="worklist-events"),
+    path("worklist/events/", reading_views.events, VIEWER, name="worklist-events"),
     path("worklist/filters/", reading_views.filters, VIEWER, name="worklist-filters"),
     path("worklist/preferences/", reading_views.preferences, name="worklist-preferences"),
     path("worklist/<int:assignment_id>/open/", reading_views.open_in_viewer, VIEWER, name="worklist-open"),

@@ -2,6 +2,7 @@
 
 import hashlib
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 
 from .models import Assignment, WorklistPreference
@@ -97,11 +98,13 @@ def worklist(*, user, sees_everything: bool, now: datetime, filters: WorklistFil
     return result
 
 
-def worklist_marker(*, user, sees_everything: bool) -> str:
+def worklist_marker(*, user, sees_everything: bool, viewer_links: Callable[..., dict] | None = None) -> str:
     """A short fingerprint of everything a worklist (or, for a supervisor, the board) shows that can change
     without the viewer doing anything: the open assignments (id, status, reader, late instances), the SLA
     events recorded on them and, for supervisors, the unassigned and held studies. Equal fingerprints: nothing
-    to fetch. Two or three indexed queries; the push endpoint calls it a few times a second per open page."""
+    to fetch. With `viewer_links`, also which of the studies can be opened in a viewer (a delivery that ends
+    after the assignment brings the Open button). Two to four indexed queries; the push endpoint calls it a
+    few times a second per open page."""
     from django.db.models import Max
 
     from apps.studies.models import Stage, Study
@@ -111,7 +114,10 @@ def worklist_marker(*, user, sees_everything: bool) -> str:
     open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN)
     if not sees_everything:
         open_assignments = open_assignments.filter(radiologist__user=user)
-    parts: list = list(open_assignments.order_by("id").values_list("id", "status", "radiologist_id", "updated_at"))
+    rows = list(open_assignments.order_by("id").values_list("id", "status", "radiologist_id", "updated_at", "study_id"))
+    parts: list = list(rows)
+    if viewer_links is not None:
+        parts.append(sorted(viewer_links(study_ids=[row[-1] for row in rows])))
     parts.append(SlaEvent.objects.filter(assignment__in=open_assignments).aggregate(m=Max("id"))["m"])
     if sees_everything:
         waiting = Study.objects.filter(stage__in=[Stage.UNASSIGNED, Stage.HELD])

@@ -80,7 +80,7 @@ def _worklist_data(request: HttpRequest, viewer_links: ViewerLinks) -> dict:
     links = viewer_links(study_ids=[row["study"].pk for row in data["rows"]])
     for row in data["rows"]:
         row["viewer"] = links.get(row["study"].pk)
-    data["marker"] = selectors.worklist_marker(user=request.user, sees_everything=supervisor)
+    data["marker"] = selectors.worklist_marker(user=request.user, sees_everything=supervisor, viewer_links=viewer_links)
     audit_views(request=request, action="worklist.view", studies=[row["study"] for row in data["rows"]])
     return {**data, "filters": filters}
 
@@ -120,7 +120,7 @@ def rows(request: HttpRequest, viewer_links: ViewerLinks = _no_links) -> HttpRes
 
 @page_login_required
 @require_GET
-def events(request: HttpRequest, scope: str = "worklist") -> HttpResponse:
+def events(request: HttpRequest, scope: str = "worklist", viewer_links: ViewerLinks | None = None) -> HttpResponse:
     """The page's push stream. Background by nature: it must not keep an unattended session alive (the
     idle-timeout middleware reads this mark after the view), and EventSource cannot send the header."""
     request.META[BACKGROUND_HEADER] = "1"
@@ -132,7 +132,8 @@ def events(request: HttpRequest, scope: str = "worklist") -> HttpResponse:
     user = request.user
 
     def marker() -> str:
-        return selectors.worklist_marker(user=user, sees_everything=supervisor)
+        # The same marker as the rows the page holds: with the viewer links on the worklist, not on the board.
+        return selectors.worklist_marker(user=user, sees_everything=supervisor, viewer_links=viewer_links)
 
     # The stream's database connection is closed as soon as it ends, not whenever the server finishes it.
     stream = push.held(
