@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 TICK = 0.25  # seconds between two looks at the marker: the push's share of the 1 s budget
 LIFETIME = 30.0  # seconds a stream holds a web thread before the browser reconnects
 RETRY_MS = 500  # how soon the browser reconnects after a stream ended
-KEEPALIVE = 2.0  # seconds between comments when nothing changed: a vanished client is noticed on the write
+KEEPALIVE = 1.0  # seconds between comments when nothing changed: a vanished client is noticed on the write
 
 
 def marker_events(

@@ -179,8 +179,8 @@
   }
   let selectedIndex = 0;
   function reselect() {
-    if (selectedId === null) return;
     const all = rows();
+    if (selectedId === null || !all.length) return; // nothing shown (a filter): keep the choice for later
     const again = all.find((r) => r.dataset.assignment === selectedId);
     const focusHere = !document.activeElement || document.activeElement === document.body || target.contains(document.activeElement) || document.activeElement.tagName === "TR";
     select(again || all[Math.min(selectedIndex, all.length - 1)] || null, focusHere);
@@ -212,7 +212,10 @@
     }
     const typing = event.target.closest && event.target.closest("input, select, textarea");
     if (typing) {
-      if (event.key === "Escape") event.target.blur();
+      if (event.key === "Escape") {
+        event.preventDefault(); // Chrome would empty a search box: Esc leaves the search, it keeps it
+        event.target.blur();
+      }
       return;
     }
     const keys = {
