@@ -160,10 +160,12 @@ def _prior_events(study: Study) -> list[tuple]:
 CHART_LABELS = 210  # px for the category labels left of the plot
 CHART_PLOT = 380  # px of the value axis
 CHART_ROW = 24  # px per bar
+CHART_TOP = 24  # px above the bars, for the title of the category axis
 
 
-def _axis(top: float, percent: bool) -> tuple[float, list[float]]:
-    """A value axis that ends on a round number above `top`, with four or five round ticks."""
+def _axis(top: float, percent: bool, counts: bool = False) -> tuple[float, list[float]]:
+    """A value axis that ends on a round number above `top`, with four or five round ticks (whole ones for
+    counts)."""
     if percent:
         return 100.0, [0, 25, 50, 75, 100]
     if top <= 0:
@@ -171,6 +173,8 @@ def _axis(top: float, percent: bool) -> tuple[float, list[float]]:
     raw = top / 4
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if counts:
+        step = max(1, math.ceil(step))
     end = step * math.ceil(top / step)
     return round(end, 6), [round(step * n, 6) for n in range(int(round(end / step)) + 1)]
 
@@ -183,8 +187,8 @@ def _chart(title: str, unit: str, bars: list[tuple[str, float]], *, categories: 
     """A horizontal bar chart as geometry for the SVG of the dashboard: bars, a value axis with round ticks,
     both axes titled (`categories` names what the bars are, `values` what they measure, with the unit)."""
     top = max((v for _, v in bars), default=0)
-    end, ticks = _axis(top, unit == "%")
-    plot_bottom = CHART_ROW * len(bars) + 6
+    end, ticks = _axis(top, unit == "%", counts=not unit)
+    plot_bottom = CHART_TOP + CHART_ROW * len(bars) + 6
     return {
         "title": title,
         "unit": unit,
@@ -195,7 +199,7 @@ def _chart(title: str, unit: str, bars: list[tuple[str, float]], *, categories: 
                 "label": label,
                 "value": round(v, 1),
                 "width": round(CHART_PLOT * v / end),
-                "y": CHART_ROW * n + 4,
+                "y": CHART_TOP + CHART_ROW * n + 4,
             }
             for n, (label, v) in enumerate(bars)
         ],

@@ -109,3 +109,4 @@ def test_chart_axes_end_on_round_numbers():
     assert _axis(0.42, False) == (0.6, [0, 0.2, 0.4, 0.6])
     assert _axis(37, True) == (100.0, [0, 25, 50, 75, 100])
     assert _axis(0, False) == (1.0, [0, 1])
+    assert _axis(1, False, counts=True) == (1, [0, 1])  # no quarter deliveries

@@ -38,10 +38,21 @@ def browser():
 
 
 @pytest.fixture
-def context(browser):
-    """A fresh browser context (its own cookies); closed after the test, once its push streams ended."""
+def new_context(browser):
+    """Open browser contexts (each with its own cookies: one per user); all are closed after the test, and
+    the test ends once the server has ended their push streams."""
     from .pages import close_and_wait_for_streams
 
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    yield context
-    close_and_wait_for_streams(context)
+    opened = []
+
+    def new():
+        opened.append(browser.new_context(viewport={"width": 1400, "height": 900}))
+        return opened[-1]
+
+    yield new
+    close_and_wait_for_streams(opened)
+
+
+@pytest.fixture
+def context(new_context):
+    return new_context()

@@ -64,8 +64,9 @@ def log_in(page, base: str, username: str, *, landing: str = "/worklist/", ready
     page.wait_for_selector(ready)
 
 
-def close_and_wait_for_streams(context) -> None:
-    """Close the browser's pages, then wait until the server has ended their push streams (each holds a
+def close_and_wait_for_streams(contexts) -> None:
+    """Close the browser contexts, then wait until the server has ended their push streams (each holds a
     database connection, which the test database's teardown needs gone)."""
-    context.close()
+    for context in contexts:
+        context.close()
     wait_until(lambda: push.streams_open() == 0, timeout=15, interval=0.05, what="the push streams ended")

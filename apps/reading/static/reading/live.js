@@ -153,6 +153,7 @@
       cell.textContent = clock(Math.round((now - Number(cell.dataset.sinceMs)) / 1000));
     });
   }
+  tick(); // at once: the server rendered the due times as clock times, the countdown replaces them
   setInterval(tick, 1000);
 
   // --- actions through htmx keep the same bookkeeping ----------------------------------------------------
