@@ -90,8 +90,10 @@
   }
 
   // --- push, with polling when EventSource fails ---------------------------------------------------------
+  const RECONNECT_GRACE_MS = 3000;
   let source = null;
   let pollTimer = null;
+  let lastEvent = 0;
   function startPolling() {
     if (pollTimer) return;
     status.textContent = "Live (polling every " + Math.round(fallbackMs / 1000) + " s)";
@@ -110,6 +112,7 @@
     }
     source = new EventSource(eventsUrl);
     source.addEventListener("changed", function (event) {
+      lastEvent = Date.now();
       stopPolling();
       status.textContent = "Live";
       if (event.data !== marker) {
@@ -118,13 +121,20 @@
       }
     });
     source.addEventListener("error", function () {
-      // CONNECTING: the stream ended (each lasts about 30 s) and the browser reconnects by itself.
-      // CLOSED: the server answered with something else than a stream (logged out, an error, a proxy that
-      // buffers): poll, and try the push again in a while.
+      // CLOSED: the server answered with something else than a stream (logged out, an error): poll, and
+      // try the push again in a while.
       if (source.readyState === EventSource.CLOSED) {
         startPolling();
         setTimeout(connect, 30000);
+        return;
       }
+      // CONNECTING: the stream ended (each lasts about 30 s) and the browser reconnects by itself; the new
+      // stream's first event comes at once. None within a few seconds (the network or a proxy drops the
+      // stream): poll until one comes.
+      const since = Date.now();
+      setTimeout(function () {
+        if (lastEvent < since) startPolling();
+      }, RECONNECT_GRACE_MS);
     });
   }
   connect();
