@@ -109,16 +109,14 @@ def worklist_marker(*, user, sees_everything: bool, viewer_links: Callable[..., 
 
     from apps.studies.models import Stage, Study
 
-    from .models import SlaEvent
-
     open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN)
     if not sees_everything:
         open_assignments = open_assignments.filter(radiologist__user=user)
-    rows = list(open_assignments.order_by("id").values_list("id", "status", "radiologist_id", "updated_at", "study_id"))
+    fields = ("id", "status", "radiologist_id", "updated_at", "study_id", "last_sla_event")
+    rows = list(open_assignments.annotate(last_sla_event=Max("sla_events__id")).order_by("id").values_list(*fields))
     parts: list = list(rows)
     if viewer_links is not None:
-        parts.append(sorted(viewer_links(study_ids=[row[-1] for row in rows])))
-    parts.append(SlaEvent.objects.filter(assignment__in=open_assignments).aggregate(m=Max("id"))["m"])
+        parts.append(sorted(viewer_links(study_ids=[row[4] for row in rows])))
     if sees_everything:
         waiting = Study.objects.filter(stage__in=[Stage.UNASSIGNED, Stage.HELD])
         parts += list(waiting.order_by("id").values_list("id", "stage"))

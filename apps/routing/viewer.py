@@ -54,17 +54,14 @@ def viewer_links(*, study_ids: list[int]) -> dict[int, str]:
     deliveries = (
         Delivery.objects.filter(study_id__in=study_ids, state=Delivery.State.DELIVERED)
         .exclude(destination__viewer_url_template="")
-        .select_related("study", "destination")
         .order_by("delivered_at", "id")
-    )
-    for delivery in deliveries:
-        if delivery.study_id in links:
-            continue
-        url = viewer_url_render(
-            delivery.destination.viewer_url_template,
-            study_instance_uid=delivery.study.study_instance_uid,
-            accession_number=delivery.study.accession_number,
+        .values_list(
+            "study_id", "destination__viewer_url_template", "study__study_instance_uid", "study__accession_number"
         )
-        if url:
-            links[delivery.study_id] = url
+    )
+    for study_id, template, uid, accession in deliveries:
+        if study_id not in links:
+            url = viewer_url_render(template, study_instance_uid=uid, accession_number=accession)
+            if url:
+                links[study_id] = url
     return links
