@@ -7,13 +7,13 @@ passes in (reading does not know routing's deliveries; routerproject composes th
 
 from collections.abc import Callable
 from functools import wraps
-from urllib.parse import urlsplit
 
 from django import db
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from apps.accounts.middleware import BACKGROUND_HEADER
@@ -177,7 +177,7 @@ def preferences(request: HttpRequest) -> HttpResponse:
 def _back(request: HttpRequest, default: str) -> HttpResponse:
     """Back to the page the form was on (same site only), else `default`."""
     target = request.POST.get("next", "")
-    if target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+    if target.startswith("/") and url_has_allowed_host_and_scheme(target, allowed_hosts=None):
         return HttpResponseRedirect(target)
     return redirect(default)
 
