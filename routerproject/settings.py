@@ -51,6 +51,10 @@ SESSION_COOKIE_AGE = env_int("SESSION_COOKIE_AGE", 8 * 3600)
 # A worklist or admin session with no request from its user for this long is logged out; the worklist's
 # background poll does not count (apps/accounts/middleware.py, docs/security.md).
 SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 1800)
+# The worklist's push (docs/worklist.md): each server-sent-events stream holds a web thread this long, then
+# the browser reconnects; a page whose EventSource fails polls its rows this often instead.
+WORKLIST_PUSH_LIFETIME = env_float("WORKLIST_PUSH_LIFETIME", 30.0)
+WORKLIST_FALLBACK_POLL = env_float("WORKLIST_FALLBACK_POLL", 5.0)
 if SESSION_IDLE_TIMEOUT < 1:
     raise ImproperlyConfigured("SESSION_IDLE_TIMEOUT must be 1 second or more")
 
@@ -111,6 +115,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "apps.reading.context_processors.ui_theme",
             ],
         },
     },

@@ -32,6 +32,7 @@ from apps.routing.models import (
     RuleTransform,
     RuleWindow,
 )
+from apps.routing.viewer import viewer_template_errors
 from apps.studies.models import PriorityKeyword, QcCheck, RetentionPolicy, SpecialtyMapping, WorkloadWeight
 from apps.transforms.models import TransformProfile
 
@@ -68,6 +69,7 @@ DESTINATION_FIELDS = (
     "retention_hours",
     "storage_commitment",
     "commitment_timeout",
+    "viewer_url_template",
 )
 RULE_FIELDS = ("priority", "enabled", "exclusive", "fallback", "forward_mode", "assign_after_delivery", "description")
 # The `match:` shorthand: one key per attribute; a list means "in", study_description is a regex.
@@ -363,6 +365,9 @@ def _import_destination(entry: dict, report: Report) -> None:
     values["port"] = int(values["port"])
     values["ae_title"] = str(values["ae_title"])
     values["host"] = str(values["host"])
+    values["viewer_url_template"] = str(values["viewer_url_template"])
+    if errors := viewer_template_errors(values["viewer_url_template"]):
+        raise ValueError(f"viewer_url_template {'; '.join(errors)}")
     label = f"destination {entry['name']}"
     destination = _upsert(Destination, {"name": str(entry["name"])}, values, report, label)
     if destination.config_error and label in report.updated:  # its configuration changed: try it again
@@ -942,6 +947,8 @@ def _export_caller(c: AllowedCaller) -> dict:
 
 def _export_destination(d: Destination) -> dict:
     out = {"name": d.name, **{f: getattr(d, f) for f in DESTINATION_FIELDS if getattr(d, f) is not None}}
+    if not d.viewer_url_template:
+        out.pop("viewer_url_template")  # no link: documents from before the field stay as they were
     # A DICOMweb destination's https verification uses the same fields without turning DICOM TLS on.
     if d.tls_enabled or (d.protocol == Protocol.DICOMWEB and (d.tls_ca_file or not d.tls_verify)):
         out["tls"] = _export_tls(d, DESTINATION_TLS_KEYS, {"verify": True, "check_hostname": False})

@@ -2,6 +2,8 @@
 dashboard. Each takes a fixed number of queries, however many studies, deliveries or assignments it covers
 (tests/pipeline/test_reports.py counts them)."""
 
+import math
+
 from django.db.models import Count
 
 from apps.notifications.models import Notification
@@ -112,6 +114,23 @@ def study_timeline(*, study_id: int) -> list[tuple]:
     return sorted((e for e in events if e[0] is not None), key=lambda e: e[0])
 
 
+def timeline_steps(events: list[tuple]) -> list[dict]:
+    """The timeline's events with the time since the step before and since the first (seconds, to the
+    microsecond the rows hold)."""
+    steps = []
+    for n, (when, what, detail) in enumerate(events):
+        steps.append(
+            {
+                "when": when,
+                "what": what,
+                "detail": detail,
+                "gap": (when - events[n - 1][0]).total_seconds() if n else None,
+                "since_first": (when - events[0][0]).total_seconds(),
+            }
+        )
+    return steps
+
+
 def _prior_events(study: Study) -> list[tuple]:
     """Priors fetched for the study from an archive (marked as priors: they are never the study's own
     instances, and nobody is assigned to read them)."""
@@ -138,21 +157,66 @@ def _prior_events(study: Study) -> list[tuple]:
     return events
 
 
-def _chart(title: str, unit: str, bars: list[tuple[str, float]]) -> dict:
-    top = max((v for _, v in bars), default=0) or 1
+CHART_LABELS = 210  # px for the category labels left of the plot
+CHART_PLOT = 380  # px of the value axis
+CHART_ROW = 24  # px per bar
+CHART_TOP = 24  # px above the bars, for the title of the category axis
+
+
+def _axis(top: float, percent: bool, counts: bool = False) -> tuple[float, list[float]]:
+    """A value axis that ends on a round number above `top`, with four or five round ticks (whole ones for
+    counts)."""
+    if percent:
+        return 100.0, [0, 25, 50, 75, 100]
+    if top <= 0:
+        return 1.0, [0, 1]
+    raw = top / 4
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    if counts:
+        step = max(1, math.ceil(step))
+    end = step * math.ceil(top / step)
+    return round(end, 6), [round(step * n, 6) for n in range(int(round(end / step)) + 1)]
+
+
+def _number(value: float) -> str:
+    return f"{value:g}" if abs(value) < 1e6 else f"{value:.3g}"
+
+
+def _chart(title: str, unit: str, bars: list[tuple[str, float]], *, categories: str, values: str) -> dict:
+    """A horizontal bar chart as geometry for the SVG of the dashboard: bars, a value axis with round ticks,
+    both axes titled (`categories` names what the bars are, `values` what they measure, with the unit)."""
+    top = max((v for _, v in bars), default=0)
+    end, ticks = _axis(top, unit == "%", counts=not unit)
+    plot_bottom = CHART_TOP + CHART_ROW * len(bars) + 6
     return {
         "title": title,
         "unit": unit,
+        "categories": categories,
+        "values": values,
         "bars": [
-            {"label": label, "value": round(v, 1), "width": round(300 * v / top), "y": 22 * n}
+            {
+                "label": label,
+                "value": round(v, 1),
+                "width": round(CHART_PLOT * v / end),
+                "y": CHART_TOP + CHART_ROW * n + 4,
+            }
             for n, (label, v) in enumerate(bars)
         ],
-        "height": 22 * len(bars) + 10,
+        "ticks": [{"x": CHART_LABELS + round(CHART_PLOT * t / end), "label": _number(t)} for t in ticks],
+        "x0": CHART_LABELS,
+        "x1": CHART_LABELS + CHART_PLOT,
+        "plot_bottom": plot_bottom,
+        "tick_label_y": plot_bottom + 18,
+        "axis_title_y": plot_bottom + 40,
+        "axis_title_x": CHART_LABELS + CHART_PLOT // 2,
+        "width": CHART_LABELS + CHART_PLOT + 90,
+        "height": plot_bottom + 50,
     }
 
 
 def dashboard(*, now, days: int) -> list[dict]:
-    """Four charts over the last `days` days, as bars the page draws in SVG (no script, no CDN)."""
+    """Four charts over the `days` days up to `now`, as bars the page draws in SVG (no script, no CDN)."""
     import statistics
     from datetime import timedelta
 
@@ -162,7 +226,7 @@ def dashboard(*, now, days: int) -> list[dict]:
     from apps.reading.selectors import sla_compliance
 
     start = now - timedelta(days=days)
-    done = Assignment.objects.filter(completed_at__gte=start).select_related("study")
+    done = Assignment.objects.filter(completed_at__gte=start, completed_at__lt=now).select_related("study")
     by_priority: dict[str, list[float]] = {}
     for a in done:
         by_priority.setdefault(a.study.priority or "ROUTINE", []).append(
@@ -171,7 +235,7 @@ def dashboard(*, now, days: int) -> list[dict]:
     turnaround = [(p, statistics.median(v)) for p, v in sorted(by_priority.items())]
     deliveries = [
         (f"{name} / {state}", n)
-        for name, state, n in Delivery.objects.filter(created_at__gte=start)
+        for name, state, n in Delivery.objects.filter(created_at__gte=start, created_at__lt=now)
         .values_list("destination__name", "state")
         .annotate(n=Count("id"))
         .order_by("destination__name", "state")
@@ -190,8 +254,32 @@ def dashboard(*, now, days: int) -> list[dict]:
         if total:
             compliance.append((f"{day_start:%m-%d}", 100 * sum(r["ack_met"] for r in rows) / total))
     return [
-        _chart("Median turnaround, receipt to report, by priority", "min", turnaround),
-        _chart("Deliveries by destination and state", "", deliveries),
-        _chart("Open assignments per radiologist", "", open_work),
-        _chart("Acknowledged within SLA, by day", "%", compliance),
+        _chart(
+            "Median turnaround, receipt to report, by priority",
+            "min",
+            turnaround,
+            categories="Priority",
+            values="Median minutes from receipt to report",
+        ),
+        _chart(
+            "Deliveries by destination and state",
+            "",
+            deliveries,
+            categories="Destination / state",
+            values="Deliveries created in the period",
+        ),
+        _chart(
+            "Open assignments per radiologist",
+            "",
+            open_work,
+            categories="Radiologist",
+            values="Open assignments now",
+        ),
+        _chart(
+            "Acknowledged within SLA, by day",
+            "%",
+            compliance,
+            categories="Day (UTC)",
+            values="% of the day's assignments acknowledged in time",
+        ),
     ]

@@ -196,3 +196,28 @@ class EscalationStep(models.Model):
 
     def __str__(self) -> str:
         return f"study {self.study_id} level {self.level} ({self.action})"
+
+
+class WorklistPreference(models.Model):
+    """What one user chose for their worklist and board: theme, whether opening a STAT study acknowledges it,
+    and the filters and search they last used (kept here, never in a URL or a log: the search may be a
+    patient id). A user without a row has the defaults."""
+
+    class Theme(models.TextChoices):
+        DARK = "dark"
+        LIGHT = "light"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="worklist_preference")
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.DARK)
+    open_acknowledges_stat = models.BooleanField(
+        "opening a STAT study acknowledges it",
+        default=False,
+        help_text="Open in the viewer also acknowledges a STAT assignment not acknowledged yet.",
+    )
+    # {"priority": [...], "modality": "...", "institution": "...", "status": [...], "q": "..."}
+    # (apps/reading/worklist_filters.py parses and cleans it).
+    filters = models.JSONField(default=dict, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"worklist preference of {self.user_id}"

@@ -10,7 +10,17 @@ from django.db.models import Avg, Count, F, Q, Sum
 from apps.core import clock
 from apps.studies.models import Priority, Stage, Study
 
-from .models import Assignment, EscalationPolicy, EscalationStep, Privilege, Radiologist, SlaEvent, SlaPolicy
+from .models import (
+    Assignment,
+    EscalationPolicy,
+    EscalationStep,
+    Privilege,
+    Radiologist,
+    SlaEvent,
+    SlaPolicy,
+    WorklistPreference,
+)
+from .worklist_filters import WorklistFilters
 
 logger = logging.getLogger(__name__)
 
@@ -361,3 +371,37 @@ def privileges_expiring(*, within_days: int = 14, now: datetime | None = None) -
     )
     Privilege.objects.filter(pk__in=[p.pk for p in due]).update(expiry_warned_on=today)
     return due
+
+
+def assignment_open(*, assignment_id: int, acknowledge_stat: bool, now: datetime | None = None) -> bool:
+    """A reader opened the study in the viewer: when they chose so, a STAT assignment nobody acknowledged yet
+    is acknowledged by it, through the same transition as the Acknowledge button. True when it was."""
+    if not acknowledge_stat:
+        return False
+    if not Assignment.objects.filter(pk=assignment_id, study__priority=Priority.STAT).exists():
+        return False
+    return assignment_acknowledge(assignment_id=assignment_id, now=now)
+
+
+def preference_update(
+    *,
+    user,
+    theme: str | None = None,
+    open_acknowledges_stat: bool | None = None,
+    filters: WorklistFilters | None = None,
+) -> WorklistPreference:
+    """Change what is given of a user's worklist preference (theme, open-acknowledges-STAT, filters)."""
+    preference, _ = WorklistPreference.objects.get_or_create(user=user)
+    changed = []
+    if theme is not None and theme in WorklistPreference.Theme.values:
+        preference.theme = theme
+        changed.append("theme")
+    if open_acknowledges_stat is not None:
+        preference.open_acknowledges_stat = open_acknowledges_stat
+        changed.append("open_acknowledges_stat")
+    if filters is not None:
+        preference.filters = filters.as_dict()
+        changed.append("filters")
+    if changed:
+        preference.save(update_fields=[*changed, "updated_at"])
+    return preference

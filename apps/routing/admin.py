@@ -85,6 +85,7 @@ class DestinationAdmin(VersionedAdmin, admin.ModelAdmin):
             None,
             {"fields": ["name", "ae_title", "host", "port", "enabled", "alternate", "alternate_after", "transform"]},
         ),
+        ("Worklist (docs/worklist.md)", {"fields": ["viewer_url_template"]}),
         (
             "Delivery",
             {

@@ -12,6 +12,8 @@ from apps.core.models import WeeklyWindow
 from apps.studies.models import Instance, Study
 from apps.transforms.models import TransformProfile
 
+from .viewer import viewer_template_errors
+
 
 class Health(models.TextChoices):
     UNKNOWN = "unknown"
@@ -128,6 +130,14 @@ class Destination(models.Model):
         help_text="Seconds to wait for the destination's report after it accepted a commitment request; then "
         "staff are told and the request is sent again (a few times, then the delivery fails).",
     )
+    # The worklist's "Open" link for studies delivered here (apps/routing/viewer.py, docs/worklist.md).
+    viewer_url_template = models.CharField(
+        "viewer URL template",
+        max_length=500,
+        blank=True,
+        help_text="The viewer page of a study delivered here, with {StudyInstanceUID} and/or {AccessionNumber}, "
+        "e.g. https://viewer.example.org/viewer?StudyInstanceUIDs={StudyInstanceUID}; empty: no Open link.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -155,6 +165,8 @@ class Destination(models.Model):
             )
         if (self.tls_ca_file or self.tls_cert_file) and not self.tls_enabled:
             raise ValidationError({"tls_enabled": "TLS files are set: turn TLS on, or clear them."})
+        if errors := viewer_template_errors(self.viewer_url_template):
+            raise ValidationError({"viewer_url_template": "The viewer URL template " + "; ".join(errors) + "."})
 
 
 class DeliveryWindow(WeeklyWindow):

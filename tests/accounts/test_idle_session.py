@@ -60,14 +60,19 @@ def test_the_idle_time_counts_from_the_login(clock):
     assert logged_out(reader.get("/worklist/"))
 
 
-def test_the_worklist_poll_does_not_keep_an_idle_session_alive(clock):
+def test_the_worklist_poll_and_push_stream_do_not_keep_an_idle_session_alive(clock):
     clock(0)
     reader = _login_reader()
     for seconds in (5, 20, 40, 55):
         clock(seconds)
         assert reader.get("/worklist/?partial=1", **POLL).status_code == 200
+        stream = reader.get("/worklist/events/")  # EventSource sends no header: the stream is background itself
+        assert stream.status_code == 200 and stream["Content-Type"] == "text/event-stream"
     clock(TIMEOUT + 1)
-    assert logged_out(reader.get("/worklist/?partial=1", **POLL))
+    # The page's script is told to reload itself (onto the login form) rather than given the form as rows.
+    refused = reader.get("/worklist/?partial=1", **POLL)
+    assert refused.status_code == 401 and refused["HX-Refresh"] == "true"
+    assert logged_out(reader.get("/worklist/"))
 
 
 def test_an_idle_admin_session_is_logged_out_and_an_active_one_is_not(clock):

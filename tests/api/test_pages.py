@@ -41,6 +41,15 @@ EXPECTED = {
         "admin": 200,
         "no_role": 403,
     },
+    "/board/": {
+        "anonymous": 302,
+        "reader_a": 403,
+        "reader_b": 403,
+        "supervisor": 200,
+        "integration": 403,
+        "admin": 200,
+        "no_role": 403,
+    },
     "/admin/studies/study/": {
         "anonymous": 302,
         "reader_a": 302,
@@ -81,6 +90,29 @@ def test_the_dashboard_draws_its_charts_on_the_server(world):  # noqa: F811
     page = client_for("admin").get("/dashboard/").content.decode()
     assert page.count("<svg") == 4  # turnaround, deliveries, open work, SLA compliance by day
     assert "pacs / delivered" in page and "<script" not in page
+
+
+def test_the_dashboard_charts_have_axes_titles_and_a_chosen_period(world):  # noqa: F811
+    Assignment.objects.filter(pk=world["assignment_a"].pk).update(status="completed", completed_at=timezone.now())
+    Delivery.objects.update(state="delivered")
+    today = timezone.now().date()
+    page = client_for("admin").get(f"/dashboard/?start={today:%Y-%m-%d}&end={today:%Y-%m-%d}").content.decode()
+    assert page.count('<g class="axis">') == 4
+    assert "Median minutes from receipt to report (min)" in page and "Deliveries created in the period" in page
+    assert f'value="{today:%Y-%m-%d}"' in page and "pacs / delivered" in page
+    earlier = client_for("admin").get("/dashboard/?start=2001-01-01&end=2001-01-31").content.decode()
+    assert "pacs / delivered" not in earlier and "No data in this period." in earlier
+    bad = client_for("admin").get("/dashboard/?start=yesterday").content.decode()
+    assert "Dates are YYYY-MM-DD." in bad
+
+
+def test_the_timeline_shows_milliseconds_and_the_gap_between_steps(world):  # noqa: F811
+    study = world["assignment_a"].study
+    page = client_for("admin").get(f"/admin/studies/{study.pk}/timeline/").content.decode()
+    import re
+
+    assert re.search(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d{3}</td>", page)
+    assert re.search(r'class="gap">\+\d+\.\d{3} s<', page)
 
 
 def test_the_timeline_and_every_admin_view_of_a_study_are_audited(world):  # noqa: F811

@@ -99,3 +99,14 @@ def test_a_studys_status_and_timeline_take_as_many_queries_for_50_instances_and_
     status = study_status(study_instance_uid=large.study_instance_uid)
     assert [(d["instances"], d["delivered"]) for d in status["deliveries"]] == [(50, 50), (50, 50)]
     assert sum(1 for e in study_timeline(study_id=large.pk) if e[1] == "SLA") == 3
+
+
+def test_chart_axes_end_on_round_numbers():
+    from apps.pipeline.reports import _axis
+
+    assert _axis(7.3, False) == (8.0, [0, 2, 4, 6, 8])
+    assert _axis(130, False) == (150.0, [0, 50, 100, 150])
+    assert _axis(0.42, False) == (0.6, [0, 0.2, 0.4, 0.6])
+    assert _axis(37, True) == (100.0, [0, 25, 50, 75, 100])
+    assert _axis(0, False) == (1.0, [0, 1])
+    assert _axis(1, False, counts=True) == (1, [0, 1])  # no quarter deliveries

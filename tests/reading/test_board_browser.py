@@ -1,0 +1,49 @@
+"""The supervisor board in a real Chromium: reassigning from it goes through the reassignment service,
+audited, and both readers' open worklists follow by themselves; a page whose push stream is cut polls."""
+
+import pytest
+
+from apps.audit.models import AuditEvent
+from apps.reading.models import Assignment
+
+from .pages import assign, log_in, reader, supervisor
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def test_a_supervisor_reassigns_a_waiting_stat_from_the_board_and_both_worklists_follow(live_server, new_context):
+    ann, bob = reader("ann"), reader("bob")
+    stat = assign(ann, "ACC-S11", "STAT")
+    supervisor("sue")
+    anns, bobs, board = (new_context().new_page() for _ in range(3))
+    log_in(anns, live_server.url, "ann")
+    log_in(bobs, live_server.url, "bob")
+    log_in(board, live_server.url, "sue", landing="/board/", ready="#board-live")
+    anns.wait_for_selector("tr[data-accession='ACC-S11']")
+    assert "ACC-S11" not in bobs.inner_text("tbody#rows")
+    waiting = board.locator("#stat-waiting tr[data-accession='ACC-S11']")
+    assert "Ann" in waiting.inner_text() and "left" in waiting.inner_text()  # its timer ticks
+
+    waiting.locator("button[data-action='reassign']").click()
+    board.wait_for_selector("#stat-waiting tr[data-accession='ACC-S11']:has-text('Bob')")
+    bobs.wait_for_selector("tr[data-accession='ACC-S11']", timeout=3000)
+    anns.wait_for_selector("tr[data-accession='ACC-S11']", state="detached", timeout=3000)
+    assert bobs.is_visible("#stat-banner")  # it is a new STAT study for Bob
+    assert Assignment.objects.get(pk=stat.pk).status == "cancelled"
+    assert Assignment.objects.get(study=stat.study, status="assigned").radiologist == bob
+    assert AuditEvent.objects.filter(username="sue", action="worklist.reassign", study=stat.study).exists()
+    assert board.inner_text(f"#readers tr[data-reader='{bob.pk}']").split("\t")[2] == "1"  # Bob's open work
+
+
+def test_a_page_whose_push_stream_is_cut_polls_its_rows(live_server, context, settings):
+    settings.WORKLIST_FALLBACK_POLL = 1.0
+    ann = reader("ann")
+    assign(ann, "ACC-R21", "ROUTINE")
+    page = context.new_page()
+    page.route("**/worklist/events/", lambda route: route.abort())  # a proxy that drops the stream
+    log_in(page, live_server.url, "ann")
+    page.wait_for_selector("#live-status:has-text('polling')", timeout=10000)
+
+    assign(ann, "ACC-S22", "STAT")
+    page.wait_for_selector("tr[data-accession='ACC-S22']", timeout=5000)
+    assert page.is_visible("#stat-banner")

@@ -1,0 +1,118 @@
+"""The worklist driven from the keyboard alone, in a real Chromium: select with j/k, open in the viewer
+(which acknowledges a STAT study, as this reader chose), start, complete, acknowledge; the help overlay;
+search by patient id and filter by priority, remembered for the next visit; never in a log line."""
+
+import logging
+
+import pytest
+from django.utils import timezone
+
+from apps.audit.models import AuditEvent
+from apps.reading.models import Assignment, WorklistPreference
+from apps.routing.models import Delivery, Destination
+
+from .pages import assign, log_in, reader
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+
+def status_of(page, assignment: Assignment) -> str:
+    return page.inner_text(f"tr[data-assignment='{assignment.pk}'] td.status")
+
+
+def selected(page) -> str | None:
+    row = page.query_selector("tbody#rows tr.selected")
+    return row and row.get_attribute("data-accession")
+
+
+def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered(live_server, context, caplog):
+    caplog.set_level(logging.DEBUG)
+    ann, bob = reader("ann"), reader("bob")
+    stat = assign(ann, "ACC-S01", "STAT", institution="North Clinic", patient_id="PID-4711")
+    urgent = assign(ann, "ACC-U02", "URGENT", modality="MR", institution="South Hospital", patient_id="PID-0815")
+    routine = assign(ann, "ACC-R03", "ROUTINE", institution="South Hospital", patient_id="PID-0815")
+    theirs = assign(bob, "ACC-B04", "ROUTINE", patient_id="PID-4711")
+    pacs = Destination.objects.create(
+        name="pacs",
+        ae_title="PACS",
+        host="127.0.0.1",
+        port=104,
+        viewer_url_template=f"{live_server.url}/viewer/?study={{StudyInstanceUID}}&acc={{AccessionNumber}}",
+    )
+    Delivery.objects.create(study=stat.study, destination=pacs, state="delivered", delivered_at=timezone.now())
+
+    page = context.new_page()
+    log_in(page, live_server.url, "ann")
+    keys = page.keyboard
+
+    # This reader wants Open to acknowledge a STAT study: the preference, by keyboard.
+    page.focus("#pref-open-ack")
+    keys.press("Space")
+    keys.press("Tab")
+    with page.expect_navigation():
+        keys.press("Enter")
+    assert WorklistPreference.objects.get(user=ann.user).open_acknowledges_stat
+
+    keys.press("?")
+    assert page.is_visible("#help") and "acknowledge the selected study" in page.inner_text("#help")
+    keys.press("Escape")
+    page.wait_for_selector("#help", state="hidden")
+
+    keys.press("j")
+    assert selected(page) == "ACC-S01"  # STAT first
+    with context.expect_page() as viewer:
+        keys.press("o")
+    viewer.value.wait_for_load_state()
+    assert viewer.value.url == f"{live_server.url}/viewer/?study=1.2.S01&acc=ACC-S01"
+    viewer.value.close()
+    # Opening it acknowledged it (the push brings the new status); audited as both.
+    page.wait_for_selector(f"tr[data-assignment='{stat.pk}'] td.status:has-text('Acknowledged')", timeout=3000)
+    assert AuditEvent.objects.filter(username="ann", action="worklist.open", study=stat.study).exists()
+    assert AuditEvent.objects.filter(username="ann", action="worklist.acknowledge", study=stat.study).exists()
+
+    keys.press("s")
+    page.wait_for_selector(f"tr[data-assignment='{stat.pk}'] td.status:has-text('In progress')")
+    keys.press("c")
+    page.wait_for_selector(f"tr[data-assignment='{stat.pk}']", state="detached")
+    assert Assignment.objects.get(pk=stat.pk).status == "completed"
+    assert selected(page) == "ACC-U02"  # the next row takes the selection
+    keys.press("a")
+    page.wait_for_selector(f"tr[data-assignment='{urgent.pk}'] td.status:has-text('Acknowledged')")
+    keys.press("ArrowDown")
+    assert selected(page) == "ACC-R03"
+    keys.press("k")
+    assert selected(page) == "ACC-U02"
+    assert Assignment.objects.get(pk=routine.pk).status == "assigned"
+    assert not page.query_selector(f"tr[data-assignment='{urgent.pk}'] button[data-action='open']")  # no viewer
+
+    # Search by patient id: "/" then type; another reader's study of the same patient stays invisible.
+    keys.press("/")
+    assert page.evaluate("document.activeElement.id") == "q"
+    keys.type("PID-4711")
+    keys.press("Enter")
+    page.wait_for_selector("tbody#rows td:has-text('Nothing matches the filters.')")
+    keys.press("Control+a")
+    keys.type("PID-0815")
+    keys.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('tbody#rows tr[data-accession]').length === 2")
+    assert "ACC-B04" not in page.content()
+    # Narrow to URGENT by the keyboard (focus its box, Space).
+    keys.press("Escape")
+    page.focus("input[name=priority][value=URGENT]")
+    keys.press("Space")
+    page.wait_for_function("() => document.querySelectorAll('tbody#rows tr[data-accession]').length === 1")
+    assert selected(page) == "ACC-U02"  # the selection outlived the searches that hid it
+
+    # Remembered on the server for this user: a new visit shows the same filters and rows.
+    stored = WorklistPreference.objects.get(user=ann.user).filters
+    assert stored["q"] == "PID-0815" and stored["priority"] == ["URGENT"]
+    page.reload()
+    assert page.input_value("#q") == "PID-0815"
+    assert page.is_checked("input[name=priority][value=URGENT]")
+    assert [r.get_attribute("data-accession") for r in page.query_selector_all("tbody#rows tr[data-accession]")] == [
+        "ACC-U02"
+    ]
+    # The patient id searched for is in no log line and no URL (the filters go by POST).
+    assert "PID-0815" not in caplog.text and "PID-4711" not in caplog.text
+    assert "PID" not in page.url
+    assert Assignment.objects.get(pk=theirs.pk).status == "assigned"
