@@ -78,9 +78,7 @@ def test_the_connection_rate_allows_a_burst_then_the_rate(sockets, monkeypatch):
     assert entrance.admit(sockets(), "10.0.0.8")  # another address has its own bucket
 
 
-def test_a_host_is_paced_only_while_another_is_served_and_never_waits_more_than_a_second(
-    sockets, monkeypatch, caplog
-):
+def test_a_host_is_paced_only_while_another_is_served_and_never_waits_more_than_a_second(sockets, monkeypatch, caplog):
     now = [1000.0]
     monkeypatch.setattr(door.time, "monotonic", lambda: now[0])
     entrance = door.Door(door.DoorLimits(pending_per_address=100, associations_per_address=100, pace_per_address=4))
