@@ -4,6 +4,7 @@ workers run as on other hosts: another working directory, only STORAGE_ROOT in c
 
 import io
 import signal
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,3 +271,33 @@ def test_the_balancer_config_shipped_in_deploy_is_valid():
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_host_behind_the_balancer_meets_the_doors_limits_by_its_own_address_not_the_balancers(cluster, tmp_path):
+    """Issue 23 behind HAProxy: 40 silent connections from one host through the balancer. Each node limits that
+    host's pending connections by the address the PROXY header names (8 each), drops the rest, and meanwhile a
+    modality's study through the same balancer goes in; the balancer's own address is never limited."""
+    attacker = "127.0.0.3"
+    refusal = f"connection from {attacker} refused: pending per address limit"
+    idle = []
+    try:
+        for _ in range(40):
+            sock = socket.socket()
+            sock.settimeout(5)
+            sock.bind((attacker, 0))
+            sock.connect(("127.0.0.1", cluster.port))
+            idle.append(sock)
+        for node in cluster.nodes.values():
+            wait_until(lambda node=node: refusal in node.process.log(), timeout=15, what=f"{node.name} refusing")
+        _, paths = synthetic_study(tmp_path / "modality", count=3)
+        run = storescu(cluster.port, paths)
+        assert run.returncode == 0, run.stdout + run.stderr
+    finally:
+        for sock in idle:
+            sock.close()
+    received = ReceivedInstance.objects.all()
+    assert received.count() == 3 and {r.peer_address for r in received} == {"127.0.0.1"}
+    for node in cluster.nodes.values():
+        log = node.process.log()
+        assert log.count(refusal) == 1  # once a minute per address, whatever the count
+        assert f"connection from {BALANCER_SOURCE} refused" not in log

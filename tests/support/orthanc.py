@@ -23,15 +23,27 @@ class Orthanc:
         extra: dict | None = None,
     ) -> None:
         self.ae_title = ae_title
-        self.dicom_port = free_port()
-        self.http_port = free_port()
         self.folder, self.log_dir, self.name = folder, log_dir, name
         folder.mkdir(parents=True, exist_ok=True)
+        self.config_path = folder / "orthanc.json"
+        # A free port can be taken by another test's process before Orthanc binds it (pytest-xdist workers
+        # share the machine): then it is started again on others.
+        for attempt in range(3):
+            self.dicom_port, self.http_port = free_port(), free_port()
+            self._write_config(extra)
+            try:
+                self.start()
+                return
+            except AssertionError as exc:
+                if "already in use" not in str(exc) or attempt == 2:
+                    raise
+
+    def _write_config(self, extra: dict | None) -> None:
         config = {
-            "Name": name,
-            "StorageDirectory": str(folder / "storage"),
-            "IndexDirectory": str(folder / "index"),
-            "DicomAet": ae_title,
+            "Name": self.name,
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "DicomAet": self.ae_title,
             "DicomPort": self.dicom_port,
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
@@ -43,9 +55,7 @@ class Orthanc:
             "Plugins": [],
             **(extra or {}),
         }
-        self.config_path = folder / "orthanc.json"
         self.config_path.write_text(json.dumps(config, indent=2))
-        self.start()
 
     def start(self) -> None:
         """Start (again, after stop(): same configuration, same storage)."""
