@@ -39,7 +39,7 @@ ROLES := web worker worker-deliver worker-stat beat scp
 run: venv
 	$(BIN)/python manage.py migrate --noinput
 	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
-	$(BIN)/python manage.py loaddemo
+	$(BIN)/python manage.py loaddemo --pacs-port $(DEMO_PACS_PORT)
 	@echo
 	@echo "  DICOM SCP   $(SCP_AE_TITLE) on 0.0.0.0:$(SCP_PORT)   (storescu -aec $(SCP_AE_TITLE) 127.0.0.1 $(SCP_PORT) FILE...)"
 	@echo "  Demo        $(BIN)/python manage.py senddemo   (in another terminal: demo studies, routed and assigned)"

@@ -16,9 +16,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
 def test_senddemo_shows_every_demo_study_routed_delivered_and_assigned(start_scp, start_worker, storescp, service_env):
-    call_command("loaddemo")
     _, pacs_port, pacs_folder = storescp("DEMO")
-    Destination.objects.update(port=pacs_port)  # the demo's PACS port, 11113, may be taken here
+    call_command("loaddemo", "--pacs-port", str(pacs_port))  # as `make run DEMO_PACS_PORT=N` (11113 may be taken)
+    assert set(Destination.objects.values_list("port", flat=True)) == {pacs_port}
     _, port = start_scp()
     start_worker()
 

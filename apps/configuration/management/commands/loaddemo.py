@@ -12,16 +12,21 @@ from apps.reading.models import Radiologist
 
 DEMO_CONFIG = Path(settings.BASE_DIR) / "docs" / "examples" / "demo.yaml"
 DEMO_PASSWORD = "demo"
+DEMO_PACS_PORT = 11113  # the demo PACS's port in demo.yaml; `make run DEMO_PACS_PORT=N` starts it on N
 
 
 class Command(BaseCommand):
     help = "Load the demo configuration (docs/examples/demo.yaml) and demo logins. Refused in production."
 
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--pacs-port", type=int, default=DEMO_PACS_PORT, help="the demo PACS's port (11113)")
+
     def handle(self, *args, **options) -> None:
         if settings.PRODUCTION:
             raise CommandError("loaddemo sets known passwords: it is for the embedded default, not production")
+        document = DEMO_CONFIG.read_text().replace(f"port: {DEMO_PACS_PORT},", f"port: {options['pacs_port']},")
         try:
-            report = config_apply(DEMO_CONFIG.read_text(), author="loaddemo").report
+            report = config_apply(document, author="loaddemo").report
         except ConfigError as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"demo configuration: {report}")
