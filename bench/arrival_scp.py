@@ -5,8 +5,9 @@ Run: python bench/arrival_scp.py PORT AE_TITLE FILE
 For every C-STORE it appends `SOPInstanceUID monotonic_seconds` to FILE (line-buffered) as soon as the
 request's dataset has been received, before answering; CLOCK_MONOTONIC is shared by every process on
 Linux, so the benchmark compares these times with its own. Every storage SOP class in the common transfer
-syntaxes, TCP_NODELAY on each connection (as bench/pynetdicom_scp.py: the documented least SCP), nothing
-written but the line: the destination's own cost stays out of the hand-off measured.
+syntaxes and C-ECHO (the router's health check), TCP_NODELAY on each connection (as bench/pynetdicom_scp.py:
+the documented least SCP), nothing written but the line: the destination's own cost stays out of the
+hand-off measured.
 """
 
 import socket
@@ -15,6 +16,7 @@ import time
 
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
 
 
 def on_open(event) -> None:
@@ -33,6 +35,7 @@ def main() -> None:
     ae = AE(ae_title)
     ae.maximum_pdu_size = 131072
     ae.supported_contexts = AllStoragePresentationContexts
+    ae.add_supported_context(Verification)  # the router's health check is a C-ECHO, as to any PACS
     print(f"listening on {port}", flush=True)
     ae.start_server(("127.0.0.1", port), evt_handlers=[(evt.EVT_C_STORE, on_store), (evt.EVT_CONN_OPEN, on_open)])
 

@@ -798,7 +798,9 @@ def import_config(env: dict, text: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     command = python_manage("importconfig", str(path))
-    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True, timeout=120)
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"importconfig failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-3000:]}")
 
 
 def run_main(main: Callable[[], int]) -> None:

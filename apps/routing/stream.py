@@ -97,6 +97,7 @@ def _run(delivery: Delivery, session, stream: _Stream, poll: float) -> None:
         if not Study.objects.filter(pk=delivery.study_id, arriving=True).exists():
             if not _items_to_send(delivery, tried, persist_first=True):
                 return
+            look = True  # what the study's own persist wrote meanwhile: the next pass sends it
             continue
         if time.monotonic() - quiet_since > IDLE_LIMIT:
             logger.warning("stream: study %s silent while arriving; the rest goes after QC", delivery.study_id)

@@ -84,6 +84,39 @@ def test_a_stream_ends_at_once_when_nothing_arrives_and_the_study_is_no_longer_a
         assert delivery_stream(delivery_id=delivery_id) is None  # delivered: nothing to claim
 
 
+def test_what_the_studys_own_persist_wrote_while_the_stream_waited_is_sent_when_the_study_ends(
+    storage, tmp_path, monkeypatch
+):
+    """The race a full benchmark run met: the stream looks, finds nothing yet; the study's chain persists its
+    rows and the association ends; the stream's last look finds them on the ledger. It sends them then (it
+    used to go round without sending, for ever)."""
+    from apps.routing import stream
+    from apps.studies.services import study_persist
+
+    real = stream.study_persist_arrived
+    calls = []
+
+    def racing(*, study_id: int) -> int:
+        calls.append(study_id)
+        assert len(calls) < 50, "the stream goes round without sending"
+        if len(calls) == 2:  # meanwhile, in the chain's worker: persist, and the association has ended
+            study_persist(study_id=study_id)
+            Study.objects.filter(pk=study_id).update(arriving=False)
+            return 0
+        return 0 if len(calls) == 1 else real(study_id=study_id)
+
+    monkeypatch.setattr(stream, "study_persist_arrived", racing)
+    with StatusSCP() as peer:
+        config_import(rules(peer.port))
+        _, paths = synthetic_study(tmp_path / "ct", count=2)
+        study = arrived(storage, paths)
+        Study.objects.filter(pk=study.pk).update(arriving=True)
+        (delivery_id,) = study_stream_decide(study_id=study.pk)
+
+        assert delivery_stream(delivery_id=delivery_id, poll=0.001) == Delivery.State.DELIVERED
+        assert len(peer.received) == 2
+
+
 def test_an_on_receipt_rule_cannot_read_what_only_the_whole_study_says():
     document = """
 destinations:
