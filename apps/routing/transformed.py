@@ -122,10 +122,8 @@ def prepare_files(
     prepared = Prepared(folder=Path(tempfile.mkdtemp(prefix=f"{label}-", dir=root)))
     targets = [prepared.folder / f"{source.pk}.dcm" for source in sources]
     maker = _Maker(prepared, sources, targets, transform, secret, ahead=ahead)
-    for source, target in zip(sources, targets, strict=True):
-        _add(prepared, source, target, "")
-    for index, file in enumerate(prepared.files):
-        prepared.files[index] = dataclasses.replace(file, ready=functools.partial(maker.ready, index))
+    for index, (source, target) in enumerate(zip(sources, targets, strict=True)):
+        _add(prepared, source, target, "", ready=functools.partial(maker.ready, index))
     prepared.maker = maker
     if not ahead:
         prepared.finish()
@@ -185,9 +183,9 @@ class _Maker:
         return False
 
 
-def _add(prepared: Prepared, source: Source, path: Path, sha256: str) -> None:
+def _add(prepared: Prepared, source: Source, path: Path, sha256: str, ready=None) -> None:
     prepared.sendable.append(source.thing)
-    prepared.files.append(dicom_send.File(source.sop_class_uid, source.transfer_syntax_uid, path))
+    prepared.files.append(dicom_send.File(source.sop_class_uid, source.transfer_syntax_uid, path, ready))
     prepared.sha256.append(sha256)
     prepared.sent_uids.append("")
 
