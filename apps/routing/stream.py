@@ -31,6 +31,7 @@ from .models import Delivery, DeliveryItem
 logger = logging.getLogger(__name__)
 
 POLL = 0.005  # seconds between looks for new rows while the study arrives
+PASS = 2  # received rows turned into Instance rows and sent per pass
 IDLE_LIMIT = 30.0  # an arriving study silent this long: the stream ends, the normal path sends the rest
 RENEW_EVERY = timedelta(seconds=1)  # the claim's lease, renewed while the sender waits for rows
 
@@ -77,7 +78,8 @@ def _run(delivery: Delivery, session, stream: _Stream, poll: float) -> None:
     look = True  # the ledger may hold pending items: at the start, and after each send
     while True:
         # While nothing arrives a pass is two indexed queries (received rows, the study's arriving flag).
-        look = study_persist_arrived(study_id=delivery.study_id) > 0 or look
+        # A few rows a pass: the first instance goes as soon as its own row is written, not after all arrived.
+        look = study_persist_arrived(study_id=delivery.study_id, limit=PASS) > 0 or look
         items = _items_to_send(delivery, tried) if look else []
         look = bool(items)
         if items:

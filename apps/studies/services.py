@@ -190,16 +190,17 @@ def study_persist(*, study_id: int, now: datetime | None = None) -> int:
     return persisted
 
 
-def study_persist_arrived(*, study_id: int) -> int:
+def study_persist_arrived(*, study_id: int, limit: int | None = None) -> int:
     """Instance rows for what has arrived of a study still arriving, for a streaming sender (routing's
-    stream.py): the received rows only, claimed one by one as `study_persist` claims them (whichever comes
-    first persists each), without refreshing the study's fields or stage: its chain does that at the end."""
+    stream.py): the received rows only (the first `limit` of them), claimed one by one as `study_persist`
+    claims them (whichever comes first persists each), without refreshing the study's fields or stage: its
+    chain does that at the end."""
     study = Study.objects.filter(pk=study_id).first()
     if study is None:
         return 0
     pending = ReceivedInstance.objects.filter(
         study_instance_uid=study.study_instance_uid, state=ReceivedInstance.State.RECEIVED
-    ).order_by("id")
+    ).order_by("id")[:limit]
     return sum(_persist_one(study, received) for received in pending)
 
 
