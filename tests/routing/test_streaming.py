@@ -96,14 +96,14 @@ def test_what_the_studys_own_persist_wrote_while_the_stream_waited_is_sent_when_
     real = stream.study_persist_arrived
     calls = []
 
-    def racing(*, study_id: int) -> int:
+    def racing(*, study_id: int, limit: int | None = None) -> int:
         calls.append(study_id)
         assert len(calls) < 50, "the stream goes round without sending"
         if len(calls) == 2:  # meanwhile, in the chain's worker: persist, and the association has ended
             study_persist(study_id=study_id)
             Study.objects.filter(pk=study_id).update(arriving=False)
             return 0
-        return 0 if len(calls) == 1 else real(study_id=study_id)
+        return 0 if len(calls) == 1 else real(study_id=study_id, limit=limit)
 
     monkeypatch.setattr(stream, "study_persist_arrived", racing)
     with StatusSCP() as peer:
