@@ -149,23 +149,22 @@ class Door:
         rate = self.limits.pace_per_address
         if rate <= 0 or not ticket.limited:
             return 0.0
+        quiet = None
         with self._lock:
-            burst = max(rate * RATE_BURST_SECONDS, 1.0)
-            now = time.monotonic()
-            tokens, then = self._paces.get(ticket.address, (burst, now))
-            tokens = min(burst, tokens + (now - then) * rate) - 1
-            others = any(t.associated and t.address != ticket.address for t in self._live())
-            if not others:  # alone: counted, never held
-                tokens = max(tokens, 0.0)
+            tokens = _drawn(self._paces, ticket.address, rate)
+            if not any(t.associated and t.address != ticket.address for t in self._live()):
+                tokens = max(tokens, 0.0)  # alone: counted, never held
             tokens = max(tokens, -rate * PACE_WAIT_MAX)  # the wait is bounded, and so is the debt
-            if len(self._paces) > 10_000:  # many addresses: those with full buckets are forgotten
-                self._paces = {a: (t, w) for a, (t, w) in self._paces.items() if t + (now - w) * rate < burst}
-            self._paces[ticket.address] = (tokens, now)
+            self._paces[ticket.address] = (tokens, time.monotonic())
             wait = -tokens / rate if tokens < 0 else 0.0
             if wait:
                 self.paced[ticket.address] += 1
-        if wait:
-            self._log_paced(ticket.address, rate)
+                quiet = self._quiet_since_reported(ticket.address, "paced")
+        if quiet is not None:
+            also = f" ({quiet} more since the last report)" if quiet else ""
+            logger.warning(
+                "associations from %s paced to %g a second while others are served%s", ticket.address, rate, also
+            )
         return wait
 
     def closed(self, ticket: Ticket | None) -> None:
@@ -204,17 +203,10 @@ class Door:
         rate = self.limits.rate_per_address
         if rate <= 0:
             return True
-        burst = max(rate * RATE_BURST_SECONDS, 1.0)
-        now = time.monotonic()
-        tokens, then = self._buckets.get(address, (burst, now))
-        tokens = min(burst, tokens + (now - then) * rate)
-        if len(self._buckets) > 10_000:  # many addresses: those with full buckets are forgotten
-            self._buckets = {a: (t, w) for a, (t, w) in self._buckets.items() if t + (now - w) * rate < burst}
-        if tokens < 1:
-            self._buckets[address] = (tokens, now)
-            return False
-        self._buckets[address] = (tokens - 1, now)
-        return True
+        tokens = _drawn(self._buckets, address, rate)
+        refused = tokens < 0
+        self._buckets[address] = (tokens + 1 if refused else tokens, time.monotonic())  # a refusal draws nothing
+        return not refused
 
     def _live(self) -> list[Ticket]:
         """Tickets whose connection is open: its thread has not ended and its socket is not closed (a
@@ -229,29 +221,38 @@ class Door:
             self._tickets.pop(sock, None)
         return [ticket for _, ticket in live]
 
-    def _log_paced(self, address: str, rate: float) -> None:
-        if self._once_a_minute(address, "paced"):
-            logger.warning("associations from %s paced to %g a second while others are served", address, rate)
-
-    def _once_a_minute(self, address: str, reason: str) -> bool:
-        with self._lock:
-            last, _ = self._logged.get((address, reason), (0.0, 0))
-            if last and time.monotonic() - last < LOG_EVERY:
-                return False
-            self._logged[(address, reason)] = (time.monotonic(), 0)
-            return True
+    def _quiet_since_reported(self, address: str, reason: str) -> int | None:
+        """Called under the lock for each refusal (or pacing) of `address` for `reason`: None when one was
+        logged within LOG_EVERY (this one is counted for the next line), else how many went unlogged since."""
+        now = time.monotonic()
+        last, quiet = self._logged.get((address, reason), (0.0, 0))
+        if last and now - last < LOG_EVERY:
+            self._logged[(address, reason)] = (last, quiet + 1)
+            return None
+        self._logged[(address, reason)] = (now, 0)
+        if len(self._logged) > 10_000:  # many addresses: forget the oldest
+            for key in sorted(self._logged, key=lambda k: self._logged[k][0])[:5_000]:
+                del self._logged[key]
+        return quiet
 
     def _refuse(self, address: str, reason: str) -> None:
-        now = time.monotonic()
         with self._lock:
             self.refused[reason] += 1
-            last, quiet = self._logged.get((address, reason), (0.0, 0))
-            if last and now - last < LOG_EVERY:
-                self._logged[(address, reason)] = (last, quiet + 1)
-                return
-            self._logged[(address, reason)] = (now, 0)
-            if len(self._logged) > 10_000:  # many addresses: forget the oldest
-                for key in sorted(self._logged, key=lambda k: self._logged[k][0])[:5_000]:
-                    del self._logged[key]
+            quiet = self._quiet_since_reported(address, reason)
+        if quiet is None:
+            return
         also = f" ({quiet} more since the last report)" if quiet else ""
         logger.warning("connection from %s refused: %s limit%s", address, reason.replace("_", " "), also)
+
+
+def _drawn(buckets: dict[str, tuple[float, float]], address: str, rate: float) -> float:
+    """The tokens left in `address`'s bucket (refilled at `rate` a second, holding RATE_BURST_SECONDS' worth)
+    once one is drawn: negative when the bucket is in debt. The caller stores what it keeps. Under the lock.
+    With many addresses, those whose buckets are full again are forgotten."""
+    burst = max(rate * RATE_BURST_SECONDS, 1.0)
+    now = time.monotonic()
+    tokens, then = buckets.get(address, (burst, now))
+    if len(buckets) > 10_000:
+        for other in [a for a, (t, w) in buckets.items() if t + (now - w) * rate >= burst]:
+            del buckets[other]
+    return min(burst, tokens + (now - then) * rate) - 1
