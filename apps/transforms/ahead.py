@@ -59,18 +59,13 @@ class Job:
     def next(self) -> tuple:
         index = self.done
         self.done += 1
-        if not self.lost:
-            answer = self.helper.answer()
-            if answer is not None:
-                if self.done == len(self.pairs):
-                    self.helper.release()
-                return answer
+        answer = None if self.lost else self.helper.answer()
+        if answer is None and not self.lost:
             self.lost = True
             logger.warning("transform helper stopped answering: the rest of this delivery is transformed in-process")
         if self.done == len(self.pairs):
             self.helper.release()
-        source, target = self.pairs[index]
-        return outcome(source, target, self.profile, self.secret)
+        return answer if answer is not None else outcome(*self.pairs[index], self.profile, self.secret)
 
     def finish(self) -> None:
         """Read what is left (the sender stopped early): the helper is then free for the next job."""
