@@ -40,7 +40,10 @@ def _no_links(*, study_ids: list[int]) -> dict[int, str]:
 
 
 def _supervises(user) -> bool:
-    return user.is_staff or user.groups.filter(name=SUPERVISORS_GROUP).exists()
+    """Staff, or in the supervisors group (asked once per request: the user object is the request's)."""
+    if not hasattr(user, "_supervises"):
+        user._supervises = user.is_staff or user.groups.filter(name=SUPERVISORS_GROUP).exists()
+    return user._supervises
 
 
 def _partial(request: HttpRequest) -> bool:
@@ -63,9 +66,8 @@ def page_login_required(view):
 
 
 def _context(request: HttpRequest, **extra) -> dict:
-    preference = selectors.preference_of(user=request.user)
     return {
-        "preference": preference,
+        "preference": extra.pop("preference", None) or selectors.preference_of(user=request.user),
         "supervisor": _supervises(request.user),
         "fallback_poll_ms": int(settings.WORKLIST_FALLBACK_POLL * 1000),
         **extra,
@@ -82,7 +84,7 @@ def _worklist_data(request: HttpRequest, viewer_links: ViewerLinks) -> dict:
         row["viewer"] = links.get(row["study"].pk)
     data["marker"] = selectors.worklist_marker(user=request.user, sees_everything=supervisor, viewer_links=viewer_links)
     audit_views(request=request, action="worklist.view", studies=[row["study"] for row in data["rows"]])
-    return {**data, "filters": filters}
+    return {**data, "filters": filters, "preference": preference}
 
 
 def _live(response: HttpResponse, marker: str) -> HttpResponse:
