@@ -10,7 +10,6 @@ sub-operations with their reason, never success.
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -114,7 +113,7 @@ class Run:
     warning: int = 0
     failed: int = 0
     failed_uids: list[str] = field(default_factory=list)
-    folder: Path | None = None  # of transformed copies, removed at the end
+    prepared: transformed.Prepared | None = None  # its transformed copies, removed at the end
     unwritten: list[RetrievalItem] = field(default_factory=list)
     written_at: float = field(default_factory=time.monotonic)
 
@@ -166,7 +165,8 @@ class Run:
         return 0xB000
 
     def finish(self, status: int, *, cancelled: bool = False) -> None:
-        transformed.clean(self)
+        if self.prepared is not None:
+            transformed.clean(self.prepared)
         self.write()
         Retrieval.objects.filter(pk=self.retrieval.pk).update(
             status=status, cancelled=cancelled, finished_at=timezone.now()
@@ -223,7 +223,7 @@ def retrieval_start(
             run.record(instance, "failed", error=reason)
     profile = destination.transform if destination is not None else None
     prepared = transformed.prepare_for(profile, stored, instance=lambda i: i, label=f"retrieve-{retrieval.pk}")
-    run.folder = prepared.folder
+    run.prepared = prepared
     sendable = {i.pk for i in prepared.sendable}
     for instance in stored:
         if instance.pk in prepared.held:

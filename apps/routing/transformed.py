@@ -206,9 +206,7 @@ def hold(prepared: Prepared) -> None:
 
 
 def clean(prepared: Prepared) -> None:
-    """Remove this attempt's copies (after `finish`: the helper may still be writing them until then). A C-MOVE's
-    run (apps/archive/services.py) passes itself: it has a folder, and its copies were made before."""
-    if isinstance(prepared, Prepared):
-        prepared.finish()
+    """Remove this attempt's copies (after `finish`: the helper may still be writing them until then)."""
+    prepared.finish()
     if prepared.folder is not None:
         shutil.rmtree(prepared.folder, ignore_errors=True)
