@@ -16,6 +16,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES, _config, evt
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.sop_class import (
     StorageCommitmentPushModel,
     StorageCommitmentPushModelInstance,
@@ -401,12 +402,21 @@ def commitment_report_parse(event_type: int, info: Dataset) -> CommitmentReport:
 
 
 class _SameAssociationReport:
-    """An N-EVENT-REPORT the destination sends on our own association, before we release it."""
+    """An N-EVENT-REPORT the destination sends on our own association, before we release it. `arrived` is set
+    once our answer to it is on the wire: released earlier, the answer would meet a closing association (the
+    reactor sends it after this handler returns; pynetdicom: "Invalid event 'Evt9' for the current state
+    'Sta7'") and the destination, still waiting for it, would hold the release for its timeout."""
 
     def __init__(self, transaction_uid: str) -> None:
         self.transaction_uid = transaction_uid
         self.report: CommitmentReport | None = None
+        self.answering = False
         self.arrived = threading.Event()
+
+    def sent(self, event) -> None:
+        """EVT_PDU_SENT: the first P-DATA we send after the report is our answer to it."""
+        if self.answering and isinstance(event.pdu, P_DATA_TF):
+            self.arrived.set()
 
     def __call__(self, event) -> tuple[int, None]:
         try:
@@ -416,7 +426,7 @@ class _SameAssociationReport:
             return 0x0110, None
         if report.transaction_uid == self.transaction_uid:
             self.report = report
-            self.arrived.set()
+            self.answering = True
         return 0x0000, None
 
 
@@ -436,7 +446,7 @@ def commit(
     # cures can cost us the N-ACTION's answer: that comes back as "no response" (transient), and a report the
     # destination sends anyway is matched by its Transaction UID all the same.
     assoc, connection, failure = _associate(
-        target, contexts, patch_reactor=False, handlers=((evt.EVT_N_EVENT_REPORT, same),)
+        target, contexts, patch_reactor=False, handlers=((evt.EVT_N_EVENT_REPORT, same), (evt.EVT_PDU_SENT, same.sent))
     )
     if failure is not None:
         return Commit(failure)
