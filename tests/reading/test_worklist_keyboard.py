@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from django.utils import timezone
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from apps.audit.models import AuditEvent
 from apps.reading.models import Assignment, WorklistPreference
@@ -20,9 +21,22 @@ def status_of(page, assignment: Assignment) -> str:
     return page.inner_text(f"tr[data-assignment='{assignment.pk}'] td.status")
 
 
-def selected(page) -> str | None:
-    row = page.query_selector("tbody#rows tr.selected")
-    return row and row.get_attribute("data-accession")
+def wait_selected(page, accession: str) -> None:
+    """The selection is on `accession`'s row, and on it alone. Waited for, not read at once: a push's fetch
+    may land between a key and the look, and the page keeps the selection through it."""
+    try:
+        page.wait_for_function(
+            "(acc) => { const s = document.querySelectorAll('tbody#rows tr.selected');"
+            " return s.length === 1 && s[0].dataset.accession === acc; }",
+            arg=accession,
+            timeout=3000,
+        )
+    except PlaywrightTimeout:
+        shown = [
+            (r.get_attribute("data-accession"), r.get_attribute("class"))
+            for r in page.query_selector_all("tbody#rows tr")
+        ]
+        raise AssertionError(f"{accession} not selected alone; rows and classes: {shown}") from None
 
 
 def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered(live_server, context, caplog):
@@ -59,7 +73,7 @@ def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered
     page.wait_for_selector("#help", state="hidden")
 
     keys.press("j")
-    assert selected(page) == "ACC-S01"  # STAT first
+    wait_selected(page, "ACC-S01")  # STAT first
     with context.expect_page() as viewer:
         keys.press("o")
     viewer.value.wait_for_load_state()
@@ -75,13 +89,13 @@ def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered
     keys.press("c")
     page.wait_for_selector(f"tr[data-assignment='{stat.pk}']", state="detached")
     assert Assignment.objects.get(pk=stat.pk).status == "completed"
-    assert selected(page) == "ACC-U02"  # the next row takes the selection
+    wait_selected(page, "ACC-U02")  # the next row takes the selection
     keys.press("a")
     page.wait_for_selector(f"tr[data-assignment='{urgent.pk}'] td.status:has-text('Acknowledged')")
     keys.press("ArrowDown")
-    assert selected(page) == "ACC-R03"
+    wait_selected(page, "ACC-R03")
     keys.press("k")
-    assert selected(page) == "ACC-U02"
+    wait_selected(page, "ACC-U02")
     assert Assignment.objects.get(pk=routine.pk).status == "assigned"
     assert not page.query_selector(f"tr[data-assignment='{urgent.pk}'] button[data-action='open']")  # no viewer
 
@@ -101,7 +115,7 @@ def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered
     page.focus("input[name=priority][value=URGENT]")
     keys.press("Space")
     page.wait_for_function("() => document.querySelectorAll('tbody#rows tr[data-accession]').length === 1")
-    assert selected(page) == "ACC-U02"  # the selection outlived the searches that hid it
+    wait_selected(page, "ACC-U02")  # the selection outlived the searches that hid it
 
     # Remembered on the server for this user: a new visit shows the same filters and rows.
     stored = WorklistPreference.objects.get(user=ann.user).filters

@@ -56,12 +56,14 @@
   // --- fetching the rows -------------------------------------------------------------------------------
   let inflight = null;
   let again = false;
+  let swaps = 0; // the page's own actions swap rows in too (htmx): a fetch older than one of them is stale
   function refresh() {
     if (inflight) {
       again = true;
       return inflight;
     }
     inflight = (async function () {
+      const swapsBefore = swaps;
       try {
         // Background: a push-driven fetch is not the user's activity (the idle session timeout ignores it).
         const response = await fetch(rowsUrl, {
@@ -73,7 +75,13 @@
           return;
         }
         if (!response.ok) return;
-        target.innerHTML = await response.text();
+        const html = await response.text();
+        if (swaps !== swapsBefore) {
+          // An action's answer came in meanwhile, newer than what this fetch may show: ask again.
+          again = true;
+          return;
+        }
+        target.innerHTML = html;
         if (window.htmx) window.htmx.process(target);
         afterSwap(response.headers);
       } catch (error) {
@@ -168,6 +176,7 @@
 
   // --- actions through htmx keep the same bookkeeping ----------------------------------------------------
   document.body.addEventListener("htmx:afterSwap", function (event) {
+    swaps += 1;
     const xhr = event.detail.xhr;
     afterSwap({ get: (name) => xhr.getResponseHeader(name) });
   });
