@@ -165,9 +165,11 @@ def profile_summary(path: Path, data: DataSet, seconds: float) -> dict:
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
-        tid = frames[0].split(")")[0]
-        names[tid] = names.get(tid, "") + frames[0]
-        threads.setdefault(tid, []).append((frames[1:], int(count)))
+        # py-spy --subprocesses puts "process ..." frames (the supervisor, then the SCP process) first.
+        at = next((i for i, f in enumerate(frames) if f.startswith("thread (")), 0)
+        tid = ";".join(frames[:at] + [frames[at].split(")")[0]])
+        names[tid] = names.get(tid, "") + frames[at]
+        threads.setdefault(tid, []).append((frames[at + 1 :], int(count)))
 
     def storing(tid: str) -> int:
         return sum(n for frames, n in threads[tid] if any(f.startswith("StoreSCP.on_store") for f in frames))
