@@ -5,7 +5,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
-from .models import Assignment, WorklistPreference
+from django.db.models import Case, Count, IntegerField, Max, Q, Sum, Value, When
+
+from apps.studies.models import Stage, Study
+
+from .models import Assignment, Radiologist, WorklistPreference
 from .worklist_filters import WorklistFilters
 
 GROUPS = {
@@ -50,8 +54,6 @@ def _sla_mark(assignment: Assignment, due: datetime | None, now: datetime) -> st
 
 
 def _rank():
-    from django.db.models import Case, IntegerField, Value, When
-
     return Case(
         When(study__priority="STAT", then=Value(0)),
         When(study__priority="URGENT", then=Value(1)),
@@ -79,8 +81,6 @@ def worklist(*, user, sees_everything: bool, now: datetime, filters: WorklistFil
     """The rows of a worklist: a reader's own open assignments, or every open one for a supervisor, STAT
     first then by acknowledge due time, narrowed by the user's filters; plus, for supervisors, the unassigned
     and held studies."""
-    from apps.studies.models import Stage, Study
-
     filters = filters or WorklistFilters()
     open_assignments = (
         Assignment.objects.filter(status__in=Assignment.OPEN)
@@ -105,10 +105,6 @@ def worklist_marker(*, user, sees_everything: bool, viewer_links: Callable[..., 
     to fetch. With `viewer_links`, also which of the studies can be opened in a viewer (a delivery that ends
     after the assignment brings the Open button). Two to four indexed queries; the push endpoint calls it a
     few times a second per open page."""
-    from django.db.models import Max
-
-    from apps.studies.models import Stage, Study
-
     open_assignments = Assignment.objects.filter(status__in=Assignment.OPEN)
     if not sees_everything:
         open_assignments = open_assignments.filter(radiologist__user=user)
@@ -127,12 +123,6 @@ def board(*, now: datetime) -> dict:
     """The supervisor board: every reader with their open work and RVU load (the summed study workload the
     assignment engine balances, against their capacity), the STAT studies nobody has acknowledged yet, the
     open assignments past a due time, and the unassigned and held studies."""
-    from django.db.models import Count, Q, Sum
-
-    from apps.studies.models import Stage, Study
-
-    from .models import Radiologist
-
     readers = Radiologist.objects.annotate(
         open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)),
         open_stat=Count(
