@@ -1,5 +1,6 @@
 """Sending a delivery: claim it, send what is missing over one association, record each answer, retry
-or fail; the sweeper of due deliveries, and an operator's retry or give-up."""
+or fail; the sweeper of due deliveries, and an operator's retry or give-up. The claim, the answers' record
+and the delivery's record are shared with the stream that sends while a study arrives (stream.py)."""
 
 import enum
 import logging
@@ -54,7 +55,7 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
        while a transient failure is within budget, failed otherwise (kept for an operator).
     """
     now = now or clock.now()
-    delivery, state = _claim(delivery_id, now)
+    delivery, state = delivery_claim(delivery_id, now)
     if delivery is None:
         return state
     items = list(delivery.items.filter(state=DeliveryItem.State.PENDING).select_related("instance"))
@@ -62,17 +63,17 @@ def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | Non
     # Over C-STORE, transformed copies are made by a helper process while the sender sends those already made.
     prepared = transformed.prepare(delivery, items, ahead=send is dicom_send.send and settings.TRANSFORM_AHEAD)
     try:
-        results = send(target, prepared.files, on_sent=_Answers(delivery.pk, prepared))
+        results = send(target, prepared.files, on_sent=Answers(delivery.pk, prepared))
         results = prepared.finish(results)  # held and unwritten copies leave the lists and the results
         transformed.hold(prepared)
     finally:
         transformed.clean(prepared)
     busy = destination_health_from_results(delivery.target, results, clock.now())  # none sent: learns nothing
     paused = any(r.config_error for r in results)
-    return _record(delivery, prepared, results, clock.now(), busy=busy, paused=paused)
+    return delivery_record(delivery, prepared, results, clock.now(), busy=busy, paused=paused)
 
 
-def _claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
+def delivery_claim(delivery_id: int, now: datetime) -> tuple[Delivery | None, str | None]:
     """The claimed delivery, or None and the state to report (None when nothing was attempted)."""
     delivery = Delivery.objects.select_related("destination", "study", "transform").filter(pk=delivery_id).first()
     if delivery is None or delivery.state != Delivery.State.PENDING:
@@ -148,7 +149,7 @@ ITEM_STATE = {
 }
 
 
-class _Answers:
+class Answers:
     """As each answer arrives: an accepted item is recorded at once, and the delivery's claim is renewed (at
     most once a second), so only a sender that went silent (killed, hung) loses its lease to another worker."""
 
@@ -191,7 +192,7 @@ class _Answers:
             )
 
 
-def _record(
+def delivery_record(
     delivery: Delivery,
     prepared: "transformed.Prepared",
     results: list[dicom_send.Result],

@@ -24,7 +24,7 @@ from apps.studies.models import FileState, Instance, Study
 from apps.studies.services import study_persist_arrived
 
 from . import dicom_send, transformed
-from .deliver import _Answers, _claim, _record
+from .deliver import Answers, delivery_claim, delivery_record
 from .health import destination_health_from_results, sender_session
 from .models import Delivery, DeliveryItem
 
@@ -55,7 +55,7 @@ class _Stream:
 def delivery_stream(*, delivery_id: int, now: datetime | None = None, poll: float = POLL) -> str | None:
     """Stream one delivery while its study arrives; returns its state when recorded, None when another
     sender has it (or it waits: its destination down, outside its windows)."""
-    delivery, state = _claim(delivery_id, now or clock.now())
+    delivery, state = delivery_claim(delivery_id, now or clock.now())
     if delivery is None:
         return state
     stream = _Stream()
@@ -67,7 +67,7 @@ def delivery_stream(*, delivery_id: int, now: datetime | None = None, poll: floa
     now = clock.now()
     busy = destination_health_from_results(delivery.target, stream.results, now) if stream.results else False
     paused = any(r.config_error for r in stream.results)
-    state = _record(delivery, stream.prepared, stream.results, now, busy=busy, paused=paused)
+    state = delivery_record(delivery, stream.prepared, stream.results, now, busy=busy, paused=paused)
     logger.info("stream: delivery %s streamed %d instances -> %s", delivery.pk, len(stream.results), state)
     return state
 
@@ -87,7 +87,7 @@ def _run(delivery: Delivery, session, stream: _Stream, poll: float) -> None:
             prepared = transformed.prepare(delivery, items)
             try:
                 transformed.hold(prepared)
-                answers = _Answers(delivery.pk, prepared)
+                answers = Answers(delivery.pk, prepared)
                 results = session.send(prepared.files, on_sent=answers)
             finally:
                 transformed.clean(prepared)
