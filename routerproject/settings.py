@@ -55,6 +55,9 @@ SESSION_IDLE_TIMEOUT = env_int("SESSION_IDLE_TIMEOUT", 1800)
 # the browser reconnects; a page whose EventSource fails polls its rows this often instead.
 WORKLIST_PUSH_LIFETIME = env_float("WORKLIST_PUSH_LIFETIME", 30.0)
 WORKLIST_FALLBACK_POLL = env_float("WORKLIST_FALLBACK_POLL", 5.0)
+# Push streams a web process serves at once: half its threads (Procfile: gunicorn --threads $WEB_THREADS), so
+# pages, actions, the API and /metrics always find one; a page beyond it polls (docs/worklist.md).
+WORKLIST_PUSH_STREAMS = env_int("WORKLIST_PUSH_STREAMS", max(1, env_int("WEB_THREADS", 16) // 2))
 if SESSION_IDLE_TIMEOUT < 1:
     raise ImproperlyConfigured("SESSION_IDLE_TIMEOUT must be 1 second or more")
 

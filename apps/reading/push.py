@@ -7,9 +7,11 @@ any process (a Celery worker assigning, another web process, an admin) shows wit
 
 A stream holds a web thread while it lasts: it ends after LIFETIME seconds and the browser's EventSource
 reconnects by itself after `retry:` (the first event of the new stream carries the marker, so a change made
-in between is not missed). Production web runs gunicorn with threads (Procfile). When EventSource fails
-the page falls back to polling (templates/reading/base.html)."""
+in between is not missed). Production web runs gunicorn with threads (Procfile); a process serves at most
+WORKLIST_PUSH_STREAMS streams at once (`admit`), so they never take every thread. When EventSource fails, or
+the server has no room for its stream, the page falls back to polling (static/reading/live.js)."""
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,8 +50,14 @@ def marker_events(
         sleep(tick)
 
 
+logger = logging.getLogger(__name__)
+
+REFUSALS_LOGGED_EVERY = 60.0  # seconds: one line for however many pages were refused meanwhile
+
 _open = 0
 _open_lock = threading.Lock()
+_refused = 0
+_refused_logged_at = -REFUSALS_LOGGED_EVERY
 
 
 def streams_open() -> int:
@@ -57,17 +65,63 @@ def streams_open() -> int:
     return _open
 
 
-def held(events: Iterator[str], *, on_close: Callable[[], None]) -> Iterator[str]:
-    """`events`, counted in streams_open() while they last; `on_close` runs when they end, however they end
-    (their lifetime, or the client gone: the next write fails and the server closes the generator)."""
+class Held:
+    """A stream with its place among this process's open streams, given back once, however it ends: its
+    lifetime ran out, the client went away (the server closes the response), or it was never read at all (a
+    response closed before its first write; a generator's own `finally` would not run then)."""
+
+    def __init__(self, events: Iterator[str], on_close: Callable[[], None]) -> None:
+        self._events = iter(events)
+        self._on_close = on_close
+        self._held = True
+
+    def __iter__(self) -> "Held":
+        return self
+
+    def __next__(self) -> str:
+        try:
+            return next(self._events)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        global _open
+        with _open_lock:
+            if not self._held:
+                return
+            self._held = False
+            _open -= 1
+        try:
+            getattr(self._events, "close", lambda: None)()
+        finally:
+            self._on_close()
+
+
+def admit(events: Iterator[str], *, on_close: Callable[[], None], limit: int | None = None) -> Held | None:
+    """`events` as a Held stream, or None when `limit` streams are open in this process already: each holds a
+    web thread for its lifetime, and streams must leave threads for pages, actions, the API and /metrics. A
+    page refused (the view answers 204) polls instead (docs/worklist.md)."""
     global _open
     with _open_lock:
+        if limit is not None and _open >= limit:
+            return None
         _open += 1
-    try:
-        yield from events
-    finally:
-        try:
-            on_close()
-        finally:
-            with _open_lock:
-                _open -= 1
+    return Held(events, on_close)
+
+
+def refused(*, limit: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Count a page refused a stream; say so in the log at most once every REFUSALS_LOGGED_EVERY seconds."""
+    global _refused, _refused_logged_at
+    with _open_lock:
+        _refused += 1
+        now = monotonic()
+        if now - _refused_logged_at < REFUSALS_LOGGED_EVERY:
+            return
+        count, _refused, _refused_logged_at = _refused, 0, now
+    logger.warning(
+        "worklist push: %d page(s) refused a stream, %d open in this process (WORKLIST_PUSH_STREAMS): they poll "
+        "instead; raise WEB_THREADS and WORKLIST_PUSH_STREAMS for more",
+        count,
+        limit,
+    )

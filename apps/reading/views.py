@@ -138,9 +138,17 @@ def events(request: HttpRequest, scope: str = "worklist", viewer_links: ViewerLi
         return selectors.worklist_marker(user=user, sees_everything=supervisor, viewer_links=viewer_links)
 
     # The stream's database connection is closed as soon as it ends, not whenever the server finishes it.
-    stream = push.held(
-        push.marker_events(marker, lifetime=settings.WORKLIST_PUSH_LIFETIME), on_close=db.connection.close
+    stream = push.admit(
+        push.marker_events(marker, lifetime=settings.WORKLIST_PUSH_LIFETIME),
+        on_close=db.connection.close,
+        limit=settings.WORKLIST_PUSH_STREAMS,
     )
+    if stream is None:
+        # Every place taken. 204 is how the server-sent-events standard tells a browser not to reconnect: the
+        # page polls, and asks for a stream again later (static/reading/live.js). Not a 5xx: an expected
+        # state, which Django would log as an error for each page.
+        push.refused(limit=settings.WORKLIST_PUSH_STREAMS)
+        return HttpResponse(status=204, headers={"Cache-Control": "no-store"})
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # a proxy must pass each event on at once

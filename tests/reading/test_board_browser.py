@@ -1,5 +1,6 @@
 """The supervisor board in a real Chromium: reassigning from it goes through the reassignment service,
-audited, and both readers' open worklists follow by themselves; a page whose push stream is cut polls."""
+audited, and both readers' open worklists follow by themselves; a page whose push stream is cut, or that the
+server has no room for, polls."""
 
 import pytest
 
@@ -46,4 +47,23 @@ def test_a_page_whose_push_stream_is_cut_polls_its_rows(live_server, context, se
 
     assign(ann, "ACC-S22", "STAT")
     page.wait_for_selector("tr[data-accession='ACC-S22']", timeout=5000)
+    assert page.is_visible("#stat-banner")
+
+
+def test_a_page_the_server_has_no_room_to_stream_to_polls_its_rows(live_server, context, settings):
+    """Every push place of the web process taken (WORKLIST_PUSH_STREAMS): the stream is refused (204), and
+    the page polls its rows instead of holding a thread the other requests need."""
+    settings.WORKLIST_FALLBACK_POLL = 1.0
+    settings.WORKLIST_PUSH_STREAMS = 0
+    ann = reader("ann")
+    assign(ann, "ACC-R31", "ROUTINE")
+    page = context.new_page()
+    refusals = []
+    page.on("response", lambda r: r.url.endswith("/worklist/events/") and refusals.append(r.status))
+    log_in(page, live_server.url, "ann")
+    page.wait_for_selector("#live-status:has-text('polling')", timeout=10000)
+    assert refusals and set(refusals) == {204}
+
+    assign(ann, "ACC-S32", "STAT")
+    page.wait_for_selector("tr[data-accession='ACC-S32']", timeout=5000)
     assert page.is_visible("#stat-banner")

@@ -1,5 +1,6 @@
 """The worklist's pure pieces: filter parsing, the push stream's events, the change marker."""
 
+import logging
 from datetime import timedelta
 
 import pytest
@@ -68,10 +69,45 @@ def test_the_stream_says_retry_then_the_marker_then_only_changes_and_ends_after_
 def test_a_held_stream_is_counted_while_it_lasts_and_closed_however_it_ends():
     closed = []
     before = push.streams_open()
-    stream = push.held(iter(["a", "b"]), on_close=lambda: closed.append(True))
+    stream = push.admit(iter(["a", "b"]), on_close=lambda: closed.append(True))
     assert next(stream) == "a" and push.streams_open() == before + 1
     stream.close()  # the client went away
     assert push.streams_open() == before and closed == [True]
+    stream.close()  # the server closes it once more: given back once
+    assert push.streams_open() == before and closed == [True]
+
+    ended = push.admit(iter(["a"]), on_close=lambda: closed.append("ended"))
+    assert list(ended) == ["a"]  # its lifetime ran out
+    assert push.streams_open() == before and closed == [True, "ended"]
+
+
+def test_streams_are_admitted_up_to_the_limit_and_a_place_comes_back_even_from_a_stream_never_read():
+    before = push.streams_open()
+    limit = before + 2
+    first = push.admit(iter(["a"]), on_close=lambda: None, limit=limit)
+    second = push.admit(iter(["a"]), on_close=lambda: None, limit=limit)
+    assert first is not None and second is not None
+    assert push.admit(iter(["a"]), on_close=lambda: None, limit=limit) is None  # full
+    second.close()  # a response closed before its first write
+    third = push.admit(iter(["a"]), on_close=lambda: None, limit=limit)
+    assert third is not None and push.streams_open() == limit
+    first.close()
+    third.close()
+    assert push.streams_open() == before
+
+
+def test_refusals_are_logged_once_a_minute_with_their_count(caplog, monkeypatch):
+    monkeypatch.setattr(push, "_refused", 0)
+    monkeypatch.setattr(push, "_refused_logged_at", -push.REFUSALS_LOGGED_EVERY)
+    now = [1000.0]
+    with caplog.at_level(logging.WARNING, logger="apps.reading.push"):
+        for _ in range(5):
+            push.refused(limit=8, monotonic=lambda: now[0])
+        now[0] += push.REFUSALS_LOGGED_EVERY
+        push.refused(limit=8, monotonic=lambda: now[0])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("worklist push: 1 page(s) refused") and lines[1].startswith("worklist push: 5 page(s)")
 
 
 @pytest.mark.django_db
@@ -120,3 +156,18 @@ def test_filters_narrow_the_worklist_and_search_matches_accession_or_whole_patie
     assert shown(q="P9") == ["ACC-B02"]
     assert shown(q="P12") == []  # a patient id is matched whole, never by prefix
     assert shown(status=["acknowledged"]) == []
+
+
+@pytest.mark.django_db(transaction=True)  # a stream's end closes the database connection, as in a server
+def test_the_push_endpoint_answers_204_while_every_place_is_taken_and_streams_again_once_one_is_free(client, settings):
+    ann = reader("ann")
+    client.force_login(ann.user)
+    settings.WORKLIST_PUSH_STREAMS = push.streams_open() + 1
+    first = client.get("/worklist/events/")
+    assert first.status_code == 200 and first.streaming
+    refused = client.get("/worklist/events/")
+    assert refused.status_code == 204 and not refused.streaming  # SSE: do not reconnect (the page polls)
+    first.close()  # the server ends the first (its client went away), without a write
+    again = client.get("/worklist/events/")
+    assert again.status_code == 200 and again.streaming
+    again.close()
