@@ -68,5 +68,16 @@ def test_flower_refuses_anonymous_requests_and_shows_tasks_by_name_with_ids_only
         text = json.dumps(tasks)
         assert "Secret" not in text and "Patient" not in text
         assert not re.search(r"\d+\.\d+\.\d+\.\d+\.\d+", text)  # no UIDs either
+
+        # What Prometheus scrapes (deploy/prometheus/prometheus.yml, job flower): /metrics, which Flower serves
+        # without its login: the metrics docs/operations.md names, task events by name, no PHI and no UIDs.
+        status, body = get(base + "/metrics")
+        metrics = body.decode()
+        assert status == 200
+        assert re.search(r'flower_events_total\{[^}]*task="pipeline\.persist"[^}]*type="task-succeeded"', metrics)
+        served = {line.split("{")[0].split(" ")[0] for line in metrics.splitlines() if not line.startswith("#")}
+        documented = {"flower_events_total", "flower_task_runtime_seconds_count", "flower_worker_online"}
+        assert documented <= served, sorted(documented - served)
+        assert "Secret" not in metrics and not re.search(r"\d+\.\d+\.\d+\.\d+\.\d+", metrics)
     finally:
         flower.stop()
