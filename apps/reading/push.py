@@ -14,6 +14,7 @@ the server has no room for its stream, the page falls back to polling (static/re
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 
 TICK = 0.25  # seconds between two looks at the marker: the push's share of the 1 s budget
@@ -67,13 +68,15 @@ def streams_open() -> int:
 
 class Held:
     """A stream with its place among this process's open streams, given back once, however it ends: its
-    lifetime ran out, the client went away (the server closes the response), or it was never read at all (a
-    response closed before its first write; a generator's own `finally` would not run then)."""
+    lifetime ran out, the client went away (the server closes the response), or it was never read at all: a
+    response closed before its first write, or one dropped without being closed (a client that never reads
+    it; the place then comes back when the stream is freed)."""
 
     def __init__(self, events: Iterator[str], on_close: Callable[[], None]) -> None:
         self._events = iter(events)
         self._on_close = on_close
-        self._held = True
+        # Only the count: the database connection on_close closes belongs to the thread that served the stream.
+        self._place = weakref.finalize(self, _give_back)
 
     def __iter__(self) -> "Held":
         return self
@@ -86,16 +89,19 @@ class Held:
             raise
 
     def close(self) -> None:
-        global _open
-        with _open_lock:
-            if not self._held:
-                return
-            self._held = False
-            _open -= 1
+        if not self._place():  # given back already (a finalizer runs once)
+            return
         try:
             getattr(self._events, "close", lambda: None)()
         finally:
             self._on_close()
+
+
+def _give_back() -> bool:
+    global _open
+    with _open_lock:
+        _open -= 1
+    return True
 
 
 def admit(events: Iterator[str], *, on_close: Callable[[], None], limit: int | None = None) -> Held | None:

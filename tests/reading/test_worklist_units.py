@@ -95,6 +95,11 @@ def test_streams_are_admitted_up_to_the_limit_and_a_place_comes_back_even_from_a
     third.close()
     assert push.streams_open() == before
 
+    dropped = push.admit(iter(["a"]), on_close=lambda: None, limit=limit)
+    assert push.streams_open() == before + 1
+    del dropped  # a response dropped without being closed (the test client's, say): its place comes back too
+    assert push.streams_open() == before
+
 
 def test_refusals_are_logged_once_a_minute_with_their_count(caplog, monkeypatch):
     monkeypatch.setattr(push, "_refused", 0)
