@@ -130,3 +130,26 @@ def test_a_reader_works_through_the_queue_by_keyboard_and_filters_are_remembered
     assert "PID-0815" not in caplog.text and "PID-4711" not in caplog.text
     assert "PID" not in page.url
     assert Assignment.objects.get(pk=theirs.pk).status == "assigned"
+
+
+def test_a_key_pressed_before_htmx_settled_the_new_rows_acts_in_place_without_reloading_the_page(live_server, context):
+    """htmx takes over the forms of rows it swapped in only once they settle (20 ms, later on a busy machine):
+    a key pressed sooner submitted the form itself, so the page reloaded and lost the reader's selection (a CI
+    failure: ArrowDown then selected the first row). Here the settle is made to take 5 s."""
+    ann = reader("ann")
+    first = assign(ann, "ACC-K01", "URGENT")
+    assign(ann, "ACC-K02", "ROUTINE")
+    page = context.new_page()
+    log_in(page, live_server.url, "ann")
+    page.evaluate("htmx.config.defaultSettleDelay = 5000; window.sameDocument = true")
+    keys = page.keyboard
+
+    keys.press("j")
+    wait_selected(page, "ACC-K01")
+    keys.press("a")  # the answer swaps every row in; their forms would be htmx's only 5 s later
+    page.wait_for_selector(f"tr[data-assignment='{first.pk}'] td.status:has-text('Acknowledged')")
+    keys.press("s")
+    page.wait_for_selector(f"tr[data-assignment='{first.pk}'] td.status:has-text('In progress')")
+    keys.press("ArrowDown")
+    wait_selected(page, "ACC-K02")
+    assert page.evaluate("window.sameDocument === true")  # the same page throughout: no reload

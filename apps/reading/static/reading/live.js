@@ -177,6 +177,7 @@
   // --- actions through htmx keep the same bookkeeping ----------------------------------------------------
   document.body.addEventListener("htmx:afterSwap", function (event) {
     swaps += 1;
+    if (window.htmx) window.htmx.process(event.detail.target); // its forms live at once, not after the settle
     const xhr = event.detail.xhr;
     afterSwap({ get: (name) => xhr.getResponseHeader(name) });
   });
@@ -216,7 +217,11 @@
   function act(name) {
     const row = rows().find((r) => r.dataset.assignment === selectedId);
     const button = row && row.querySelector('[data-action="' + name + '"]');
-    if (button) button.click();
+    if (!button) return;
+    // htmx takes over the forms of content it swapped in only once that content settles (20 ms later, more on
+    // a busy machine): a key pressed sooner would submit the form itself and reload the whole page.
+    if (window.htmx) window.htmx.process(row);
+    button.click();
   }
   if (kind !== "worklist") return;
   const help = document.getElementById("help");
