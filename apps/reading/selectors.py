@@ -7,6 +7,7 @@ from datetime import datetime
 
 from django.db.models import Case, Count, IntegerField, Max, Q, Sum, Value, When
 
+from apps.core import clock
 from apps.studies.models import Stage, Study
 
 from .models import Assignment, Radiologist, WorklistPreference
@@ -98,10 +99,13 @@ def worklist(*, user, sees_everything: bool, now: datetime, filters: WorklistFil
     return result
 
 
-def worklist_marker(*, user, sees_everything: bool, viewer_links: Callable[..., dict] | None = None) -> str:
+def worklist_marker(
+    *, user, sees_everything: bool, viewer_links: Callable[..., dict] | None = None, now: datetime | None = None
+) -> str:
     """A short fingerprint of everything a worklist (or, for a supervisor, the board) shows that can change
     without the viewer doing anything: the open assignments (id, status, reader, late instances), the SLA
-    events recorded on them and, for supervisors, the unassigned and held studies. Equal fingerprints: nothing
+    events recorded on them and, for supervisors, the unassigned and held studies and the readers (status, on
+    shift at `now`). Equal fingerprints: nothing
     to fetch. With `viewer_links`, also which of the studies can be opened in a viewer (a delivery that ends
     after the assignment brings the Open button). Two to four indexed queries; the push endpoint calls it a
     few times a second per open page."""
@@ -116,20 +120,33 @@ def worklist_marker(*, user, sees_everything: bool, viewer_links: Callable[..., 
     if sees_everything:
         waiting = Study.objects.filter(stage__in=[Stage.UNASSIGNED, Stage.HELD])
         parts += list(waiting.order_by("id").values_list("id", "stage"))
+        # The board's readers: their status, and whether a shift holds them now (a shift opens or closes with
+        # no row changing: the clock is part of what the board shows).
+        at = now or clock.now()
+        parts += [(r.pk, r.status, _on_shift(r, at)) for r in Radiologist.objects.prefetch_related("shifts")]
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def _on_shift(reader: Radiologist, at: datetime) -> bool:
+    """On one of their shifts at `at`, in each shift's own timezone (prefetch `shifts`)."""
+    return any(shift.is_open(at) for shift in reader.shifts.all())
 
 
 def board(*, now: datetime) -> dict:
     """The supervisor board: every reader with their open work and RVU load (the summed study workload the
     assignment engine balances, against their capacity), the STAT studies nobody has acknowledged yet, the
     open assignments past a due time, and the unassigned and held studies."""
-    readers = Radiologist.objects.annotate(
-        open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)),
-        open_stat=Count(
-            "assignments", filter=Q(assignments__status__in=Assignment.OPEN, assignments__study__priority="STAT")
-        ),
-        load=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)),
-    ).order_by("display_name")
+    readers = (
+        Radiologist.objects.prefetch_related("shifts")
+        .annotate(
+            open_count=Count("assignments", filter=Q(assignments__status__in=Assignment.OPEN)),
+            open_stat=Count(
+                "assignments", filter=Q(assignments__status__in=Assignment.OPEN, assignments__study__priority="STAT")
+            ),
+            load=Sum("assignments__study__workload", filter=Q(assignments__status__in=Assignment.OPEN)),
+        )
+        .order_by("display_name")
+    )
     open_assignments = (
         Assignment.objects.filter(status__in=Assignment.OPEN)
         .select_related("study__quality", "radiologist")
@@ -143,6 +160,7 @@ def board(*, now: datetime) -> dict:
         "readers": [
             {
                 "reader": r,
+                "on_shift": _on_shift(r, now),
                 "open_count": r.open_count,
                 "open_stat": r.open_stat,
                 "load": round(r.load or 0, 1),

@@ -33,7 +33,8 @@ def test_a_supervisor_reassigns_a_waiting_stat_from_the_board_and_both_worklists
     assert Assignment.objects.get(pk=stat.pk).status == "cancelled"
     assert Assignment.objects.get(study=stat.study, status="assigned").radiologist == bob
     assert AuditEvent.objects.filter(username="sue", action="worklist.reassign", study=stat.study).exists()
-    assert board.inner_text(f"#readers tr[data-reader='{bob.pk}']").split("\t")[2] == "1"  # Bob's open work
+    bobs_row = board.inner_text(f"#readers tr[data-reader='{bob.pk}']").split("\t")
+    assert bobs_row[2] == "Yes" and bobs_row[3] == "1"  # on shift now; Bob's open work
 
 
 def test_a_page_whose_push_stream_is_cut_polls_its_rows(live_server, context, settings):

@@ -1,7 +1,7 @@
 """The worklist's pure pieces: filter parsing, the push stream's events, the change marker."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.http import QueryDict
@@ -176,3 +176,36 @@ def test_the_push_endpoint_answers_204_while_every_place_is_taken_and_streams_ag
     again = client.get("/worklist/events/")
     assert again.status_code == 200 and again.streaming
     again.close()
+
+
+@pytest.mark.django_db
+def test_the_board_says_who_is_on_shift_now_and_its_marker_changes_when_a_shift_opens_or_a_status_does():
+    from datetime import datetime, time
+
+    from apps.reading.models import Radiologist, Shift
+
+    sue = supervisor()
+    day = reader("day")  # on shift around the clock (tests' reader)
+    night = reader("night")
+    night.shifts.all().delete()
+    Shift.objects.create(radiologist=night, weekdays="mon,tue,wed,thu,fri,sat,sun", start=time(22), end=time(6))
+    noon = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+    late = datetime(2026, 12, 7, 23, 0, tzinfo=UTC)
+
+    def on_shift(at):
+        return {r["reader"].display_name: r["on_shift"] for r in selectors.board(now=at)["readers"]}
+
+    assert on_shift(noon) == {"Day": True, "Night": False}
+    assert on_shift(late) == {"Day": True, "Night": True}
+
+    def marker(at):
+        return selectors.worklist_marker(user=sue, sees_everything=True, now=at)
+
+    assert marker(noon) == marker(noon + timedelta(minutes=5))  # nothing changed
+    assert marker(noon) != marker(late)  # the night shift opened: the board has news, no row changed
+    before = marker(noon)
+    own = selectors.worklist_marker(user=day.user, sees_everything=False)
+    Radiologist.objects.filter(pk=night.pk).update(status=Radiologist.Status.OFFLINE)
+    assert marker(noon) != before
+    # A reader's own worklist does not show the readers: another's status is no news there.
+    assert selectors.worklist_marker(user=day.user, sees_everything=False) == own
