@@ -234,7 +234,7 @@ def commitment_main(args, runs: int, output: Path) -> int:
         },
         "results": {
             "assigned_and_notified_after_exit": total,
-            "committed_after_delivered": round(added, 3) if added is not None else None,
+            "committed_after_delivered": added,
             "delivered_after_exit": summary(pick("delivered")),
             "last_committed_after_exit": summary(pick("last_committed")),
             "commitment_sent_after_exit": summary(pick("commitment_sent")),

@@ -131,8 +131,15 @@ def commitment_send(*, request_id: int, now: datetime | None = None) -> Sent | N
         request.save(update_fields=["attempts", "sent_at", "next_attempt_at"])
     destination = delivery.target or delivery.destination
     references = [tuple(r) for r in request.references]
+    # A report on our SCP (Orthanc's way) ends the wait on this association: a worker held 2 s for a report that
+    # had come already kept the STAT lane's next task waiting (docs/BENCHMARKS.md).
+    answered = CommitmentRequest.objects.filter(pk=request.pk).exclude(state=CommitmentRequest.State.REQUESTED)
     outcome = dicom_send.commit(
-        dicom_target(destination), request.transaction_uid, references, wait_for_report=SAME_ASSOCIATION_WAIT
+        dicom_target(destination),
+        request.transaction_uid,
+        references,
+        wait_for_report=SAME_ASSOCIATION_WAIT,
+        answered_elsewhere=answered.exists,
     )
     return _after_request(request, outcome, overdue, clock.now())
 

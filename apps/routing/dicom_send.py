@@ -9,6 +9,7 @@ import contextlib
 import logging
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -346,6 +347,8 @@ COMMIT_ACTION = 1  # Request Storage Commitment
 COMMITTED_EVENT, SOME_FAILED_EVENT = 1, 2  # N-EVENT-REPORT event types
 # N-ACTION answers that say "later": processing failure and resource limitation; the rest of 01xx/02xx stop.
 COMMIT_TRANSIENT_STATUSES = {0x0110, 0x0213}
+# Seconds between two looks at whether the report came on another association, while waiting on ours.
+REPORT_LOOK = 0.05
 
 
 @dataclass(frozen=True)
@@ -431,12 +434,18 @@ class _SameAssociationReport:
 
 
 def commit(
-    target: Target, transaction_uid: str, references: list[tuple[str, str]], *, wait_for_report: float = 0.0
+    target: Target,
+    transaction_uid: str,
+    references: list[tuple[str, str]],
+    *,
+    wait_for_report: float = 0.0,
+    answered_elsewhere: Callable[[], bool] | None = None,
 ) -> Commit:
     """Ask `target` to commit to storing `references` ((SOP Class UID, SOP Instance UID) pairs) under
     `transaction_uid`: one N-ACTION of the Storage Commitment Push Model. Never raises for network or peer
     trouble. A destination may send its report before we release the association: with `wait_for_report`
-    seconds we wait for it there (most, Orthanc among them, send it later on a new association to our SCP)."""
+    seconds we wait for it there (most, Orthanc among them, send it later on a new association to our SCP).
+    `answered_elsewhere`, asked every REPORT_LOOK seconds meanwhile, ends the wait once that report came."""
     contexts = [(StorageCommitmentPushModel, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (Verification, None)]
     # Verification too: a destination that takes the association but not storage commitment then says so by
     # rejecting that one context (permanent), where it would otherwise abort an association it has no use for.
@@ -453,7 +462,10 @@ def commit(
     try:
         result = _send_action(assoc, commitment_request(transaction_uid, references), connection.peer_certificate)
         if result.kind == DELIVERED and wait_for_report > 0:
-            same.arrived.wait(wait_for_report)
+            deadline = time.monotonic() + wait_for_report
+            while not same.arrived.wait(max(0.0, min(REPORT_LOOK, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline or (answered_elsewhere is not None and answered_elsewhere()):
+                    break
     finally:
         if assoc.is_established:
             assoc.release()

@@ -1,6 +1,7 @@
 """Storage commitment: the N-ACTION's dataset and the report's reading (pure), and the services against a real
 pynetdicom storage commitment SCP that reports on the requesting association (no Celery, no SCP of ours)."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -250,3 +251,26 @@ rules:
     assert set(peer.requests[0][1]) == sent_as
     assert DeliveryItem.objects.filter(committed_at__isnull=False).count() == 2
     assert len(_purgeable(study_id)) == 2
+
+
+def test_the_wait_for_a_report_on_our_association_ends_once_it_came_on_another():
+    """A destination reporting on a new association to our SCP (Orthanc's way) leaves nothing to wait for on
+    ours: the worker asks `answered_elsewhere` meanwhile and releases then, rather than at the end of the wait
+    (a STAT-lane worker held 2 s for it kept the next STAT task waiting)."""
+    looks = []
+
+    def answered() -> bool:
+        looks.append(True)
+        return len(looks) >= 3  # the report came (on our SCP) while we waited
+
+    with CommitmentSCP(silent=True) as peer:
+        target = dicom_send.Target(peer.ae_title, "127.0.0.1", peer.port, "ROUTER")
+        begun = time.monotonic()
+        outcome = dicom_send.commit(
+            target, "2.25.1", [(CT, "2.25.2")], wait_for_report=60.0, answered_elsewhere=answered
+        )
+        waited = time.monotonic() - begun
+
+    assert outcome.result.kind == dicom_send.DELIVERED and outcome.report is None
+    assert len(looks) == 3 and peer.requests == [("2.25.1", ["2.25.2"])]
+    assert waited < 30  # ended by the third look, not by the 60 s wait (a bound, not a speed)
