@@ -68,3 +68,26 @@ def test_a_page_the_server_has_no_room_to_stream_to_polls_its_rows(live_server, 
     assign(ann, "ACC-S32", "STAT")
     page.wait_for_selector("tr[data-accession='ACC-S32']", timeout=5000)
     assert page.is_visible("#stat-banner")
+
+
+def test_a_rows_fetch_that_fails_is_asked_again_and_the_page_catches_up(live_server, context):
+    """The stream tells of a change once: a fetch of the rows that fails (a network error, a server busy) is
+    tried again, and the page does not take the change's marker for its own until it shows the rows (it used to,
+    and then stayed stale until the next change)."""
+    ann = reader("ann")
+    assign(ann, "ACC-R41", "ROUTINE")
+    page = context.new_page()
+    log_in(page, live_server.url, "ann")
+    failed = []
+
+    def fail_the_first(route):
+        if failed:
+            route.continue_()
+        else:
+            failed.append(route.request.url)
+            route.abort()
+
+    page.route("**/worklist/rows/", fail_the_first)
+    assign(ann, "ACC-S42", "STAT")
+    page.wait_for_selector("tr[data-accession='ACC-S42']", timeout=5000)
+    assert len(failed) == 1

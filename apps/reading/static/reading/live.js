@@ -74,7 +74,10 @@
           window.location.reload(); // logged out: the page reloads onto the login form
           return;
         }
-        if (!response.ok) return;
+        if (!response.ok) {
+          retryLater();
+          return;
+        }
         const html = await response.text();
         if (swaps !== swapsBefore) {
           // An action's answer came in meanwhile, newer than what this fetch may show: ask again.
@@ -85,7 +88,7 @@
         if (window.htmx) window.htmx.process(target);
         afterSwap(response.headers);
       } catch (error) {
-        // A network error: the next event or poll tries again.
+        retryLater(); // a network error
       } finally {
         inflight = null;
         if (again) {
@@ -96,6 +99,17 @@
     })();
     return inflight;
   }
+  // A fetch that failed is tried again soon: the stream tells of a change once, and the page's marker stays
+  // the one of the rows it shows, so nothing else would ask for them until the next change.
+  let retryTimer = null;
+  function retryLater() {
+    if (retryTimer) return;
+    retryTimer = setTimeout(function () {
+      retryTimer = null;
+      refresh();
+    }, RETRY_FETCH_MS);
+  }
+  const RETRY_FETCH_MS = 1000;
 
   // --- push, with polling when EventSource fails ---------------------------------------------------------
   const RECONNECT_GRACE_MS = 3000;
@@ -123,10 +137,9 @@
       lastEvent = Date.now();
       stopPolling();
       status.textContent = "Live";
-      if (event.data !== marker) {
-        marker = event.data;
-        refresh();
-      }
+      // The marker becomes the event's only with the rows that carry it (afterSwap): a fetch that fails
+      // leaves the page asking again, not believing it is up to date.
+      if (event.data !== marker) refresh();
     });
     source.addEventListener("error", function () {
       // CLOSED: the server answered with something else than a stream (logged out, an error): poll, and
