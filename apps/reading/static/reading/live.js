@@ -85,6 +85,7 @@
           return;
         }
         target.innerHTML = html;
+        retryMs = 1000;
         if (window.htmx) window.htmx.process(target);
         afterSwap(response.headers);
       } catch (error) {
@@ -101,15 +102,17 @@
   }
   // A fetch that failed is tried again soon: the stream tells of a change once, and the page's marker stays
   // the one of the rows it shows, so nothing else would ask for them until the next change.
+  // After 1 s, then twice as long after each failure in a row, up to the polling interval.
   let retryTimer = null;
+  let retryMs = 1000;
   function retryLater() {
     if (retryTimer) return;
     retryTimer = setTimeout(function () {
       retryTimer = null;
       refresh();
-    }, RETRY_FETCH_MS);
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, fallbackMs);
   }
-  const RETRY_FETCH_MS = 1000;
 
   // --- push, with polling when EventSource fails ---------------------------------------------------------
   const RECONNECT_GRACE_MS = 3000;
