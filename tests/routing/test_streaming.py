@@ -72,13 +72,19 @@ def test_a_decision_after_qc_that_drops_a_streamed_destination_is_recorded_as_a_
     assert [Delivery.objects.get(pk=d).destination.name for d in due] == ["other"]
 
 
+def streaming(storage, tmp_path, peer, *, count: int) -> tuple[Study, int]:
+    """A study still arriving (the SCP's rows written, its association open) and its stream's delivery."""
+    config_import(rules(peer.port))
+    _, paths = synthetic_study(tmp_path / "ct", count=count)
+    study = arrived(storage, paths)
+    Study.objects.filter(pk=study.pk).update(arriving=True)
+    (delivery_id,) = study_stream_decide(study_id=study.pk)
+    return study, delivery_id
+
+
 def test_a_stream_ends_at_once_when_nothing_arrives_and_the_study_is_no_longer_arriving(storage, tmp_path):
     with StatusSCP() as peer:
-        config_import(rules(peer.port))
-        _, paths = synthetic_study(tmp_path / "ct", count=1)
-        study = arrived(storage, paths)
-        Study.objects.filter(pk=study.pk).update(arriving=True)
-        (delivery_id,) = study_stream_decide(study_id=study.pk)
+        study, delivery_id = streaming(storage, tmp_path, peer, count=1)
         Study.objects.filter(pk=study.pk).update(arriving=False)
         assert delivery_stream(delivery_id=delivery_id) == Delivery.State.DELIVERED
         assert delivery_stream(delivery_id=delivery_id) is None  # delivered: nothing to claim
@@ -107,11 +113,7 @@ def test_what_the_studys_own_persist_wrote_while_the_stream_waited_is_sent_when_
 
     monkeypatch.setattr(stream, "study_persist_arrived", racing)
     with StatusSCP() as peer:
-        config_import(rules(peer.port))
-        _, paths = synthetic_study(tmp_path / "ct", count=2)
-        study = arrived(storage, paths)
-        Study.objects.filter(pk=study.pk).update(arriving=True)
-        (delivery_id,) = study_stream_decide(study_id=study.pk)
+        _, delivery_id = streaming(storage, tmp_path, peer, count=2)
 
         assert delivery_stream(delivery_id=delivery_id, poll=0.001) == Delivery.State.DELIVERED
         assert len(peer.received) == 2
